@@ -1,0 +1,173 @@
+//! `dg generate`: one text-to-image request, written as PNG files with A1111-style metadata.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use diffgentor::rng::RngMode;
+use diffgentor::{npy, Error, Output, Pipeline, Request};
+use serde_json::Value;
+
+use crate::RuntimeArgs;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Model package directory (optimum/diffusers ONNX export).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale (<= 1 disables it).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// Image width (default: the UNet's sample_size x VAE factor).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height (default: the UNet's sample_size x VAE factor).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Seed (default: drawn from the clock and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Random generator: torch (bit-exact with torch.randn on CPU) or fast.
+    #[arg(long, default_value = "torch")]
+    rng: String,
+    /// Scheduler name (ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, heun, lcm,
+    /// flow_match_euler) or diffusers class name (default: the package's).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Override a scheduler_config.json key for this run, e.g. `timestep_spacing=trailing` (repeatable).
+    #[arg(long = "scheduler-option", value_name = "KEY=VALUE")]
+    scheduler_options: Vec<String>,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    /// Images per prompt; several are written as PATH_00.png, PATH_01.png ...
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// Initial latents (.npy float32 [n, c, h/f, w/f]) instead of drawing them.
+    #[arg(long, value_name = "FILE.npy")]
+    latents: Option<PathBuf>,
+    /// Also write the final latents (before VAE decoding) as .npy.
+    #[arg(long, value_name = "FILE.npy")]
+    save_latents: Option<PathBuf>,
+    /// Print the time of every stage.
+    #[arg(long)]
+    timings: bool,
+    /// Output PNG path.
+    #[arg(long, short)]
+    output: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+pub fn run(args: GenerateArgs) -> diffgentor::Result<()> {
+    let request = build_request(&args)?;
+    let runtime = args.runtime.build()?;
+    let pipeline = Pipeline::load(runtime, &args.model)?;
+    let output = pipeline.generate(&request)?;
+    let parameters = parameters_text(&request, &output, &pipeline.model().package.name);
+    let paths = output_paths(&args.output, output.images.len());
+    for (image, path) in output.images.iter().zip(&paths) {
+        image.save_png(path, &[("parameters", &parameters)])?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.save_latents {
+        npy::write_f32(path, &output.latents)?;
+    }
+    if request.seed.is_none() {
+        println!("seed {}", output.seed);
+    }
+    if args.timings {
+        print_timings(&output);
+    }
+    Ok(())
+}
+
+fn build_request(args: &GenerateArgs) -> diffgentor::Result<Request> {
+    let mut request = Request::new(args.prompt.clone());
+    request.negative_prompt = args.negative_prompt.clone();
+    request.steps = args.steps;
+    request.guidance_scale = args.guidance;
+    request.width = args.width;
+    request.height = args.height;
+    request.seed = args.seed;
+    request.rng = args.rng.parse::<RngMode>().map_err(|e| Error::InvalidArg(format!("--rng: {e}")))?;
+    request.scheduler = args.scheduler.clone();
+    request.eta = args.eta;
+    request.num_images = args.num_images;
+    for option in &args.scheduler_options {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidArg(format!("--scheduler-option `{option}` is not KEY=VALUE")))?;
+        // JSON values (true, 3.0, "x") keep their type; anything else is taken as a string.
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        request.scheduler_overrides.insert(key.trim().to_string(), value);
+    }
+    if let Some(path) = &args.latents {
+        request.latents = Some(npy::read_f32(path)?);
+    }
+    Ok(request)
+}
+
+/// PATH.png for one image; PATH_00.png, PATH_01.png ... for several.
+fn output_paths(path: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![path.to_path_buf()];
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    (0..count).map(|i| path.with_file_name(format!("{stem}_{i:02}.{ext}"))).collect()
+}
+
+/// The sampler names AUTOMATIC1111-style tools display for our schedulers.
+fn a1111_sampler(scheduler: &str) -> &str {
+    match scheduler {
+        "ddim" => "DDIM",
+        "pndm" => "PLMS",
+        "euler" | "flow_match_euler" => "Euler",
+        "euler_a" => "Euler a",
+        "dpmpp_2m" => "DPM++ 2M",
+        "dpmpp_2m_karras" => "DPM++ 2M Karras",
+        "heun" => "Heun",
+        "lcm" => "LCM",
+        other => other,
+    }
+}
+
+/// The `parameters` text chunk in the layout AUTOMATIC1111 writes and PNG-info readers parse.
+fn parameters_text(request: &Request, output: &Output, model: &str) -> String {
+    let mut text = request.prompt.clone();
+    if let Some(negative) = &request.negative_prompt {
+        text.push_str(&format!("\nNegative prompt: {negative}"));
+    }
+    text.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, Scheduler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}, Version: diffgentor {}",
+        request.steps,
+        a1111_sampler(&output.scheduler),
+        output.scheduler,
+        request.guidance_scale,
+        output.seed,
+        output.width,
+        output.height,
+        env!("CARGO_PKG_VERSION"),
+    ));
+    text
+}
+
+fn print_timings(output: &Output) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let t = &output.timings;
+    println!("{:<16}{:>10.3} ms", "tokenize", ms(t.tokenize));
+    println!("{:<16}{:>10.3} ms", "text encode", ms(t.text_encode));
+    for (i, step) in t.denoise_steps.iter().enumerate() {
+        println!("{:<16}{:>10.3} ms", format!("step {}/{}", i + 1, t.denoise_steps.len()), ms(*step));
+    }
+    println!("{:<16}{:>10.3} ms", "decode", ms(t.decode));
+    println!("{:<16}{:>10.3} ms", "onnx runtime", ms(t.ort_run));
+    println!("{:<16}{:>10.3} ms", "total", ms(t.total));
+}

@@ -1,0 +1,90 @@
+//! `dg`: the diffgentor command line.
+mod doctor;
+mod generate;
+mod montage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use diffgentor::runtime::TensorRtOptions;
+use diffgentor::{ExecutionProvider, Runtime, RuntimeOptions};
+
+#[derive(Parser)]
+#[command(name = "dg", version, about = "Image generation with ONNX Runtime, numerics as diffusers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from a text prompt.
+    Generate(generate::GenerateArgs),
+    /// Show the ONNX Runtime library, execution providers and (with --model) a package's components.
+    Doctor(doctor::DoctorArgs),
+    /// Tile PNG images into one contact sheet.
+    Montage(montage::MontageArgs),
+}
+
+/// Flags that choose and configure ONNX Runtime, shared by subcommands that load models.
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// Execution provider: cpu, cuda[:ID] or tensorrt[:ID].
+    #[arg(long, default_value = "cpu")]
+    ep: String,
+    /// Use CPU (and say so) if the requested execution provider cannot be registered.
+    #[arg(long)]
+    allow_cpu_fallback: bool,
+    /// Path to libonnxruntime.so (else DG_ORT_DYLIB_PATH, ORT_DYLIB_PATH, next to dg, system).
+    #[arg(long, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
+    /// Intra-op threads per session (default: ONNX Runtime's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    trt_fp16: bool,
+    /// TensorRT: directory to cache built engines and timing data in.
+    #[arg(long, value_name = "DIR")]
+    trt_engine_cache: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    fn build(&self) -> diffgentor::Result<Arc<Runtime>> {
+        let mut execution_provider: ExecutionProvider = self.ep.parse()?;
+        if let ExecutionProvider::TensorRt { options, .. } = &mut execution_provider {
+            *options = TensorRtOptions {
+                fp16: self.trt_fp16,
+                engine_cache_dir: self.trt_engine_cache.clone(),
+            };
+        }
+        let runtime = Runtime::new(RuntimeOptions {
+            ort_library: self.ort_lib.clone(),
+            execution_provider,
+            allow_cpu_fallback: self.allow_cpu_fallback,
+            intra_threads: self.threads,
+        })?;
+        if let Some(reason) = runtime.fallback() {
+            eprintln!("warning: falling back to CPU: {reason}");
+        }
+        Ok(runtime)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Montage(args) => montage::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! RGB8 images: conversion from decoded VAE output and PNG files with generation metadata.
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ndarray::ArrayView3;
+
+use crate::error::{Error, Result};
+
+/// An 8-bit RGB image, rows top to bottom, no padding (stride = 3 * width).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl Image {
+    /// Converts one VAE output [3, H, W] in [-1, 1] as diffusers' VaeImageProcessor does:
+    /// (x / 2 + 0.5) clamped to [0, 1], times 255, rounded half to even.
+    pub fn from_vae_output(chw: ArrayView3<'_, f32>) -> Image {
+        let (_, height, width) = chw.dim();
+        let mut pixels = Vec::with_capacity(width * height * 3);
+        for y in 0..height {
+            for x in 0..width {
+                for c in 0..3 {
+                    let v = (chw[[c, y, x]] / 2.0 + 0.5).clamp(0.0, 1.0);
+                    pixels.push((v * 255.0).round_ties_even() as u8);
+                }
+            }
+        }
+        Image {
+            width: width as u32,
+            height: height as u32,
+            pixels,
+        }
+    }
+
+    /// Encodes as PNG with `tEXt` chunks (key, value), e.g. ("parameters", ...).
+    pub fn encode_png(&self, text: &[(&str, &str)]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let png_err = |e: png::EncodingError| Error::InvalidArg(format!("PNG encoding: {e}"));
+        {
+            let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            for (key, value) in text {
+                encoder
+                    .add_text_chunk((*key).to_string(), latin1_lossy(value))
+                    .map_err(png_err)?;
+            }
+            let mut writer = encoder.write_header().map_err(png_err)?;
+            writer.write_image_data(&self.pixels).map_err(png_err)?;
+            writer.finish().map_err(png_err)?;
+        }
+        Ok(out)
+    }
+
+    /// Reads an 8-bit RGB or RGBA PNG (alpha is dropped).
+    pub fn load_png(path: &Path) -> Result<Image> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        let bad = |e: png::DecodingError| Error::InvalidArg(format!("{}: not a readable PNG: {e}", path.display()));
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(bad)?;
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| Error::InvalidArg(format!("{}: image too large", path.display())))?;
+        let mut buf = vec![0; size];
+        let info = reader.next_frame(&mut buf).map_err(bad)?;
+        let channels = match (info.color_type, info.bit_depth) {
+            (png::ColorType::Rgb, png::BitDepth::Eight) => 3,
+            (png::ColorType::Rgba, png::BitDepth::Eight) => 4,
+            other => {
+                return Err(Error::Unsupported(format!("{}: PNG format {other:?}", path.display())));
+            }
+        };
+        let pixels = buf[..info.buffer_size()]
+            .chunks_exact(channels)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        Ok(Image {
+            width: info.width,
+            height: info.height,
+            pixels,
+        })
+    }
+
+    /// Writes a PNG atomically: parent directories are created, the bytes go to a temporary file
+    /// in the same directory, and a rename publishes them, so no reader ever sees half a file.
+    pub fn save_png(&self, path: &Path, text: &[(&str, &str)]) -> Result<()> {
+        write_atomically(path, &self.encode_png(text)?)
+    }
+}
+
+/// tEXt is Latin-1 only; characters outside it become '?' rather than failing the whole write.
+fn latin1_lossy(s: &str) -> String {
+    s.chars().map(|c| if (c as u32) < 256 { c } else { '?' }).collect()
+}
+
+/// Creates parent directories, writes to a sibling temporary file, then renames it over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create directory", parent, e))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArg(format!("output path {} has no file name", path.display())))?;
+    // Unique per process and call, so concurrent writers of the same path never share a temp file.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = parent.join(format!(".{}.{}.{n}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("cannot write", path, e)
+    })
+}

@@ -1,0 +1,29 @@
+//! libdiffgentor: run optimum/diffusers ONNX image-generation packages on ONNX Runtime with
+//! diffusers' numerics.
+//!
+//! ```no_run
+//! use diffgentor::{Pipeline, Request, Runtime, RuntimeOptions};
+//!
+//! # fn main() -> diffgentor::Result<()> {
+//! let runtime = Runtime::new(RuntimeOptions::default())?;
+//! let pipeline = Pipeline::load(runtime, "models/digits".as_ref())?;
+//! let mut request = Request::new("a handwritten digit 7");
+//! request.seed = Some(42);
+//! let output = pipeline.generate(&request)?;
+//! output.images[0].save_png("seven.png".as_ref(), &[])?;
+//! # Ok(())
+//! # }
+//! ```
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod npy;
+pub mod pipelines;
+pub mod rng;
+pub mod runtime;
+pub mod schedulers;
+
+pub use error::{Error, ErrorCode, Result};
+pub use image::Image;
+pub use pipelines::{Output, Pipeline, Progress, Request};
+pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};

@@ -1,0 +1,118 @@
+//! Typed components over loaded graphs: each knows which of the known I/O variants its graph has.
+use crate::error::{Error, Result};
+use crate::runtime::{ElementType, Graph, TensorInfo};
+
+/// How the UNet wants its timestep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepKind {
+    /// A 0-d (or [1]) float tensor, as optimum exports SD 1.x/2.x.
+    FloatScalar,
+    /// A float tensor with one value per batch item.
+    FloatBatch,
+    /// An int64 tensor with one value per batch item.
+    Int64Batch,
+    /// A 0-d int64 tensor.
+    Int64Scalar,
+}
+
+fn mismatch(graph: &Graph, expected: &str) -> Error {
+    Error::model(
+        graph.path(),
+        format!(
+            "{} graph does not match any known variant (expected {expected}); it has inputs [{}] and outputs [{}]",
+            graph.component(),
+            graph.inputs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            graph.outputs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        ),
+    )
+}
+
+fn is(info: Option<&TensorInfo>, dtypes: &[ElementType], ranks: &[usize]) -> bool {
+    info.is_some_and(|i| dtypes.contains(&i.dtype) && ranks.contains(&i.rank()))
+}
+
+/// CLIP text encoder: `input_ids` (int32 or int64 [batch, seq]) -> `last_hidden_state`.
+#[derive(Debug)]
+pub struct TextEncoder {
+    pub graph: Graph,
+    pub ids_dtype: ElementType,
+}
+
+impl TextEncoder {
+    pub fn new(graph: Graph) -> Result<TextEncoder> {
+        let ids = graph.input("input_ids");
+        let ok = graph.inputs().len() == 1
+            && is(ids, &[ElementType::I32, ElementType::I64], &[2])
+            && is(graph.output("last_hidden_state"), &[ElementType::F32], &[3]);
+        if !ok {
+            return Err(mismatch(
+                &graph,
+                "input_ids: int32|int64[batch, seq] -> last_hidden_state: float32[batch, seq, hidden]",
+            ));
+        }
+        let ids_dtype = ids.map_or(ElementType::I64, |i| i.dtype);
+        Ok(TextEncoder { graph, ids_dtype })
+    }
+}
+
+/// The denoiser of SD 1.x/2.x: `sample`, `timestep`, `encoder_hidden_states` -> `out_sample`.
+#[derive(Debug)]
+pub struct Unet {
+    pub graph: Graph,
+    pub timestep: TimestepKind,
+}
+
+impl Unet {
+    pub fn new(graph: Graph) -> Result<Unet> {
+        const EXPECTED: &str = "sample: float32[b, c, h, w], timestep: float32[] | float32[b] | int64[b], \
+                                encoder_hidden_states: float32[b, seq, dim] -> out_sample";
+        let sample_ok = is(graph.input("sample"), &[ElementType::F32], &[4])
+            && is(graph.input("encoder_hidden_states"), &[ElementType::F32], &[3])
+            && graph.output("out_sample").is_some();
+        let timestep = match graph.input("timestep").map(|t| (t.dtype, t.rank())) {
+            Some((ElementType::F32, 0)) => Some(TimestepKind::FloatScalar),
+            Some((ElementType::F32, 1)) => Some(TimestepKind::FloatBatch),
+            Some((ElementType::I64, 1)) => Some(TimestepKind::Int64Batch),
+            Some((ElementType::I64, 0)) => Some(TimestepKind::Int64Scalar),
+            _ => None,
+        };
+        let known = ["sample", "timestep", "encoder_hidden_states"];
+        let extra: Vec<&str> = graph
+            .inputs()
+            .iter()
+            .map(|i| i.name.as_str())
+            .filter(|n| !known.contains(n))
+            .collect();
+        match timestep {
+            Some(timestep) if sample_ok && extra.is_empty() => Ok(Unet { graph, timestep }),
+            Some(_) if sample_ok => Err(Error::Unsupported(format!(
+                "{}: UNet inputs [{}] need a pipeline this version does not run yet \
+                 (SDXL text_embeds/time_ids and LCM timestep_cond are planned)",
+                graph.path().display(),
+                extra.join(", ")
+            ))),
+            _ => Err(mismatch(&graph, EXPECTED)),
+        }
+    }
+}
+
+/// VAE decoder: `latent_sample` -> `sample` (scaling is applied outside the graph).
+#[derive(Debug)]
+pub struct VaeDecoder {
+    pub graph: Graph,
+}
+
+impl VaeDecoder {
+    pub fn new(graph: Graph) -> Result<VaeDecoder> {
+        let ok = graph.inputs().len() == 1
+            && is(graph.input("latent_sample"), &[ElementType::F32], &[4])
+            && is(graph.output("sample"), &[ElementType::F32], &[4]);
+        if !ok {
+            return Err(mismatch(
+                &graph,
+                "latent_sample: float32[b, c, h, w] -> sample: float32[b, 3, H, W]",
+            ));
+        }
+        Ok(VaeDecoder { graph })
+    }
+}

@@ -1,0 +1,113 @@
+//! A model package on disk in the optimum/diffusers ONNX export layout, read without ONNX Runtime.
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The JSON files and folders of one package, checked for presence and parsed.
+#[derive(Debug, Clone)]
+pub struct ModelPackage {
+    pub dir: PathBuf,
+    /// Folder name, used as the model name in PNG metadata.
+    pub name: String,
+    /// `_class_name` from model_index.json (e.g. `StableDiffusionPipeline`).
+    pub class_name: String,
+    pub scheduler_config: Value,
+    pub unet_config: Value,
+    pub vae_config: Value,
+    /// Spatial downsampling of the VAE: 2^(number of VAE blocks - 1).
+    pub vae_scale_factor: u32,
+}
+
+/// Components a text-to-image package must have, as folder names.
+const REQUIRED: &[&str] = &["text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler"];
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::model(path, format!("is not valid JSON: {e}")))
+}
+
+impl ModelPackage {
+    /// Reads model_index.json and the component configs under `dir`.
+    pub fn open(dir: &Path) -> Result<ModelPackage> {
+        if !dir.is_dir() {
+            return Err(Error::model(dir, "is not a directory (expected an optimum/diffusers ONNX export)"));
+        }
+        let index = read_json(&dir.join("model_index.json"))?;
+        let class_name = index
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::model(dir.join("model_index.json"), "has no `_class_name`"))?
+            .to_string();
+        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|c| !dir.join(c).is_dir()).collect();
+        if !missing.is_empty() {
+            return Err(Error::model(
+                dir,
+                format!("missing component folder(s): {}", missing.join(", ")),
+            ));
+        }
+        let scheduler_config = read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        let unet_config = read_json(&dir.join("unet/config.json"))?;
+        let vae_config = read_json(&dir.join("vae_decoder/config.json"))?;
+        let blocks = vae_config
+            .get("block_out_channels")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .filter(|n| (1..=8).contains(n))
+            .ok_or_else(|| {
+                Error::model(dir.join("vae_decoder/config.json"), "has no usable `block_out_channels`")
+            })?;
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(ModelPackage {
+            dir: dir.to_path_buf(),
+            name,
+            class_name,
+            scheduler_config,
+            unet_config,
+            vae_config,
+            vae_scale_factor: 1 << (blocks - 1),
+        })
+    }
+
+    pub fn component(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn graph_path(&self, component: &str) -> PathBuf {
+        self.dir.join(component).join("model.onnx")
+    }
+
+    fn number(config: &Value, key: &str) -> Option<f64> {
+        config.get(key).and_then(Value::as_f64)
+    }
+
+    /// Default image side: UNet `sample_size` x VAE factor, as diffusers computes it.
+    pub fn default_size(&self) -> Option<(u32, u32)> {
+        let side = |v: &Value| v.as_u64().and_then(|s| u32::try_from(s).ok());
+        let (h, w) = match self.unet_config.get("sample_size")? {
+            Value::Array(hw) if hw.len() == 2 => (side(&hw[0])?, side(&hw[1])?),
+            v => (side(v)?, side(v)?),
+        };
+        Some((w * self.vae_scale_factor, h * self.vae_scale_factor))
+    }
+
+    /// `scaling_factor` of the VAE (0.18215 for SD 1.x/2.x when absent, as diffusers' AutoencoderKL).
+    pub fn vae_scaling_factor(&self) -> f32 {
+        Self::number(&self.vae_config, "scaling_factor").unwrap_or(0.18215) as f32
+    }
+
+    /// `shift_factor` of the VAE (SD3/FLUX); zero when absent.
+    pub fn vae_shift_factor(&self) -> f32 {
+        Self::number(&self.vae_config, "shift_factor").unwrap_or(0.0) as f32
+    }
+
+    /// Latent channels the UNet works on.
+    pub fn latent_channels(&self) -> usize {
+        Self::number(&self.unet_config, "in_channels").unwrap_or(4.0) as usize
+    }
+}

@@ -1,0 +1,6 @@
+//! Pipelines compose components into a diffusion run; the only place that knows the order of one.
+mod request;
+mod txt2img;
+
+pub use request::{prompt_from_bytes, Progress, Request, MAX_IMAGES_PER_REQUEST, MAX_STEPS};
+pub use txt2img::{Defaults, Output, Pipeline, Timings};

@@ -1,0 +1,176 @@
+//! One ONNX graph loaded into an ONNX Runtime session, with the I/O signature read from the graph.
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, ArrayViewD};
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use crate::error::{Error, Result};
+
+/// Element types the pipelines exchange with graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementType {
+    F32,
+    F16,
+    I32,
+    I64,
+    Other,
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ElementType::F32 => "float32",
+            ElementType::F16 => "float16",
+            ElementType::I32 => "int32",
+            ElementType::I64 => "int64",
+            ElementType::Other => "other",
+        })
+    }
+}
+
+/// Name, element type and shape (-1 = dynamic) of one graph input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: ElementType,
+    pub shape: Vec<i64>,
+}
+
+impl TensorInfo {
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+impl fmt::Display for TensorInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+            .collect();
+        write!(f, "{}: {}[{}]", self.name, self.dtype, dims.join(", "))
+    }
+}
+
+/// A tensor handed to [`Graph::run`], borrowed from the caller (no copy on the CPU provider).
+pub enum Input<'a> {
+    F32(ArrayViewD<'a, f32>),
+    I32(ArrayViewD<'a, i32>),
+    I64(ArrayViewD<'a, i64>),
+}
+
+/// A loaded graph. `Session::run` needs exclusive access, so runs on one graph are serialised.
+pub struct Graph {
+    component: String,
+    path: PathBuf,
+    session: Mutex<Session>,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+}
+
+impl fmt::Debug for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Graph")
+            .field("component", &self.component)
+            .field("path", &self.path)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+fn describe(ty: &ValueType, name: &str) -> TensorInfo {
+    let (dtype, shape) = match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dtype = match ty {
+                TensorElementType::Float32 => ElementType::F32,
+                TensorElementType::Float16 => ElementType::F16,
+                TensorElementType::Int32 => ElementType::I32,
+                TensorElementType::Int64 => ElementType::I64,
+                _ => ElementType::Other,
+            };
+            (dtype, shape.iter().copied().collect())
+        }
+        _ => (ElementType::Other, Vec::new()),
+    };
+    TensorInfo {
+        name: name.to_string(),
+        dtype,
+        shape,
+    }
+}
+
+impl Graph {
+    pub(crate) fn new(component: &str, path: &Path, session: Session) -> Graph {
+        let inputs = session.inputs().iter().map(|o| describe(o.dtype(), o.name())).collect();
+        let outputs = session.outputs().iter().map(|o| describe(o.dtype(), o.name())).collect();
+        Graph {
+            component: component.to_string(),
+            path: path.to_path_buf(),
+            session: Mutex::new(session),
+            inputs,
+            outputs,
+        }
+    }
+
+    pub fn component(&self) -> &str {
+        &self.component
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    pub fn input(&self, name: &str) -> Option<&TensorInfo> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<&TensorInfo> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// "name: dtype[dims], ..." for error messages and `dg doctor`.
+    pub fn signature(&self) -> String {
+        let list = |v: &[TensorInfo]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        format!("({}) -> ({})", list(&self.inputs), list(&self.outputs))
+    }
+
+    /// Runs the graph and returns the named float32 output, plus the time spent inside ONNX Runtime.
+    pub fn run(&self, inputs: &[(&str, Input<'_>)], output: &str) -> Result<(ArrayD<f32>, Duration)> {
+        let fail = |e: ort::Error| Error::backend(&self.component, e);
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let value: ort::session::SessionInputValue<'_> = match input {
+                Input::F32(a) => TensorRef::from_array_view(a.view()).map_err(fail)?.into(),
+                Input::I32(a) => TensorRef::from_array_view(a.view()).map_err(fail)?.into(),
+                Input::I64(a) => TensorRef::from_array_view(a.view()).map_err(fail)?.into(),
+            };
+            values.push((*name, value));
+        }
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = Instant::now();
+        let outputs = session.run(values).map_err(fail)?;
+        let elapsed = started.elapsed();
+        let value = outputs.get(output).ok_or_else(|| {
+            Error::backend(&self.component, format!("graph produced no output named `{output}`"))
+        })?;
+        let array = value
+            .try_extract_array::<f32>()
+            .map_err(|e| Error::backend(&self.component, format!("output `{output}`: {e}")))?
+            .to_owned();
+        Ok((array, elapsed))
+    }
+}

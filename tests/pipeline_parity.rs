@@ -1,0 +1,91 @@
+//! End-to-end parity with diffusers' PyTorch StableDiffusionPipeline: same seed, same graphs, every
+//! scheduler. Goldens come from models/make_tiny.py (final latents .npy + the PNG diffusers saved).
+mod common;
+
+use std::path::PathBuf;
+
+use diffgentor::{npy, Image, Request};
+use serde_json::Value;
+
+const LATENT_TOLERANCE: f32 = 1e-3;
+const PIXEL_MAX_DIFF: u8 = 2;
+const PIXEL_MEAN_DIFF: f64 = 0.5;
+
+fn golden_dir() -> PathBuf {
+    common::repo().join("tests/golden/pipelines")
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(golden_dir().join("manifest.json")).expect("manifest.json");
+    let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
+    manifest["cases"].as_array().expect("cases").clone()
+}
+
+fn request_for(case: &Value) -> Request {
+    let mut request = Request::new(case["prompt"].as_str().unwrap_or_default());
+    request.negative_prompt = case["negative_prompt"].as_str().map(str::to_string);
+    request.steps = case["steps"].as_u64().unwrap() as usize;
+    request.guidance_scale = case["guidance_scale"].as_f64().unwrap() as f32;
+    request.seed = Some(case["seed"].as_u64().unwrap());
+    request.width = case["width"].as_u64().map(|v| v as u32);
+    request.height = case["height"].as_u64().map(|v| v as u32);
+    request.num_images = case["num_images"].as_u64().unwrap_or(1) as usize;
+    request.eta = case["eta"].as_f64().unwrap_or(0.0) as f32;
+    request.scheduler = case["scheduler"].as_str().map(str::to_string);
+    if let Some(overrides) = case["scheduler_overrides"].as_object() {
+        request.scheduler_overrides = overrides.clone();
+    }
+    if let Some(file) = case["latents_in"].as_str() {
+        request.latents = Some(npy::read_f32(&golden_dir().join(file)).unwrap());
+    }
+    request
+}
+
+#[test]
+fn every_golden_case_matches_diffusers() {
+    let cases = cases();
+    assert!(cases.len() >= 10, "expected a case per scheduler and the extra cases");
+    let mut failures = Vec::new();
+    let mut pipelines = std::collections::HashMap::new();
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let model = case["model"].as_str().unwrap().to_string();
+        let pipeline = pipelines.entry(model.clone()).or_insert_with(|| common::pipeline(&model));
+        let output = match pipeline.generate(&request_for(case)) {
+            Ok(output) => output,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let expected = npy::read_f32(&golden_dir().join(case["latents"].as_str().unwrap())).unwrap();
+        assert_eq!(output.latents.shape(), expected.shape(), "{name}: latent shape");
+        let latent_err = output
+            .latents
+            .iter()
+            .zip(expected.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let pngs = case["png"].as_array().unwrap();
+        assert_eq!(output.images.len(), pngs.len(), "{name}: image count");
+        let (mut max_px, mut sum_px, mut count) = (0u8, 0u64, 0u64);
+        for (image, file) in output.images.iter().zip(pngs) {
+            let golden = Image::load_png(&golden_dir().join(file.as_str().unwrap())).unwrap();
+            assert_eq!((image.width, image.height), (golden.width, golden.height), "{name}: size");
+            for (a, b) in image.pixels.iter().zip(&golden.pixels) {
+                let d = a.abs_diff(*b);
+                max_px = max_px.max(d);
+                sum_px += u64::from(d);
+                count += 1;
+            }
+        }
+        let mean_px = sum_px as f64 / count as f64;
+        println!("{name}: latents max abs {latent_err:.2e}, pixels max {max_px} mean {mean_px:.4}");
+        if latent_err > LATENT_TOLERANCE || max_px > PIXEL_MAX_DIFF || mean_px >= PIXEL_MEAN_DIFF {
+            failures.push(format!(
+                "{name}: latents max abs {latent_err:.2e}, pixels max {max_px} mean {mean_px:.4}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+}
