@@ -25,6 +25,7 @@ Exported graph I/O (observed, opset 18, all float32 unless noted; also in each p
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -231,10 +232,21 @@ for _c in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
     KEEP_FILES.add(f"{_c}/model.onnx")
 
 
+def strict_json(obj):
+    """JSON has no Infinity/NaN (diffusers' DPM config holds -inf): write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj, indent=2):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
+        json.dump(strict_json(obj), f, indent=indent, ensure_ascii=False, allow_nan=False)
         f.write("\n")
 
 

@@ -110,7 +110,7 @@ fn timings_list_every_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("t.png");
     let stdout = ok(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "3", "--seed", "1", "--timings",
+        "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "3", "--seed", "1", "--timings", "--scheduler", "euler",
         "--output", out.to_str().unwrap(),
     ]));
     for stage in ["tokenize", "text encode", "step 1/3", "step 3/3", "decode", "onnx runtime", "total"] {
