@@ -70,6 +70,9 @@ impl Error {
             Error::OrtLibrary(_) => ErrorCode::Backend,
             Error::Cancelled => ErrorCode::Cancelled,
             Error::Backend { .. } => ErrorCode::Backend,
+            Error::Scheduler(SchedulerError::UnsupportedConfig { .. } | SchedulerError::Unsupported { .. }) => {
+                ErrorCode::Unsupported
+            }
             Error::Scheduler(_) => ErrorCode::InvalidArg,
         }
     }
