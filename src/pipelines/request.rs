@@ -91,10 +91,16 @@ impl Request {
             )));
         }
         if !self.guidance_scale.is_finite() {
-            return Err(Error::InvalidArg(format!("guidance_scale must be finite, got {}", self.guidance_scale)));
+            return Err(Error::InvalidArg(format!(
+                "guidance_scale must be finite, got {}",
+                self.guidance_scale
+            )));
         }
         if !self.eta.is_finite() || self.eta < 0.0 {
-            return Err(Error::InvalidArg(format!("eta must be >= 0, got {}", self.eta)));
+            return Err(Error::InvalidArg(format!(
+                "eta must be >= 0, got {}",
+                self.eta
+            )));
         }
         Ok(())
     }
@@ -114,7 +120,9 @@ pub(crate) fn check_size(width: u32, height: u32, factor: u32) -> Result<()> {
             )));
         }
         if v > 16384 {
-            return Err(Error::InvalidArg(format!("{name} {v} is larger than 16384")));
+            return Err(Error::InvalidArg(format!(
+                "{name} {v} is larger than 16384"
+            )));
         }
     }
     Ok(())

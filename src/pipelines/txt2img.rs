@@ -74,9 +74,14 @@ impl Pipeline {
     pub fn defaults(&self) -> Result<Defaults> {
         let package = &self.model.package;
         let (width, height) = package.default_size().ok_or_else(|| {
-            Error::model(package.component("unet"), "config.json has no usable `sample_size`; pass width and height")
+            Error::model(
+                package.component("unet"),
+                "config.json has no usable `sample_size`; pass width and height",
+            )
         })?;
-        let scheduler = schedulers::create(None, &package.scheduler_config)?.name().to_string();
+        let scheduler = schedulers::create(None, &package.scheduler_config)?
+            .name()
+            .to_string();
         Ok(Defaults {
             width,
             height,
@@ -143,18 +148,16 @@ impl Pipeline {
         for (i, &t) in timesteps.iter().enumerate() {
             let step_started = Instant::now();
             for copy in 0..batch / n {
-                model_input.slice_mut(s![copy * n..(copy + 1) * n, .., .., ..]).assign(&latents);
+                model_input
+                    .slice_mut(s![copy * n..(copy + 1) * n, .., .., ..])
+                    .assign(&latents);
             }
             scheduler.scale_model_input(model_input.view_mut(), i);
-            let (float_t, int_t) = (ArrayD::from_elem(timestep_shape(unet.timestep, batch), t), ArrayD::from_elem(timestep_shape(unet.timestep, batch), t as i64));
-            let timestep = match unet.timestep {
-                TimestepKind::FloatScalar | TimestepKind::FloatBatch => Input::F32(float_t.view()),
-                TimestepKind::Int64Batch | TimestepKind::Int64Scalar => Input::I64(int_t.view()),
-            };
+            let timestep = TimestepTensor::new(unet.timestep, batch, t);
             let (prediction, ort) = unet.graph.run(
                 &[
                     ("sample", Input::F32(model_input.view())),
-                    ("timestep", timestep),
+                    ("timestep", timestep.input()),
                     ("encoder_hidden_states", Input::F32(cond.view())),
                 ],
                 "out_sample",
@@ -233,7 +236,9 @@ impl Pipeline {
             }
             _ => Input::I64(ids.view()),
         };
-        let (hidden, ort) = encoder.graph.run(&[("input_ids", input)], "last_hidden_state")?;
+        let (hidden, ort) = encoder
+            .graph
+            .run(&[("input_ids", input)], "last_hidden_state")?;
         timings.ort_run += ort;
         let hidden = hidden
             .into_dimensionality::<Ix3>()
@@ -266,7 +271,10 @@ impl Pipeline {
             .into_dimensionality::<Ix4>()
             .map_err(|e| Error::backend("vae_decoder", format!("sample: {e}")))?;
         if decoded.shape()[1] != 3 {
-            return Err(Error::backend("vae_decoder", format!("expected 3 channels, got {:?}", decoded.shape())));
+            return Err(Error::backend(
+                "vae_decoder",
+                format!("expected 3 channels, got {:?}", decoded.shape()),
+            ));
         }
         let images = decoded.outer_iter().map(Image::from_vae_output).collect();
         timings.decode = started.elapsed();
@@ -274,15 +282,40 @@ impl Pipeline {
     }
 }
 
-fn timestep_shape(kind: TimestepKind, batch: usize) -> Vec<usize> {
-    match kind {
-        TimestepKind::FloatScalar | TimestepKind::Int64Scalar => vec![],
-        TimestepKind::FloatBatch | TimestepKind::Int64Batch => vec![batch],
+/// The timestep in the element type and rank the UNet graph declares.
+enum TimestepTensor {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+impl TimestepTensor {
+    fn new(kind: TimestepKind, batch: usize, t: f32) -> TimestepTensor {
+        let shape = match kind {
+            TimestepKind::FloatScalar | TimestepKind::Int64Scalar => vec![],
+            TimestepKind::FloatBatch | TimestepKind::Int64Batch => vec![batch],
+        };
+        match kind {
+            TimestepKind::FloatScalar | TimestepKind::FloatBatch => {
+                TimestepTensor::F32(ArrayD::from_elem(shape, t))
+            }
+            TimestepKind::Int64Batch | TimestepKind::Int64Scalar => {
+                TimestepTensor::I64(ArrayD::from_elem(shape, t as i64))
+            }
+        }
+    }
+
+    fn input(&self) -> Input<'_> {
+        match self {
+            TimestepTensor::F32(a) => Input::F32(a.view()),
+            TimestepTensor::I64(a) => Input::I64(a.view()),
+        }
     }
 }
 
 /// A seed for requests that did not give one; reported back so the image can be reproduced.
 fn clock_seed() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     (nanos as u64) & 0x7fff_ffff_ffff_ffff
 }

@@ -18,30 +18,56 @@ pub struct DoctorArgs {
 }
 
 pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
-    let features: Vec<&str> = [("cuda", cfg!(feature = "cuda")), ("tensorrt", cfg!(feature = "tensorrt"))]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
-    println!("diffgentor {} (features: {})", env!("CARGO_PKG_VERSION"), features.join(", "));
+    let features: Vec<&str> = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("tensorrt", cfg!(feature = "tensorrt")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    println!(
+        "diffgentor {} (features: {})",
+        env!("CARGO_PKG_VERSION"),
+        features.join(", ")
+    );
     let runtime = args.runtime.build()?;
     let lib = runtime.library();
-    println!("onnxruntime {} loaded from {} ({})", lib.version, lib.path.display(), lib.source);
-    println!("execution providers available: {}", library::available_providers()?.join(", "));
-    println!("execution provider in use: {}", runtime.effective_provider());
+    println!(
+        "onnxruntime {} loaded from {} ({})",
+        lib.version,
+        lib.path.display(),
+        lib.source
+    );
+    println!(
+        "execution providers available: {}",
+        library::available_providers()?.join(", ")
+    );
+    println!(
+        "execution provider in use: {}",
+        runtime.effective_provider()
+    );
     let Some(dir) = args.model else {
         return Ok(());
     };
     let model = LoadedModel::load(&runtime, &dir)?;
     let package = &model.package;
     println!("model {} ({})", package.name, package.class_name);
-    println!("  vae factor {}, scaling factor {}", package.vae_scale_factor, package.vae_scaling_factor());
+    println!(
+        "  vae factor {}, scaling factor {}",
+        package.vae_scale_factor,
+        package.vae_scaling_factor()
+    );
     if let Some((w, h)) = package.default_size() {
         println!("  default size {w}x{h}");
     }
     let scheduler = schedulers::create(None, &package.scheduler_config)?;
     println!("  scheduler {}", scheduler.name());
     println!("  tokenizer max length {}", model.tokenizer.max_length());
-    for graph in [&model.text_encoder.graph, &model.unet.graph, &model.vae_decoder.graph] {
+    for graph in [
+        &model.text_encoder.graph,
+        &model.unet.graph,
+        &model.vae_decoder.graph,
+    ] {
         println!("  {} {}", graph.component(), graph.signature());
     }
     Ok(())

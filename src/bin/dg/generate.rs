@@ -96,17 +96,23 @@ fn build_request(args: &GenerateArgs) -> diffgentor::Result<Request> {
     request.width = args.width;
     request.height = args.height;
     request.seed = args.seed;
-    request.rng = args.rng.parse::<RngMode>().map_err(|e| Error::InvalidArg(format!("--rng: {e}")))?;
+    request.rng = args
+        .rng
+        .parse::<RngMode>()
+        .map_err(|e| Error::InvalidArg(format!("--rng: {e}")))?;
     request.scheduler = args.scheduler.clone();
     request.eta = args.eta;
     request.num_images = args.num_images;
     for option in &args.scheduler_options {
-        let (key, value) = option
-            .split_once('=')
-            .ok_or_else(|| Error::InvalidArg(format!("--scheduler-option `{option}` is not KEY=VALUE")))?;
+        let (key, value) = option.split_once('=').ok_or_else(|| {
+            Error::InvalidArg(format!("--scheduler-option `{option}` is not KEY=VALUE"))
+        })?;
         // JSON values (true, 3.0, "x") keep their type; anything else is taken as a string.
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-        request.scheduler_overrides.insert(key.trim().to_string(), value);
+        let value =
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        request
+            .scheduler_overrides
+            .insert(key.trim().to_string(), value);
     }
     if let Some(path) = &args.latents {
         request.latents = Some(npy::read_f32(path)?);
@@ -119,9 +125,17 @@ fn output_paths(path: &Path, count: usize) -> Vec<PathBuf> {
     if count == 1 {
         return vec![path.to_path_buf()];
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
-    (0..count).map(|i| path.with_file_name(format!("{stem}_{i:02}.{ext}"))).collect()
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    (0..count)
+        .map(|i| path.with_file_name(format!("{stem}_{i:02}.{ext}")))
+        .collect()
 }
 
 /// The sampler names AUTOMATIC1111-style tools display for our schedulers.
@@ -165,7 +179,11 @@ fn print_timings(output: &Output) {
     println!("{:<16}{:>10.3} ms", "tokenize", ms(t.tokenize));
     println!("{:<16}{:>10.3} ms", "text encode", ms(t.text_encode));
     for (i, step) in t.denoise_steps.iter().enumerate() {
-        println!("{:<16}{:>10.3} ms", format!("step {}/{}", i + 1, t.denoise_steps.len()), ms(*step));
+        println!(
+            "{:<16}{:>10.3} ms",
+            format!("step {}/{}", i + 1, t.denoise_steps.len()),
+            ms(*step)
+        );
     }
     println!("{:<16}{:>10.3} ms", "decode", ms(t.decode));
     println!("{:<16}{:>10.3} ms", "onnx runtime", ms(t.ort_run));

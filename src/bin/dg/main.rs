@@ -12,7 +12,11 @@ use diffgentor::runtime::TensorRtOptions;
 use diffgentor::{ExecutionProvider, Runtime, RuntimeOptions};
 
 #[derive(Parser)]
-#[command(name = "dg", version, about = "Image generation with ONNX Runtime, numerics as diffusers")]
+#[command(
+    name = "dg",
+    version,
+    about = "Image generation with ONNX Runtime, numerics as diffusers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a text prompt.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Show the ONNX Runtime library, execution providers and (with --model) a package's components.
     Doctor(doctor::DoctorArgs),
     /// Tile PNG images into one contact sheet.
@@ -76,7 +80,7 @@ impl RuntimeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
         Command::Doctor(args) => doctor::run(args),
         Command::Montage(args) => montage::run(args),
     };

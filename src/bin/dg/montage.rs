@@ -23,9 +23,15 @@ pub struct MontageArgs {
 
 pub fn run(args: MontageArgs) -> diffgentor::Result<()> {
     if args.columns == 0 || args.scale == 0 || args.scale > 64 {
-        return Err(Error::InvalidArg("--columns must be >= 1 and --scale between 1 and 64".into()));
+        return Err(Error::InvalidArg(
+            "--columns must be >= 1 and --scale between 1 and 64".into(),
+        ));
     }
-    let images = args.inputs.iter().map(|p| Image::load_png(p)).collect::<diffgentor::Result<Vec<_>>>()?;
+    let images = args
+        .inputs
+        .iter()
+        .map(|p| Image::load_png(p))
+        .collect::<diffgentor::Result<Vec<_>>>()?;
     let cell_w = images.iter().map(|i| i.width).max().unwrap_or(1) * args.scale;
     let cell_h = images.iter().map(|i| i.height).max().unwrap_or(1) * args.scale;
     let columns = args.columns.min(images.len()) as u32;
@@ -37,7 +43,10 @@ pub fn run(args: MontageArgs) -> diffgentor::Result<()> {
         pixels: vec![255; (width * height * 3) as usize],
     };
     for (index, image) in images.iter().enumerate() {
-        let (x0, y0) = ((index as u32 % columns) * cell_w, (index as u32 / columns) * cell_h);
+        let (x0, y0) = (
+            (index as u32 % columns) * cell_w,
+            (index as u32 / columns) * cell_h,
+        );
         for y in 0..image.height * args.scale {
             for x in 0..image.width * args.scale {
                 let src = (((y / args.scale) * image.width + x / args.scale) * 3) as usize;
