@@ -70,14 +70,18 @@ impl Error {
             Error::OrtLibrary(_) => ErrorCode::Backend,
             Error::Cancelled => ErrorCode::Cancelled,
             Error::Backend { .. } => ErrorCode::Backend,
-            Error::Scheduler(SchedulerError::UnsupportedConfig { .. } | SchedulerError::Unsupported { .. }) => {
-                ErrorCode::Unsupported
-            }
+            Error::Scheduler(
+                SchedulerError::UnsupportedConfig { .. } | SchedulerError::Unsupported { .. },
+            ) => ErrorCode::Unsupported,
             Error::Scheduler(_) => ErrorCode::InvalidArg,
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             action,
             path: path.into(),

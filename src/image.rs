@@ -59,8 +59,12 @@ impl Image {
     /// Reads an 8-bit RGB or RGBA PNG (alpha is dropped).
     pub fn load_png(path: &Path) -> Result<Image> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-        let bad = |e: png::DecodingError| Error::InvalidArg(format!("{}: not a readable PNG: {e}", path.display()));
-        let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(bad)?;
+        let bad = |e: png::DecodingError| {
+            Error::InvalidArg(format!("{}: not a readable PNG: {e}", path.display()))
+        };
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .map_err(bad)?;
         let size = reader
             .output_buffer_size()
             .ok_or_else(|| Error::InvalidArg(format!("{}: image too large", path.display())))?;
@@ -70,7 +74,10 @@ impl Image {
             (png::ColorType::Rgb, png::BitDepth::Eight) => 3,
             (png::ColorType::Rgba, png::BitDepth::Eight) => 4,
             other => {
-                return Err(Error::Unsupported(format!("{}: PNG format {other:?}", path.display())));
+                return Err(Error::Unsupported(format!(
+                    "{}: PNG format {other:?}",
+                    path.display()
+                )));
             }
         };
         let pixels = buf[..info.buffer_size()]
@@ -93,7 +100,9 @@ impl Image {
 
 /// tEXt is Latin-1 only; characters outside it become '?' rather than failing the whole write.
 fn latin1_lossy(s: &str) -> String {
-    s.chars().map(|c| if (c as u32) < 256 { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| if (c as u32) < 256 { c } else { '?' })
+        .collect()
 }
 
 /// Creates parent directories, writes to a sibling temporary file, then renames it over `path`.
@@ -103,13 +112,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create directory", parent, e))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArg(format!("output path {} has no file name", path.display())))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        Error::InvalidArg(format!("output path {} has no file name", path.display()))
+    })?;
     // Unique per process and call, so concurrent writers of the same path never share a temp file.
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = parent.join(format!(".{}.{}.{n}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.{}.{n}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path));

@@ -27,3 +27,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use image::Image;
 pub use pipelines::{Output, Pipeline, Progress, Request};
 pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};
+
+/// Compiles the README's Rust example as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

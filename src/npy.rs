@@ -20,7 +20,10 @@ fn parse_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
     let header = bytes
@@ -28,7 +31,9 @@ fn parse_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-ASCII header")?;
     let field = |key: &str| -> std::result::Result<&str, String> {
-        let at = header.find(&format!("'{key}':")).ok_or(format!("header has no '{key}'"))?;
+        let at = header
+            .find(&format!("'{key}':"))
+            .ok_or(format!("header has no '{key}'"))?;
         Ok(header[at + key.len() + 3..].trim_start())
     };
     if !field("descr")?.starts_with("'<f4'") {
@@ -43,7 +48,10 @@ fn parse_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("malformed shape dimension `{s}`")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("malformed shape dimension `{s}`"))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let count = shape
         .iter()
@@ -51,7 +59,11 @@ fn parse_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
         .ok_or("shape overflows")?;
     let data = &bytes[start + header_len..];
     if data.len() != count * 4 {
-        return Err(format!("expected {} data bytes for shape {shape:?}, found {}", count * 4, data.len()));
+        return Err(format!(
+            "expected {} data bytes for shape {shape:?}, found {}",
+            count * 4,
+            data.len()
+        ));
     }
     let values = data
         .chunks_exact(4)
@@ -94,7 +106,8 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.5, 3.0, 0.0, f32::MAX, 1e-8]).unwrap();
+        let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.5, 3.0, 0.0, f32::MAX, 1e-8])
+            .unwrap();
         assert_eq!(parse_f32(&to_bytes(&a)).unwrap(), a);
         assert!(parse_f32(b"garbage").is_err());
         let mut truncated = to_bytes(&a);

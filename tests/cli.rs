@@ -36,7 +36,9 @@ fn tiny_sd() -> String {
 
 fn png_text(path: &Path) -> Vec<(String, String)> {
     let file = std::fs::File::open(path).unwrap();
-    let reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
     reader
         .info()
         .uncompressed_latin1_text
@@ -59,9 +61,23 @@ fn generate_writes_png_with_a1111_parameters_into_a_new_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("new/nested/cat.png");
     let stdout = ok(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "a cat", "--negative-prompt", "blurry",
-        "--steps", "3", "--seed", "42", "--scheduler", "euler_a", "--guidance", "6",
-        "--output", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "a cat",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "3",
+        "--seed",
+        "42",
+        "--scheduler",
+        "euler_a",
+        "--guidance",
+        "6",
+        "--output",
+        out.to_str().unwrap(),
     ]));
     assert!(stdout.contains("wrote"), "{stdout}");
     let image = Image::load_png(&out).unwrap();
@@ -70,7 +86,11 @@ fn generate_writes_png_with_a1111_parameters_into_a_new_directory() {
     let (key, params) = &text[0];
     assert_eq!(key, "parameters");
     assert!(params.starts_with("a cat\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Scheduler: euler_a, CFG scale: 6, Seed: 42, Size: 64x64, Model: tiny-sd"), "{params}");
-    assert_eq!(files_in(out.parent().unwrap()), vec!["cat.png"], "no temp files left");
+    assert_eq!(
+        files_in(out.parent().unwrap()),
+        vec!["cat.png"],
+        "no temp files left"
+    );
 }
 
 #[test]
@@ -79,10 +99,26 @@ fn several_images_are_numbered_and_latents_round_trip() {
     let out = tmp.path().join("batch.png");
     let saved = tmp.path().join("final.npy");
     ok(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "two birds", "--steps", "2", "--seed", "3",
-        "--num-images", "2", "--output", out.to_str().unwrap(), "--save-latents", saved.to_str().unwrap(),
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "two birds",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--num-images",
+        "2",
+        "--output",
+        out.to_str().unwrap(),
+        "--save-latents",
+        saved.to_str().unwrap(),
     ]));
-    assert_eq!(files_in(tmp.path()), vec!["batch_00.png", "batch_01.png", "final.npy"]);
+    assert_eq!(
+        files_in(tmp.path()),
+        vec!["batch_00.png", "batch_01.png", "final.npy"]
+    );
     assert_eq!(npy::read_f32(&saved).unwrap().shape(), &[2, 4, 8, 8]);
     let a = Image::load_png(&tmp.path().join("batch_00.png")).unwrap();
     let b = Image::load_png(&tmp.path().join("batch_01.png")).unwrap();
@@ -97,8 +133,21 @@ fn supplied_latents_make_the_seed_irrelevant() {
     let run = |seed: &str, name: &str| {
         let out = tmp.path().join(name);
         ok(&dg(&[
-            "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "2", "--seed", seed,
-            "--scheduler", "ddim", "--latents", latents.to_str().unwrap(), "--output", out.to_str().unwrap(),
+            "generate",
+            "--model",
+            &tiny_sd(),
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--seed",
+            seed,
+            "--scheduler",
+            "ddim",
+            "--latents",
+            latents.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
         ]));
         Image::load_png(&out).unwrap()
     };
@@ -110,10 +159,30 @@ fn timings_list_every_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("t.png");
     let stdout = ok(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "3", "--seed", "1", "--timings", "--scheduler", "euler",
-        "--output", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--timings",
+        "--scheduler",
+        "euler",
+        "--output",
+        out.to_str().unwrap(),
     ]));
-    for stage in ["tokenize", "text encode", "step 1/3", "step 3/3", "decode", "onnx runtime", "total"] {
+    for stage in [
+        "tokenize",
+        "text encode",
+        "step 1/3",
+        "step 3/3",
+        "decode",
+        "onnx runtime",
+        "total",
+    ] {
         assert!(stdout.contains(stage), "missing {stage}: {stdout}");
     }
 }
@@ -125,10 +194,22 @@ fn unwritable_output_fails_and_leaves_nothing() {
     std::fs::write(&blocker, "a file where a directory should be").unwrap();
     let out = blocker.join("img.png");
     let stderr = failed(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "1", "--seed", "1",
-        "--output", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
     ]));
-    assert!(stderr.contains("cannot create directory") && stderr.contains("not-a-dir"), "{stderr}");
+    assert!(
+        stderr.contains("cannot create directory") && stderr.contains("not-a-dir"),
+        "{stderr}"
+    );
     assert_eq!(files_in(tmp.path()), vec!["not-a-dir"]);
 }
 
@@ -137,16 +218,40 @@ fn unavailable_execution_provider_is_an_error_not_a_silent_fallback() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gpu.png");
     let stderr = failed(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "1", "--ep", "cuda:0",
-        "--output", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--ep",
+        "cuda:0",
+        "--output",
+        out.to_str().unwrap(),
     ]));
-    assert!(stderr.contains("execution provider cuda:0 is unavailable"), "{stderr}");
+    assert!(
+        stderr.contains("execution provider cuda:0 is unavailable"),
+        "{stderr}"
+    );
     assert!(!out.exists());
 
     let stderr = String::from_utf8_lossy(
         &dg(&[
-            "generate", "--model", &tiny_sd(), "--prompt", "x", "--steps", "1", "--seed", "1",
-            "--ep", "tensorrt", "--allow-cpu-fallback", "--output", out.to_str().unwrap(),
+            "generate",
+            "--model",
+            &tiny_sd(),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--seed",
+            "1",
+            "--ep",
+            "tensorrt",
+            "--allow-cpu-fallback",
+            "--output",
+            out.to_str().unwrap(),
         ])
         .stderr,
     )
@@ -157,12 +262,43 @@ fn unavailable_execution_provider_is_an_error_not_a_silent_fallback() {
 
 #[test]
 fn bad_arguments_are_reported() {
-    let stderr = failed(&dg(&["generate", "--model", &tiny_sd(), "--prompt", "x", "--width", "65", "--output", "x.png"]));
-    assert!(stderr.contains("width 65 must be a positive multiple of the VAE factor 8"), "{stderr}");
-    let stderr = failed(&dg(&["generate", "--model", &tiny_sd(), "--prompt", "x", "--rng", "dice", "--output", "x.png"]));
+    let stderr = failed(&dg(&[
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--width",
+        "65",
+        "--output",
+        "x.png",
+    ]));
+    assert!(
+        stderr.contains("width 65 must be a positive multiple of the VAE factor 8"),
+        "{stderr}"
+    );
+    let stderr = failed(&dg(&[
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--rng",
+        "dice",
+        "--output",
+        "x.png",
+    ]));
     assert!(stderr.contains("--rng"), "{stderr}");
     let stderr = failed(&dg(&[
-        "generate", "--model", &tiny_sd(), "--prompt", "x", "--scheduler-option", "nokey", "--output", "x.png",
+        "generate",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--scheduler-option",
+        "nokey",
+        "--output",
+        "x.png",
     ]));
     assert!(stderr.contains("is not KEY=VALUE"), "{stderr}");
     assert!(!Path::new("x.png").exists());
@@ -171,11 +307,17 @@ fn bad_arguments_are_reported() {
 #[test]
 fn doctor_reports_library_providers_and_package() {
     let stdout = ok(&dg(&["doctor", "--model", &tiny_sd()]));
-    assert!(stdout.contains("onnxruntime 1.31.1 loaded from"), "{stdout}");
+    assert!(
+        stdout.contains("onnxruntime 1.31.1 loaded from"),
+        "{stdout}"
+    );
     assert!(stdout.contains("CPUExecutionProvider"), "{stdout}");
     assert!(stdout.contains("vae factor 8"), "{stdout}");
     assert!(stdout.contains("scheduler pndm"), "{stdout}");
-    assert!(stdout.contains("unet (sample: float32[?, 4, ?, ?], timestep: float32[]"), "{stdout}");
+    assert!(
+        stdout.contains("unet (sample: float32[?, 4, ?, ?], timestep: float32[]"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -183,12 +325,29 @@ fn montage_tiles_images() {
     let tmp = tempfile::tempdir().unwrap();
     let tile = |name: &str, value: u8| {
         let path = tmp.path().join(name);
-        Image { width: 2, height: 2, pixels: vec![value; 12] }.save_png(&path, &[]).unwrap();
+        Image {
+            width: 2,
+            height: 2,
+            pixels: vec![value; 12],
+        }
+        .save_png(&path, &[])
+        .unwrap();
         path.display().to_string()
     };
     let (a, b, c) = (tile("a.png", 10), tile("b.png", 20), tile("c.png", 30));
     let sheet = tmp.path().join("sheet.png");
-    ok(&dg(&["montage", "--columns", "2", "--scale", "3", "--output", sheet.to_str().unwrap(), &a, &b, &c]));
+    ok(&dg(&[
+        "montage",
+        "--columns",
+        "2",
+        "--scale",
+        "3",
+        "--output",
+        sheet.to_str().unwrap(),
+        &a,
+        &b,
+        &c,
+    ]));
     let image = Image::load_png(&sheet).unwrap();
     assert_eq!((image.width, image.height), (12, 12));
     let px = |x: u32, y: u32| image.pixels[((y * 12 + x) * 3) as usize];

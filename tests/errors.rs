@@ -18,14 +18,19 @@ fn small_request() -> Request {
 }
 
 fn generate_err(request: &Request) -> Error {
-    common::pipeline("tiny-sd").generate(request).expect_err("request must fail")
+    common::pipeline("tiny-sd")
+        .generate(request)
+        .expect_err("request must fail")
 }
 
 #[test]
 fn missing_model_directory() {
     let err = load_err(&common::model_dir("no-such-model"));
     assert_eq!(err.code(), ErrorCode::Model);
-    assert!(err.to_string().contains("no-such-model") && err.to_string().contains("not a directory"), "{err}");
+    assert!(
+        err.to_string().contains("no-such-model") && err.to_string().contains("not a directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -35,7 +40,11 @@ fn missing_component_is_named() {
     fs::remove_dir_all(dir.join("vae_decoder")).unwrap();
     let err = load_err(&dir);
     assert_eq!(err.code(), ErrorCode::Model);
-    assert!(err.to_string().contains("missing component folder(s): vae_decoder"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("missing component folder(s): vae_decoder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -55,7 +64,10 @@ fn model_index_that_is_not_json() {
     fs::write(dir.join("model_index.json"), "{ not json").unwrap();
     let err = load_err(&dir);
     assert_eq!(err.code(), ErrorCode::Model);
-    assert!(err.to_string().contains("model_index.json") && err.to_string().contains("not valid JSON"), "{err}");
+    assert!(
+        err.to_string().contains("model_index.json") && err.to_string().contains("not valid JSON"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -65,18 +77,28 @@ fn corrupt_onnx_graph() {
     fs::write(dir.join("unet/model.onnx"), b"this is not a protobuf").unwrap();
     let err = load_err(&dir);
     assert_eq!(err.code(), ErrorCode::Model);
-    assert!(err.to_string().contains("cannot load the unet graph"), "{err}");
+    assert!(
+        err.to_string().contains("cannot load the unet graph"),
+        "{err}"
+    );
 }
 
 #[test]
 fn graph_with_unknown_inputs_names_what_it_found() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::copy_model("tiny-sd", tmp.path());
-    fs::copy(dir.join("vae_decoder/model.onnx"), dir.join("unet/model.onnx")).unwrap();
+    fs::copy(
+        dir.join("vae_decoder/model.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
     let err = load_err(&dir);
     assert_eq!(err.code(), ErrorCode::Model);
     let msg = err.to_string();
-    assert!(msg.contains("does not match any known variant") && msg.contains("latent_sample"), "{msg}");
+    assert!(
+        msg.contains("does not match any known variant") && msg.contains("latent_sample"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -85,16 +107,24 @@ fn unknown_scheduler_lists_known_names() {
     request.scheduler = Some("warp_drive".into());
     let err = generate_err(&request);
     assert_eq!(err.code(), ErrorCode::InvalidArg);
-    assert!(err.to_string().contains("warp_drive") && err.to_string().contains("euler_a"), "{err}");
+    assert!(
+        err.to_string().contains("warp_drive") && err.to_string().contains("euler_a"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unsupported_scheduler_config_value() {
     let mut request = small_request();
-    request.scheduler_overrides.insert("beta_schedule".into(), "cosmic".into());
+    request
+        .scheduler_overrides
+        .insert("beta_schedule".into(), "cosmic".into());
     let err = generate_err(&request);
     assert_eq!(err.code(), ErrorCode::Unsupported, "{err:?}");
-    assert!(err.to_string().contains("beta_schedule") && err.to_string().contains("cosmic"), "{err}");
+    assert!(
+        err.to_string().contains("beta_schedule") && err.to_string().contains("cosmic"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,7 +135,10 @@ fn size_must_be_a_positive_multiple_of_the_vae_factor() {
         request.height = Some(h);
         let err = generate_err(&request);
         assert_eq!(err.code(), ErrorCode::InvalidArg, "{w}x{h}");
-        assert!(err.to_string().contains("multiple of the VAE factor 8"), "{err}");
+        assert!(
+            err.to_string().contains("multiple of the VAE factor 8"),
+            "{err}"
+        );
     }
 }
 
@@ -136,7 +169,10 @@ fn invalid_utf8_prompt() {
     let err = prompt_from_bytes(b"a cat \xff\xfe on a mat").expect_err("invalid UTF-8");
     assert_eq!(err.code(), ErrorCode::InvalidArg);
     assert!(err.to_string().contains("offset 6"), "{err}");
-    assert_eq!(prompt_from_bytes("a caf\u{e9}".as_bytes()).unwrap(), "a caf\u{e9}");
+    assert_eq!(
+        prompt_from_bytes("a caf\u{e9}".as_bytes()).unwrap(),
+        "a caf\u{e9}"
+    );
 }
 
 #[test]
@@ -150,14 +186,19 @@ fn cuda_is_an_error_on_a_cpu_build_unless_fallback_is_asked_for() {
     let err = Runtime::new(options.clone()).expect_err("CUDA is not in the CPU wheel");
     assert_eq!(err.code(), ErrorCode::EpUnavailable);
     let msg = err.to_string();
-    assert!(msg.contains("cuda:0") && msg.contains("CUDAExecutionProvider"), "{msg}");
+    assert!(
+        msg.contains("cuda:0") && msg.contains("CUDAExecutionProvider"),
+        "{msg}"
+    );
 
     let runtime = Runtime::new(RuntimeOptions {
         allow_cpu_fallback: true,
         ..options
     })
     .expect("fallback was asked for");
-    assert!(runtime.fallback().is_some_and(|r| r.contains("CUDAExecutionProvider")));
+    assert!(runtime
+        .fallback()
+        .is_some_and(|r| r.contains("CUDAExecutionProvider")));
     assert_eq!(runtime.effective_provider(), ExecutionProvider::Cpu);
 }
 

@@ -44,13 +44,18 @@ fn request_for(case: &Value) -> Request {
 #[test]
 fn every_golden_case_matches_diffusers() {
     let cases = cases();
-    assert!(cases.len() >= 10, "expected a case per scheduler and the extra cases");
+    assert!(
+        cases.len() >= 10,
+        "expected a case per scheduler and the extra cases"
+    );
     let mut failures = Vec::new();
     let mut pipelines = std::collections::HashMap::new();
     for case in &cases {
         let name = case["name"].as_str().unwrap();
         let model = case["model"].as_str().unwrap().to_string();
-        let pipeline = pipelines.entry(model.clone()).or_insert_with(|| common::pipeline(&model));
+        let pipeline = pipelines
+            .entry(model.clone())
+            .or_insert_with(|| common::pipeline(&model));
         let output = match pipeline.generate(&request_for(case)) {
             Ok(output) => output,
             Err(e) => {
@@ -58,8 +63,13 @@ fn every_golden_case_matches_diffusers() {
                 continue;
             }
         };
-        let expected = npy::read_f32(&golden_dir().join(case["latents"].as_str().unwrap())).unwrap();
-        assert_eq!(output.latents.shape(), expected.shape(), "{name}: latent shape");
+        let expected =
+            npy::read_f32(&golden_dir().join(case["latents"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            output.latents.shape(),
+            expected.shape(),
+            "{name}: latent shape"
+        );
         let latent_err = output
             .latents
             .iter()
@@ -71,7 +81,11 @@ fn every_golden_case_matches_diffusers() {
         let (mut max_px, mut sum_px, mut count) = (0u8, 0u64, 0u64);
         for (image, file) in output.images.iter().zip(pngs) {
             let golden = Image::load_png(&golden_dir().join(file.as_str().unwrap())).unwrap();
-            assert_eq!((image.width, image.height), (golden.width, golden.height), "{name}: size");
+            assert_eq!(
+                (image.width, image.height),
+                (golden.width, golden.height),
+                "{name}: size"
+            );
             for (a, b) in image.pixels.iter().zip(&golden.pixels) {
                 let d = a.abs_diff(*b);
                 max_px = max_px.max(d);
@@ -87,5 +101,9 @@ fn every_golden_case_matches_diffusers() {
             ));
         }
     }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }

@@ -64,10 +64,15 @@ pub struct Unet {
 
 impl Unet {
     pub fn new(graph: Graph) -> Result<Unet> {
-        const EXPECTED: &str = "sample: float32[b, c, h, w], timestep: float32[] | float32[b] | int64[b], \
+        const EXPECTED: &str =
+            "sample: float32[b, c, h, w], timestep: float32[] | float32[b] | int64[b], \
                                 encoder_hidden_states: float32[b, seq, dim] -> out_sample";
         let sample_ok = is(graph.input("sample"), &[ElementType::F32], &[4])
-            && is(graph.input("encoder_hidden_states"), &[ElementType::F32], &[3])
+            && is(
+                graph.input("encoder_hidden_states"),
+                &[ElementType::F32],
+                &[3],
+            )
             && graph.output("out_sample").is_some();
         let timestep = match graph.input("timestep").map(|t| (t.dtype, t.rank())) {
             Some((ElementType::F32, 0)) => Some(TimestepKind::FloatScalar),

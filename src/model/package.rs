@@ -21,7 +21,13 @@ pub struct ModelPackage {
 }
 
 /// Components a text-to-image package must have, as folder names.
-const REQUIRED: &[&str] = &["text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler"];
+const REQUIRED: &[&str] = &[
+    "text_encoder",
+    "unet",
+    "vae_decoder",
+    "tokenizer",
+    "scheduler",
+];
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
@@ -32,7 +38,10 @@ impl ModelPackage {
     /// Reads model_index.json and the component configs under `dir`.
     pub fn open(dir: &Path) -> Result<ModelPackage> {
         if !dir.is_dir() {
-            return Err(Error::model(dir, "is not a directory (expected an optimum/diffusers ONNX export)"));
+            return Err(Error::model(
+                dir,
+                "is not a directory (expected an optimum/diffusers ONNX export)",
+            ));
         }
         let index = read_json(&dir.join("model_index.json"))?;
         let class_name = index
@@ -40,7 +49,11 @@ impl ModelPackage {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::model(dir.join("model_index.json"), "has no `_class_name`"))?
             .to_string();
-        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|c| !dir.join(c).is_dir()).collect();
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|c| !dir.join(c).is_dir())
+            .collect();
         if !missing.is_empty() {
             return Err(Error::model(
                 dir,
@@ -56,7 +69,10 @@ impl ModelPackage {
             .map(Vec::len)
             .filter(|n| (1..=8).contains(n))
             .ok_or_else(|| {
-                Error::model(dir.join("vae_decoder/config.json"), "has no usable `block_out_channels`")
+                Error::model(
+                    dir.join("vae_decoder/config.json"),
+                    "has no usable `block_out_channels`",
+                )
             })?;
         let name = dir
             .canonicalize()

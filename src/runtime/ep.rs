@@ -58,7 +58,9 @@ impl ExecutionProvider {
             }
             ExecutionProvider::TensorRt { device_id, options } => {
                 self.check_compiled_in()?;
-                let mut trt = ep::TensorRT::default().with_device_id(*device_id).with_fp16(options.fp16);
+                let mut trt = ep::TensorRT::default()
+                    .with_device_id(*device_id)
+                    .with_fp16(options.fp16);
                 if let Some(dir) = &options.engine_cache_dir {
                     let dir = dir.to_string_lossy();
                     trt = trt
@@ -67,7 +69,8 @@ impl ExecutionProvider {
                         .with_timing_cache(true)
                         .with_timing_cache_path(&dir);
                 }
-                trt.register(builder).map_err(|e| unavailable(e.to_string()))
+                trt.register(builder)
+                    .map_err(|e| unavailable(e.to_string()))
             }
         }
     }
@@ -113,7 +116,9 @@ impl FromStr for ExecutionProvider {
         let (name, id) = match lower.split_once(':') {
             Some((name, id)) => {
                 let id = id.parse::<u16>().map_err(|_| {
-                    Error::InvalidArg(format!("execution provider `{s}`: device id `{id}` is not a number"))
+                    Error::InvalidArg(format!(
+                        "execution provider `{s}`: device id `{id}` is not a number"
+                    ))
                 })?;
                 (name, Some(i32::from(id)))
             }
@@ -141,7 +146,10 @@ mod tests {
 
     #[test]
     fn parses_provider_names() {
-        assert_eq!("cpu".parse::<ExecutionProvider>().ok(), Some(ExecutionProvider::Cpu));
+        assert_eq!(
+            "cpu".parse::<ExecutionProvider>().ok(),
+            Some(ExecutionProvider::Cpu)
+        );
         assert_eq!(
             "CUDA:1".parse::<ExecutionProvider>().ok(),
             Some(ExecutionProvider::Cuda { device_id: 1 })

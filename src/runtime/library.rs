@@ -10,7 +10,11 @@ use std::sync::{Mutex, OnceLock};
 use crate::error::{Error, Result};
 
 /// File names tried in a directory, most specific first.
-const LIBRARY_NAMES: &[&str] = &["libonnxruntime.so.1.31.1", "libonnxruntime.so.1", "libonnxruntime.so"];
+const LIBRARY_NAMES: &[&str] = &[
+    "libonnxruntime.so.1.31.1",
+    "libonnxruntime.so.1",
+    "libonnxruntime.so",
+];
 
 /// Where the loaded library was found, in discovery order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +72,9 @@ pub fn loaded() -> Option<&'static OrtLibrary> {
 
 /// Loads ONNX Runtime (once per process) following the discovery order, and returns what was loaded.
 pub fn load(explicit: Option<&Path>) -> Result<&'static OrtLibrary> {
-    let _guard = LOAD_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = LOAD_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let (path, source) = discover(explicit)?;
     if let Some(lib) = LOADED.get() {
         if source == LibrarySource::Explicit && !same_file(&lib.path, &path) {
@@ -116,7 +122,11 @@ fn discover(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource)> {
         }
     }
     for dir in bundled_dirs() {
-        if let Some(path) = LIBRARY_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        if let Some(path) = LIBRARY_NAMES
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+        {
             return Ok((path, LibrarySource::Bundled));
         }
     }
@@ -141,7 +151,10 @@ fn bundled_dirs() -> Vec<PathBuf> {
     if let Some(dir) = own_library_dir() {
         dirs.push(dir);
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }
@@ -176,12 +189,18 @@ fn read_version(path: &Path) -> Result<String> {
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: the symbol has this signature in every ONNX Runtime release.
     let get_base = unsafe { lib.get::<GetApiBase>(b"OrtGetApiBase") }.map_err(|_| {
-        Error::OrtLibrary(format!("{} is not ONNX Runtime (no OrtGetApiBase symbol)", path.display()))
+        Error::OrtLibrary(format!(
+            "{} is not ONNX Runtime (no OrtGetApiBase symbol)",
+            path.display()
+        ))
     })?;
     // SAFETY: OrtGetApiBase returns a pointer to a static table (or null, which we check).
     let base = unsafe { get_base() };
     if base.is_null() {
-        return Err(Error::OrtLibrary(format!("{}: OrtGetApiBase returned null", path.display())));
+        return Err(Error::OrtLibrary(format!(
+            "{}: OrtGetApiBase returned null",
+            path.display()
+        )));
     }
     // SAFETY: `base` is a valid static table; GetVersionString returns a static NUL-terminated string.
     let version = unsafe { CStr::from_ptr(((*base).GetVersionString)()) };

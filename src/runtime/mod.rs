@@ -60,7 +60,10 @@ impl Runtime {
 
     /// Why the runtime fell back to CPU, if it did (only possible with `allow_cpu_fallback`).
     pub fn fallback(&self) -> Option<String> {
-        self.fallback.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.fallback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The provider sessions actually use.

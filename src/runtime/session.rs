@@ -107,8 +107,16 @@ fn describe(ty: &ValueType, name: &str) -> TensorInfo {
 
 impl Graph {
     pub(crate) fn new(component: &str, path: &Path, session: Session) -> Graph {
-        let inputs = session.inputs().iter().map(|o| describe(o.dtype(), o.name())).collect();
-        let outputs = session.outputs().iter().map(|o| describe(o.dtype(), o.name())).collect();
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| describe(o.dtype(), o.name()))
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| describe(o.dtype(), o.name()))
+            .collect();
         Graph {
             component: component.to_string(),
             path: path.to_path_buf(),
@@ -144,12 +152,21 @@ impl Graph {
 
     /// "name: dtype[dims], ..." for error messages and `dg doctor`.
     pub fn signature(&self) -> String {
-        let list = |v: &[TensorInfo]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let list = |v: &[TensorInfo]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         format!("({}) -> ({})", list(&self.inputs), list(&self.outputs))
     }
 
     /// Runs the graph and returns the named float32 output, plus the time spent inside ONNX Runtime.
-    pub fn run(&self, inputs: &[(&str, Input<'_>)], output: &str) -> Result<(ArrayD<f32>, Duration)> {
+    pub fn run(
+        &self,
+        inputs: &[(&str, Input<'_>)],
+        output: &str,
+    ) -> Result<(ArrayD<f32>, Duration)> {
         let fail = |e: ort::Error| Error::backend(&self.component, e);
         let mut values = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
@@ -160,12 +177,18 @@ impl Graph {
             };
             values.push((*name, value));
         }
-        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
         let outputs = session.run(values).map_err(fail)?;
         let elapsed = started.elapsed();
         let value = outputs.get(output).ok_or_else(|| {
-            Error::backend(&self.component, format!("graph produced no output named `{output}`"))
+            Error::backend(
+                &self.component,
+                format!("graph produced no output named `{output}`"),
+            )
         })?;
         let array = value
             .try_extract_array::<f32>()
