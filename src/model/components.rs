@@ -2,17 +2,40 @@
 use crate::error::{Error, Result};
 use crate::runtime::{ElementType, Graph, TensorInfo};
 
-/// How the UNet wants its timestep.
+/// The shape the UNet wants its timestep in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepKind {
-    /// A 0-d (or [1]) float tensor, as optimum exports SD 1.x/2.x.
-    FloatScalar,
-    /// A float tensor with one value per batch item.
-    FloatBatch,
-    /// An int64 tensor with one value per batch item.
-    Int64Batch,
-    /// A 0-d int64 tensor.
-    Int64Scalar,
+pub enum TimestepShape {
+    /// 0-d, as optimum exports SD 1.x/2.x.
+    Scalar,
+    /// A fixed `[1]`, shared by the whole batch.
+    Single,
+    /// `[batch]`, one value per batch item.
+    Batch,
+}
+
+/// How the UNet wants its timestep: float32 or int64, in one of three shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestepKind {
+    pub dtype: ElementType,
+    pub shape: TimestepShape,
+}
+
+impl TimestepKind {
+    fn of(info: &TensorInfo) -> Option<TimestepKind> {
+        if !matches!(info.dtype, ElementType::F32 | ElementType::I64) {
+            return None;
+        }
+        let shape = match info.shape.as_slice() {
+            [] => TimestepShape::Scalar,
+            [1] => TimestepShape::Single,
+            [_] => TimestepShape::Batch,
+            _ => return None,
+        };
+        Some(TimestepKind {
+            dtype: info.dtype,
+            shape,
+        })
+    }
 }
 
 fn mismatch(graph: &Graph, expected: &str) -> Error {
@@ -65,7 +88,7 @@ pub struct Unet {
 impl Unet {
     pub fn new(graph: Graph) -> Result<Unet> {
         const EXPECTED: &str =
-            "sample: float32[b, c, h, w], timestep: float32[] | float32[b] | int64[b], \
+            "sample: float32[b, c, h, w], timestep: float32|int64 [] | [1] | [b], \
                                 encoder_hidden_states: float32[b, seq, dim] -> out_sample";
         let sample_ok = is(graph.input("sample"), &[ElementType::F32], &[4])
             && is(
@@ -74,13 +97,7 @@ impl Unet {
                 &[3],
             )
             && graph.output("out_sample").is_some();
-        let timestep = match graph.input("timestep").map(|t| (t.dtype, t.rank())) {
-            Some((ElementType::F32, 0)) => Some(TimestepKind::FloatScalar),
-            Some((ElementType::F32, 1)) => Some(TimestepKind::FloatBatch),
-            Some((ElementType::I64, 1)) => Some(TimestepKind::Int64Batch),
-            Some((ElementType::I64, 0)) => Some(TimestepKind::Int64Scalar),
-            _ => None,
-        };
+        let timestep = graph.input("timestep").and_then(TimestepKind::of);
         let known = ["sample", "timestep", "encoder_hidden_states"];
         let extra: Vec<&str> = graph
             .inputs()

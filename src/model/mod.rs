@@ -5,7 +5,7 @@ pub mod tokenizer;
 
 use std::sync::Arc;
 
-pub use components::{TextEncoder, TimestepKind, Unet, VaeDecoder};
+pub use components::{TextEncoder, TimestepKind, TimestepShape, Unet, VaeDecoder};
 pub use package::ModelPackage;
 pub use tokenizer::Tokenizer;
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::request::{check_size, Progress, Request};
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::model::{LoadedModel, TimestepKind};
+use crate::model::{LoadedModel, TimestepKind, TimestepShape};
 use crate::rng;
 use crate::runtime::{ElementType, Input, Runtime};
 use crate::schedulers::{self, Scheduler};
@@ -290,17 +290,14 @@ enum TimestepTensor {
 
 impl TimestepTensor {
     fn new(kind: TimestepKind, batch: usize, t: f32) -> TimestepTensor {
-        let shape = match kind {
-            TimestepKind::FloatScalar | TimestepKind::Int64Scalar => vec![],
-            TimestepKind::FloatBatch | TimestepKind::Int64Batch => vec![batch],
+        let shape = match kind.shape {
+            TimestepShape::Scalar => vec![],
+            TimestepShape::Single => vec![1],
+            TimestepShape::Batch => vec![batch],
         };
-        match kind {
-            TimestepKind::FloatScalar | TimestepKind::FloatBatch => {
-                TimestepTensor::F32(ArrayD::from_elem(shape, t))
-            }
-            TimestepKind::Int64Batch | TimestepKind::Int64Scalar => {
-                TimestepTensor::I64(ArrayD::from_elem(shape, t as i64))
-            }
+        match kind.dtype {
+            ElementType::I64 => TimestepTensor::I64(ArrayD::from_elem(shape, t as i64)),
+            _ => TimestepTensor::F32(ArrayD::from_elem(shape, t)),
         }
     }
 
