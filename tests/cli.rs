@@ -34,6 +34,14 @@ fn tiny_sd() -> String {
     common::model_dir("tiny-sd").display().to_string()
 }
 
+/// `dg generate --model models/tiny-sd FLAGS... --output OUTPUT`, FLAGS split on whitespace.
+fn generate(flags: &str, output: &Path) -> Output {
+    let mut args: Vec<String> = vec!["generate".into(), "--model".into(), tiny_sd()];
+    args.extend(flags.split_whitespace().map(String::from));
+    args.extend(["--output".into(), output.display().to_string()]);
+    dg(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn png_text(path: &Path) -> Vec<(String, String)> {
     let file = std::fs::File::open(path).unwrap();
     let reader = png::Decoder::new(std::io::BufReader::new(file))
@@ -60,32 +68,35 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn generate_writes_png_with_a1111_parameters_into_a_new_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("new/nested/cat.png");
-    let stdout = ok(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "a cat",
+    let model = tiny_sd();
+    let mut args = vec!["generate", "--model", &model, "--prompt", "a cat"];
+    args.extend([
         "--negative-prompt",
         "blurry",
         "--steps",
         "3",
         "--seed",
         "42",
+    ]);
+    args.extend([
         "--scheduler",
         "euler_a",
         "--guidance",
         "6",
-        "--output",
+        "-o",
         out.to_str().unwrap(),
-    ]));
+    ]);
+    let stdout = ok(&dg(&args));
     assert!(stdout.contains("wrote"), "{stdout}");
     let image = Image::load_png(&out).unwrap();
     assert_eq!((image.width, image.height), (64, 64));
     let text = png_text(&out);
     let (key, params) = &text[0];
     assert_eq!(key, "parameters");
-    assert!(params.starts_with("a cat\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Scheduler: euler_a, CFG scale: 6, Seed: 42, Size: 64x64, Model: tiny-sd"), "{params}");
+    let expected =
+        "a cat\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Scheduler: euler_a, \
+                    CFG scale: 6, Seed: 42, Size: 64x64, Model: tiny-sd";
+    assert!(params.starts_with(expected), "{params}");
     assert_eq!(
         files_in(out.parent().unwrap()),
         vec!["cat.png"],
@@ -96,25 +107,12 @@ fn generate_writes_png_with_a1111_parameters_into_a_new_directory() {
 #[test]
 fn several_images_are_numbered_and_latents_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("batch.png");
     let saved = tmp.path().join("final.npy");
-    ok(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "two birds",
-        "--steps",
-        "2",
-        "--seed",
-        "3",
-        "--num-images",
-        "2",
-        "--output",
-        out.to_str().unwrap(),
-        "--save-latents",
-        saved.to_str().unwrap(),
-    ]));
+    let flags = format!(
+        "--prompt birds --steps 2 --seed 3 --num-images 2 --save-latents {}",
+        saved.display()
+    );
+    ok(&generate(&flags, &tmp.path().join("batch.png")));
     assert_eq!(
         files_in(tmp.path()),
         vec!["batch_00.png", "batch_01.png", "final.npy"]
@@ -132,23 +130,11 @@ fn supplied_latents_make_the_seed_irrelevant() {
     npy::write_f32(&latents, &ndarray::ArrayD::from_elem(vec![1, 4, 8, 8], 0.5)).unwrap();
     let run = |seed: &str, name: &str| {
         let out = tmp.path().join(name);
-        ok(&dg(&[
-            "generate",
-            "--model",
-            &tiny_sd(),
-            "--prompt",
-            "x",
-            "--steps",
-            "2",
-            "--seed",
-            seed,
-            "--scheduler",
-            "ddim",
-            "--latents",
-            latents.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]));
+        let flags = format!(
+            "--prompt x --steps 2 --scheduler ddim --seed {seed} --latents {}",
+            latents.display()
+        );
+        ok(&generate(&flags, &out));
         Image::load_png(&out).unwrap()
     };
     assert_eq!(run("1", "a.png").pixels, run("2", "b.png").pixels);
@@ -157,23 +143,8 @@ fn supplied_latents_make_the_seed_irrelevant() {
 #[test]
 fn timings_list_every_stage() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("t.png");
-    let stdout = ok(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--steps",
-        "3",
-        "--seed",
-        "1",
-        "--timings",
-        "--scheduler",
-        "euler",
-        "--output",
-        out.to_str().unwrap(),
-    ]));
+    let flags = "--prompt x --steps 3 --seed 1 --timings --scheduler euler";
+    let stdout = ok(&generate(flags, &tmp.path().join("t.png")));
     for stage in [
         "tokenize",
         "text encode",
@@ -192,20 +163,10 @@ fn unwritable_output_fails_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let blocker = tmp.path().join("not-a-dir");
     std::fs::write(&blocker, "a file where a directory should be").unwrap();
-    let out = blocker.join("img.png");
-    let stderr = failed(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--steps",
-        "1",
-        "--seed",
-        "1",
-        "--output",
-        out.to_str().unwrap(),
-    ]));
+    let stderr = failed(&generate(
+        "--prompt x --steps 1 --seed 1",
+        &blocker.join("img.png"),
+    ));
     assert!(
         stderr.contains("cannot create directory") && stderr.contains("not-a-dir"),
         "{stderr}"
@@ -217,91 +178,40 @@ fn unwritable_output_fails_and_leaves_nothing() {
 fn unavailable_execution_provider_is_an_error_not_a_silent_fallback() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gpu.png");
-    let stderr = failed(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--steps",
-        "1",
-        "--ep",
-        "cuda:0",
-        "--output",
-        out.to_str().unwrap(),
-    ]));
+    let stderr = failed(&generate("--prompt x --steps 1 --ep cuda:0", &out));
     assert!(
         stderr.contains("execution provider cuda:0 is unavailable"),
         "{stderr}"
     );
     assert!(!out.exists());
 
-    let stderr = String::from_utf8_lossy(
-        &dg(&[
-            "generate",
-            "--model",
-            &tiny_sd(),
-            "--prompt",
-            "x",
-            "--steps",
-            "1",
-            "--seed",
-            "1",
-            "--ep",
-            "tensorrt",
-            "--allow-cpu-fallback",
-            "--output",
-            out.to_str().unwrap(),
-        ])
-        .stderr,
-    )
-    .into_owned();
+    let fallback = generate(
+        "--prompt x --steps 1 --seed 1 --ep tensorrt --allow-cpu-fallback",
+        &out,
+    );
+    let stderr = String::from_utf8_lossy(&fallback.stderr);
     assert!(stderr.contains("warning: falling back to CPU"), "{stderr}");
     assert!(out.exists());
 }
 
 #[test]
 fn bad_arguments_are_reported() {
-    let stderr = failed(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--width",
-        "65",
-        "--output",
-        "x.png",
-    ]));
-    assert!(
-        stderr.contains("width 65 must be a positive multiple of the VAE factor 8"),
-        "{stderr}"
-    );
-    let stderr = failed(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--rng",
-        "dice",
-        "--output",
-        "x.png",
-    ]));
-    assert!(stderr.contains("--rng"), "{stderr}");
-    let stderr = failed(&dg(&[
-        "generate",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--scheduler-option",
-        "nokey",
-        "--output",
-        "x.png",
-    ]));
-    assert!(stderr.contains("is not KEY=VALUE"), "{stderr}");
-    assert!(!Path::new("x.png").exists());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    for (flags, message) in [
+        (
+            "--prompt x --width 65",
+            "width 65 must be a positive multiple of the VAE factor 8",
+        ),
+        ("--prompt x --rng dice", "--rng"),
+        ("--prompt x --scheduler-option nokey", "is not KEY=VALUE"),
+        ("--prompt x --steps 0", "steps must be between 1 and 1000"),
+        ("--prompt x --ep npu", "unknown execution provider `npu`"),
+    ] {
+        let stderr = failed(&generate(flags, &out));
+        assert!(stderr.contains(message), "{flags}: {stderr}");
+    }
+    assert!(files_in(tmp.path()).is_empty());
 }
 
 #[test]
