@@ -16,10 +16,19 @@ impl Classifier {
         let path = common::repo().join("tests/data/digits_classifier.json");
         let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let floats = |v: &Value| -> Vec<f32> {
-            v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
         };
         Classifier {
-            weights: json["weights"].as_array().unwrap().iter().map(floats).collect(),
+            weights: json["weights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(floats)
+                .collect(),
             bias: floats(&json["bias"]),
         }
     }
@@ -38,7 +47,9 @@ impl Classifier {
             .zip(&self.bias)
             .map(|(w, b)| w.iter().zip(&gray).map(|(w, x)| w * x).sum::<f32>() + b)
             .collect();
-        (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap()
+        (0..scores.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap()
     }
 }
 
@@ -54,7 +65,9 @@ fn draws_every_digit_it_is_asked_for_with_package_defaults() {
             let output = pipeline.generate(&request).unwrap();
             let got = classifier.classify(&output.images[0]);
             if got != digit {
-                wrong.push(format!("seed {seed}: asked for {digit}, classifier saw {got}"));
+                wrong.push(format!(
+                    "seed {seed}: asked for {digit}, classifier saw {got}"
+                ));
             }
         }
     }
