@@ -3,7 +3,7 @@ mod common;
 
 use std::fs;
 
-use diffgentor::pipelines::prompt_from_bytes;
+use diffgentor::pipelines::{prompt_from_bytes, CancelToken};
 use diffgentor::{Error, ErrorCode, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
 
 fn load_err(dir: &std::path::Path) -> Error {
@@ -226,4 +226,43 @@ fn progress_reports_every_step_and_can_cancel() {
         .expect_err("cancelled");
     assert_eq!(err.code(), ErrorCode::Cancelled);
     assert_eq!(calls, 2, "no callback after cancelling");
+}
+
+#[test]
+fn cancel_token_stops_a_request_from_another_thread() {
+    let pipeline = common::pipeline("tiny-sd");
+    let mut request = small_request();
+    request.steps = 50;
+    let token = CancelToken::new();
+    request.cancel = Some(token.clone());
+    let (reached_tx, reached_rx) = std::sync::mpsc::channel();
+    let (cancelled_tx, cancelled_rx) = std::sync::mpsc::channel();
+    let canceller = std::thread::spawn(move || {
+        reached_rx.recv().unwrap();
+        token.cancel();
+        cancelled_tx.send(()).unwrap();
+    });
+    let mut last_step = 0;
+    let err = pipeline
+        .generate_with_progress(&request, &mut |p| {
+            last_step = p.step;
+            if p.step == 3 {
+                // Hand over to the other thread and wait until it has cancelled.
+                reached_tx.send(()).unwrap();
+                cancelled_rx.recv().unwrap();
+            }
+            true
+        })
+        .expect_err("cancelled from another thread");
+    canceller.join().unwrap();
+    assert_eq!(err.code(), ErrorCode::Cancelled);
+    assert_eq!(last_step, 3, "no step runs after the token is triggered");
+
+    let token = CancelToken::new();
+    token.cancel();
+    request.cancel = Some(token);
+    assert_eq!(
+        pipeline.generate(&request).unwrap_err().code(),
+        ErrorCode::Cancelled
+    );
 }

@@ -2,5 +2,7 @@
 mod request;
 mod txt2img;
 
-pub use request::{prompt_from_bytes, Progress, Request, MAX_IMAGES_PER_REQUEST, MAX_STEPS};
+pub use request::{
+    prompt_from_bytes, CancelToken, Progress, Request, MAX_IMAGES_PER_REQUEST, MAX_STEPS,
+};
 pub use txt2img::{Defaults, Output, Pipeline, Timings};

@@ -1,4 +1,6 @@
 //! What a caller asks for, with diffusers' defaults and validation.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ndarray::ArrayD;
@@ -36,6 +38,26 @@ pub struct Request {
     /// Initial latents [num_images, channels, h/f, w/f] instead of drawing them (scaled by the
     /// scheduler's init_noise_sigma, as diffusers does).
     pub latents: Option<ArrayD<f32>>,
+    /// Lets another thread cancel the request; checked before every denoising step and the decode.
+    pub cancel: Option<CancelToken>,
+}
+
+/// A flag another thread can raise to stop a running request (cheap to clone, shared state).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Default for Request {
@@ -54,6 +76,7 @@ impl Default for Request {
             scheduler: None,
             scheduler_overrides: Map::new(),
             latents: None,
+            cancel: None,
         }
     }
 }
@@ -103,6 +126,14 @@ impl Request {
             )));
         }
         Ok(())
+    }
+
+    /// `Err(Cancelled)` once the request's token has been triggered.
+    pub(crate) fn check_cancelled(&self) -> Result<()> {
+        match &self.cancel {
+            Some(token) if token.is_cancelled() => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
     }
 
     /// Classifier-free guidance runs only when the scale is above 1, as in diffusers.

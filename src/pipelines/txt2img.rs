@@ -146,6 +146,7 @@ impl Pipeline {
         let timesteps = scheduler.timesteps().to_vec();
         let unet = &self.model.unet;
         for (i, &t) in timesteps.iter().enumerate() {
+            request.check_cancelled()?;
             let step_started = Instant::now();
             for copy in 0..batch / n {
                 model_input
@@ -181,6 +182,7 @@ impl Pipeline {
                 return Err(Error::Cancelled);
             }
         }
+        request.check_cancelled()?;
 
         let images = self.decode(&latents, &mut timings)?;
         timings.total = started.elapsed();
