@@ -2,7 +2,7 @@
 //!
 //! diffusers mixes float32 torch math with float64 numpy math; each helper notes which it
 //! reproduces, because the rounding of every intermediate decides bit-level parity.
-use ndarray::{ArrayViewD, ArrayViewMutD};
+use ndarray::{ArrayViewD, ArrayViewMutD, Zip};
 
 use super::config::Config;
 use super::SchedulerError;
@@ -65,6 +65,17 @@ pub(crate) struct BetaDefaults {
     pub(crate) allow_exp: bool,
     /// Whether the class has `rescale_betas_zero_snr`.
     pub(crate) zero_snr_key: bool,
+}
+
+impl BetaDefaults {
+    /// DDPM's linear 1e-4..0.02 betas, the default of most classes.
+    pub(crate) const DDPM: Self = Self {
+        beta_start: 0.0001,
+        beta_end: 0.02,
+        beta_schedule: "linear",
+        allow_exp: false,
+        zero_snr_key: true,
+    };
 }
 
 impl NoiseSchedule {
@@ -305,47 +316,42 @@ pub(crate) fn np_log_f32(x: f32) -> f32 {
     e.mul_add(std::f32::consts::LN_2, num / den)
 }
 
-/// diffusers' `_sigma_to_t`: fractional training step of `sigma` by interpolating in
-/// log-sigma space. `log_sigmas` is float32 (numpy log of the float32 sigmas).
-pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
-    let log_sigma = sigma.max(1e-10).ln();
-    let n = log_sigmas.len();
-    let low = log_sigmas
-        .iter()
-        .rposition(|&l| log_sigma - l as f64 >= 0.0)
-        .unwrap_or(0)
-        .min(n - 2);
-    let high = low + 1;
-    let (lo, hi) = (log_sigmas[low], log_sigmas[high]);
-    let w = ((lo as f64 - log_sigma) / (lo - hi) as f64).clamp(0.0, 1.0);
-    (1.0 - w) * low as f64 + w * high as f64
-}
-
-/// Karras et al. (2022) sigma ramp with rho = 7, in float64.
-pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
-    let rho = 7.0f64;
-    let min_inv = sigma_min.powf(1.0 / rho);
-    let max_inv = sigma_max.powf(1.0 / rho);
-    np_linspace(0.0, 1.0, n, true)
-        .iter()
-        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
-        .collect()
-}
-
-/// Log-uniform sigma ramp (`use_exponential_sigmas`), in float64.
-pub(crate) fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
-    np_linspace(sigma_max.ln(), sigma_min.ln(), n, true)
-        .iter()
-        .map(|x| x.exp())
-        .collect()
-}
-
 /// torch.clamp(x, lo, hi): NaN stays NaN, and it never panics on odd bounds.
-pub(crate) fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
     if x.is_nan() {
         x
     } else {
         x.max(lo).min(hi)
+    }
+}
+
+/// x = a * x + b * noise: every forward (noising) process and noise injection here has
+/// this form. Mismatched shapes leave `x` unchanged.
+pub(crate) fn mix_noise(mut x: ArrayViewMutD<f32>, noise: ArrayViewD<f32>, a: f32, b: f32) {
+    if x.shape() == noise.shape() {
+        Zip::from(&mut x)
+            .and(&noise)
+            .for_each(|x, &n| *x = a * *x + b * n);
+    }
+}
+
+/// diffusers' `clip_sample`: x0 estimates clamped to +-`clip_sample_range` when on.
+#[derive(Clone, Copy)]
+pub(crate) struct ClipSample(Option<f32>);
+
+impl ClipSample {
+    /// `default` is the class's `clip_sample` default.
+    pub(crate) fn read(cfg: &Config, default: bool) -> Result<Self, SchedulerError> {
+        let clip = cfg.bool("clip_sample", default)?;
+        let range = cfg.f64("clip_sample_range", 1.0)? as f32;
+        Ok(Self(clip.then_some(range)))
+    }
+
+    pub(crate) fn apply(self, x0: f32) -> f32 {
+        match self.0 {
+            Some(r) => clamp(x0, -r, r),
+            None => x0,
+        }
     }
 }
 
@@ -366,27 +372,14 @@ pub(crate) fn check_steps(
     }
 }
 
-pub(crate) fn check_shapes(
-    scheduler: &'static str,
-    model_output: &ArrayViewD<f32>,
-    sample: &ArrayViewMutD<f32>,
-) -> Result<(), SchedulerError> {
-    if model_output.shape() == sample.shape() {
-        Ok(())
-    } else {
-        Err(SchedulerError::ShapeMismatch {
-            scheduler,
-            model_output: model_output.shape().to_vec(),
-            sample: sample.shape().to_vec(),
-        })
-    }
-}
-
-/// Bounds check for `step`, which also needs `step_index + 1` in the sigma table.
-pub(crate) fn check_index(
+/// The argument checks that open every `step`: `set_timesteps` ran, `step_index` is in
+/// range (so `step_index + 1` is in the sigma table), and the shapes agree.
+pub(crate) fn check_step_args(
     scheduler: &'static str,
     step_index: usize,
     len: usize,
+    model_output: &ArrayViewD<f32>,
+    sample: &ArrayViewMutD<f32>,
 ) -> Result<(), SchedulerError> {
     if len == 0 {
         Err(SchedulerError::NotInitialized { scheduler })
@@ -396,47 +389,13 @@ pub(crate) fn check_index(
             step_index,
             len,
         })
+    } else if model_output.shape() != sample.shape() {
+        Err(SchedulerError::ShapeMismatch {
+            scheduler,
+            model_output: model_output.shape().to_vec(),
+            sample: sample.shape().to_vec(),
+        })
     } else {
         Ok(())
-    }
-}
-
-/// Timesteps for the sigma-based (Euler/Heun) schedulers, as float32.
-pub(crate) fn discrete_timesteps_f32(
-    spacing: Spacing,
-    n_train: usize,
-    steps: usize,
-    offset: i64,
-) -> Vec<f32> {
-    match spacing {
-        Spacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, steps, true)
-            .iter()
-            .rev()
-            .map(|&t| t as f32)
-            .collect(),
-        Spacing::Leading => {
-            let ratio = n_train / steps;
-            (0..steps)
-                .rev()
-                .map(|i| (i * ratio) as f32 + offset as f32)
-                .collect()
-        }
-        Spacing::Trailing => {
-            let ratio = n_train as f64 / steps as f64;
-            np_arange(n_train as f64, 0.0, -ratio)
-                .iter()
-                .map(|t| t.round_ties_even() as f32 - 1.0)
-                .collect()
-        }
-    }
-}
-
-/// diffusers' `init_noise_sigma` for sigma-based schedulers: max sigma, or
-/// sqrt(max^2 + 1) for "leading" spacing.
-pub(crate) fn init_sigma(sigmas: &[f32], spacing: Spacing) -> f32 {
-    let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    match spacing {
-        Spacing::Leading => (max * max + 1.0).sqrt(),
-        _ => max,
     }
 }

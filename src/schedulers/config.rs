@@ -57,14 +57,23 @@ impl<'a> Config<'a> {
         }
     }
 
-    pub(crate) fn f64_opt(&self, key: &str) -> Result<Option<f64>, SchedulerError> {
+    /// The value at `key` through `convert`, or an error saying what was `expected`.
+    fn typed<T>(
+        &self,
+        key: &str,
+        convert: impl FnOnce(&'a Value) -> Option<T>,
+        expected: &'static str,
+    ) -> Result<Option<T>, SchedulerError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
+            Some(v) => convert(v)
                 .map(Some)
-                .ok_or_else(|| self.invalid(key, v, "a number")),
+                .ok_or_else(|| self.invalid(key, v, expected)),
         }
+    }
+
+    pub(crate) fn f64_opt(&self, key: &str) -> Result<Option<f64>, SchedulerError> {
+        self.typed(key, Value::as_f64, "a number")
     }
 
     pub(crate) fn f64(&self, key: &str, default: f64) -> Result<f64, SchedulerError> {
@@ -72,15 +81,13 @@ impl<'a> Config<'a> {
     }
 
     pub(crate) fn i64(&self, key: &str, default: i64) -> Result<i64, SchedulerError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => match (v.as_i64(), v.as_f64()) {
-                (Some(i), _) => Ok(i),
-                // Integral floats (e.g. 1000.0) behave like Python ints in arithmetic here.
-                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-                _ => Err(self.invalid(key, v, "an integer")),
-            },
-        }
+        let int = |v: &Value| match (v.as_i64(), v.as_f64()) {
+            (Some(i), _) => Some(i),
+            // Integral floats (e.g. 1000.0) behave like Python ints in arithmetic here.
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+            _ => None,
+        };
+        Ok(self.typed(key, int, "an integer")?.unwrap_or(default))
     }
 
     pub(crate) fn usize(&self, key: &str, default: usize) -> Result<usize, SchedulerError> {
@@ -89,29 +96,17 @@ impl<'a> Config<'a> {
     }
 
     pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool, SchedulerError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.invalid(key, v, "true or false")),
-        }
+        Ok(self
+            .typed(key, Value::as_bool, "true or false")?
+            .unwrap_or(default))
     }
 
     pub(crate) fn str(&self, key: &str, default: &'static str) -> Result<&'a str, SchedulerError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_str().ok_or_else(|| self.invalid(key, v, "a string")),
-        }
+        Ok(self.str_opt(key)?.unwrap_or(default))
     }
 
     pub(crate) fn str_opt(&self, key: &str) -> Result<Option<&'a str>, SchedulerError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.invalid(key, v, "a string")),
-        }
+        self.typed(key, Value::as_str, "a string")
     }
 
     /// A string that must be one of `allowed`; anything else is an unsupported value.
@@ -130,19 +125,8 @@ impl<'a> Config<'a> {
     }
 
     pub(crate) fn f64_list(&self, key: &str) -> Result<Option<Vec<f64>>, SchedulerError> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let arr = v
-            .as_array()
-            .ok_or_else(|| self.invalid(key, v, "an array of numbers"))?;
-        arr.iter()
-            .map(|x| {
-                x.as_f64()
-                    .ok_or_else(|| self.invalid(key, v, "an array of numbers"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        let list = |v: &Value| v.as_array()?.iter().map(Value::as_f64).collect();
+        self.typed(key, list, "an array of numbers")
     }
 
     /// Rejects `key = true` for features this crate does not implement.

@@ -4,11 +4,11 @@ use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 use serde_json::Value;
 
 use super::common::{
-    check_index, check_shapes, check_steps, karras_sigmas, np_arange, np_interp, np_linspace,
-    np_log_f32, sigma_to_t, BetaDefaults, NoiseSchedule, Prediction, Spacing,
+    check_step_args, check_steps, mix_noise, np_arange, np_interp, np_linspace, BetaDefaults,
+    NoiseSchedule, Prediction, Spacing,
 };
 use super::config::Config;
-use super::euler::SigmaRamp;
+use super::sigmas::{ramp_sigmas, with_final_sigma, SigmaRamp};
 use super::{Scheduler, SchedulerError};
 use crate::rng::NoiseSource;
 
@@ -69,16 +69,7 @@ impl DpmSolverMultistepScheduler {
 
     fn build(config: &Value, force_karras: bool) -> Result<Self, SchedulerError> {
         let cfg = Config::new(config, "DPMSolverMultistepScheduler")?;
-        let mut sched = NoiseSchedule::read(
-            &cfg,
-            BetaDefaults {
-                beta_start: 0.0001,
-                beta_end: 0.02,
-                beta_schedule: "linear",
-                allow_exp: false,
-                zero_snr_key: true,
-            },
-        )?;
+        let mut sched = NoiseSchedule::read(&cfg, BetaDefaults::DDPM)?;
         sched.pin_terminal_alpha();
         cfg.require_false("thresholding")?;
         cfg.require_false("use_lu_lambdas")?;
@@ -260,22 +251,14 @@ impl Scheduler for DpmSolverMultistepScheduler {
                 .map(|&t| np_interp(t as f64, &self.train_sigmas))
                 .collect()
         } else {
-            let (smin, smax) = (
-                self.train_sigmas[0] as f64,
-                self.train_sigmas[self.train_sigmas.len() - 1] as f64,
-            );
-            let sig = match self.ramp {
-                SigmaRamp::Karras => karras_sigmas(smin, smax, n),
-                _ => super::common::exponential_sigmas(smin, smax, n),
-            };
-            let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|&s| np_log_f32(s)).collect();
+            // Unlike the Euler family, the ramp spans the whole training range.
+            let train = &self.train_sigmas;
+            let (smin, smax) = (train[0] as f64, train[train.len() - 1] as f64);
+            let (sig, ramp_ts) = ramp_sigmas(self.ramp, smin, smax, n, train);
             let round = self.round_ramp && self.ramp == SigmaRamp::Karras;
-            ts = sig
+            ts = ramp_ts
                 .iter()
-                .map(|&s| {
-                    let t = sigma_to_t(s, &log_sigmas);
-                    (if round { t.round_ties_even() } else { t }) as i64
-                })
+                .map(|&t| (if round { t.round_ties_even() } else { t }) as i64)
                 .collect();
             sig
         };
@@ -285,17 +268,13 @@ impl Scheduler for DpmSolverMultistepScheduler {
                 reason: "empty timestep schedule".into(),
             });
         }
-        let a0 = self.alphas_cumprod[0];
+        // diffusers' "sigma_min" final sigma is the first training sigma.
         let last = if self.final_zero {
             0.0
         } else {
-            ((1.0 - a0) / a0).sqrt()
+            self.train_sigmas[0]
         };
-        self.sigmas = sig
-            .iter()
-            .map(|&s| s as f32)
-            .chain(std::iter::once(last))
-            .collect();
+        self.sigmas = with_final_sigma(&sig, last);
         self.timesteps = ts.iter().map(|&t| t as f32).collect();
         self.history.clear();
         self.lower_order_nums = 0;
@@ -306,12 +285,6 @@ impl Scheduler for DpmSolverMultistepScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _sample: ArrayViewMutD<f32>, _step_index: usize) {}
-
     fn step(
         &mut self,
         model_output: ArrayViewD<f32>,
@@ -321,8 +294,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
     ) -> Result<(), SchedulerError> {
         let i = step_index;
         let len = self.timesteps.len();
-        check_index(self.name(), i, len)?;
-        check_shapes(self.name(), &model_output, &sample)?;
+        check_step_args(self.name(), i, len, &model_output, &sample)?;
         if i == 0 {
             self.history.clear();
             self.lower_order_nums = 0;
@@ -388,22 +360,11 @@ impl Scheduler for DpmSolverMultistepScheduler {
         Ok(())
     }
 
-    fn add_noise(
-        &self,
-        mut original: ArrayViewMutD<f32>,
-        noise: ArrayViewD<f32>,
-        step_index: usize,
-    ) {
-        let Some(&sigma) = self.sigmas.get(step_index) else {
-            return;
-        };
-        if original.shape() != noise.shape() {
-            return;
+    fn add_noise(&self, original: ArrayViewMutD<f32>, noise: ArrayViewD<f32>, step_index: usize) {
+        if let Some(&sigma) = self.sigmas.get(step_index) {
+            let (a, s) = alpha_sigma(sigma);
+            mix_noise(original, noise, a, s);
         }
-        let (a, s) = alpha_sigma(sigma);
-        Zip::from(&mut original)
-            .and(&noise)
-            .for_each(|x, &n| *x = a * *x + s * n);
     }
 
     fn name(&self) -> &'static str {

@@ -3,7 +3,7 @@
 use ndarray::{ArrayViewD, ArrayViewMutD, Zip};
 use serde_json::Value;
 
-use super::common::{check_index, check_shapes, check_steps, np_linspace};
+use super::common::{check_step_args, check_steps, mix_noise, np_linspace};
 use super::config::Config;
 use super::{Scheduler, SchedulerError};
 use crate::rng::NoiseSource;
@@ -223,12 +223,6 @@ impl Scheduler for FlowMatchEulerScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _sample: ArrayViewMutD<f32>, _step_index: usize) {}
-
     fn step(
         &mut self,
         model_output: ArrayViewD<f32>,
@@ -236,8 +230,13 @@ impl Scheduler for FlowMatchEulerScheduler {
         mut sample: ArrayViewMutD<f32>,
         noise: &mut dyn NoiseSource,
     ) -> Result<(), SchedulerError> {
-        check_index(NAME, step_index, self.timesteps.len())?;
-        check_shapes(NAME, &model_output, &sample)?;
+        check_step_args(
+            NAME,
+            step_index,
+            self.timesteps.len(),
+            &model_output,
+            &sample,
+        )?;
         let sigma = self.sigmas[step_index];
         let next = self.sigmas[step_index + 1];
         if self.stochastic {
@@ -256,19 +255,9 @@ impl Scheduler for FlowMatchEulerScheduler {
     }
 
     /// diffusers' `scale_noise`: sigma * noise + (1 - sigma) * x.
-    fn add_noise(
-        &self,
-        mut original: ArrayViewMutD<f32>,
-        noise: ArrayViewD<f32>,
-        step_index: usize,
-    ) {
-        let Some(&sigma) = self.sigmas.get(step_index) else {
-            return;
-        };
-        if original.shape() == noise.shape() {
-            Zip::from(&mut original)
-                .and(&noise)
-                .for_each(|x, &n| *x = sigma * n + (1.0 - sigma) * *x);
+    fn add_noise(&self, original: ArrayViewMutD<f32>, noise: ArrayViewD<f32>, step_index: usize) {
+        if let Some(&sigma) = self.sigmas.get(step_index) {
+            mix_noise(original, noise, 1.0 - sigma, sigma);
         }
     }
 

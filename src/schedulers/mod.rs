@@ -4,6 +4,7 @@
 //! `scheduler_config.json` (unknown keys ignored, missing keys take that class's diffusers
 //! default) and reproduces diffusers' float32/float64 rounding closely enough that a
 //! denoising loop matches the Python reference to ~1e-6.
+mod alphas;
 mod common;
 mod config;
 mod ddim;
@@ -14,6 +15,7 @@ mod flow_match;
 mod heun;
 mod lcm;
 mod pndm;
+mod sigmas;
 
 use ndarray::{ArrayViewD, ArrayViewMutD};
 use serde_json::Value;
@@ -93,12 +95,17 @@ pub trait Scheduler: Send {
     /// One entry per model call (Heun and PNDM repeat entries, as diffusers does).
     fn timesteps(&self) -> &[f32];
 
-    /// Factor for the initial Gaussian latents.
-    fn init_noise_sigma(&self) -> f32;
+    /// Factor for the initial Gaussian latents: 1, except for the Euler-family samplers,
+    /// which start at their largest sigma.
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
 
-    /// Scales the model input in place for step `step_index` (identity for most schedulers).
-    /// An out-of-range index leaves the sample unchanged.
-    fn scale_model_input(&self, sample: ArrayViewMutD<f32>, step_index: usize);
+    /// Scales the model input in place for step `step_index`: the identity, except for the
+    /// Euler-family samplers. An out-of-range index leaves the sample unchanged.
+    fn scale_model_input(&self, sample: ArrayViewMutD<f32>, step_index: usize) {
+        let _ = (sample, step_index);
+    }
 
     /// Advances `sample` in place to the previous (less noisy) sample. Stochastic
     /// schedulers draw from `noise` exactly when diffusers calls `randn_tensor`.

@@ -3,11 +3,9 @@
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 use serde_json::Value;
 
-use super::common::{
-    check_index, check_shapes, check_steps, BetaDefaults, NoiseSchedule, Prediction, Spacing,
-};
+use super::alphas::{check_train_range, ddim_timesteps, AlphaSchedule};
+use super::common::{check_steps, BetaDefaults, Prediction, Spacing};
 use super::config::Config;
-use super::ddim::{add_noise_alpha, check_train_range, ddim_timesteps};
 use super::{Scheduler, SchedulerError};
 use crate::rng::NoiseSource;
 
@@ -15,17 +13,13 @@ const NAME: &str = "pndm";
 
 /// PNDM with diffusers' call pattern: PLMS repeats one timestep, PRK repeats several.
 pub struct PndmScheduler {
-    alphas_cumprod: Vec<f32>,
-    final_alpha_cumprod: f32,
-    n_train: usize,
+    alphas: AlphaSchedule,
     steps_offset: i64,
     spacing: Spacing,
     v_prediction: bool,
     skip_prk_steps: bool,
     steps: usize,
     prk_len: usize,
-    timesteps_i: Vec<i64>,
-    timesteps: Vec<f32>,
     // Multistep state, reset by set_timesteps.
     counter: usize,
     ets: Vec<ArrayD<f32>>,
@@ -36,46 +30,25 @@ pub struct PndmScheduler {
 impl PndmScheduler {
     pub fn from_config(config: &Value) -> Result<Self, SchedulerError> {
         let cfg = Config::new(config, "PNDMScheduler")?;
-        let sched = NoiseSchedule::read(
-            &cfg,
-            BetaDefaults {
-                beta_start: 0.0001,
-                beta_end: 0.02,
-                beta_schedule: "linear",
-                allow_exp: false,
-                zero_snr_key: false,
-            },
-        )?;
-        let ac = sched.alphas_cumprod;
+        let betas = BetaDefaults {
+            zero_snr_key: false,
+            ..BetaDefaults::DDPM
+        };
+        let alphas = AlphaSchedule::read(&cfg, betas, false)?;
         let prediction = Prediction::read(&cfg, &["epsilon", "v_prediction"])?;
         Ok(Self {
-            final_alpha_cumprod: if cfg.bool("set_alpha_to_one", false)? {
-                1.0
-            } else {
-                ac[0]
-            },
-            n_train: ac.len(),
-            alphas_cumprod: ac,
+            alphas,
             steps_offset: cfg.i64("steps_offset", 0)?,
             spacing: Spacing::read(&cfg, "leading")?,
             v_prediction: prediction == Prediction::Velocity,
             skip_prk_steps: cfg.bool("skip_prk_steps", false)?,
             steps: 0,
             prk_len: 0,
-            timesteps_i: Vec::new(),
-            timesteps: Vec::new(),
             counter: 0,
             ets: Vec::new(),
             cur_model_output: None,
             cur_sample: None,
         })
-    }
-
-    fn alpha_at(&self, t: i64) -> f32 {
-        usize::try_from(t)
-            .ok()
-            .and_then(|t| self.alphas_cumprod.get(t).copied())
-            .unwrap_or(self.final_alpha_cumprod)
     }
 
     /// x_{t-1} from x_t (`src`, or `out` itself when `None`) and an epsilon estimate.
@@ -87,12 +60,8 @@ impl PndmScheduler {
         prev_t: i64,
         eps: &ArrayD<f32>,
     ) {
-        let a_t = self.alpha_at(t);
-        let a_prev = if prev_t >= 0 {
-            self.alpha_at(prev_t)
-        } else {
-            self.final_alpha_cumprod
-        };
+        let a_t = self.alphas.alpha_at(t);
+        let a_prev = self.alphas.alpha_at(prev_t);
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
         let (sa_t, sb_t) = (a_t.sqrt(), b_t.sqrt());
         let coeff = (a_prev / a_t).sqrt();
@@ -113,9 +82,9 @@ impl PndmScheduler {
     }
 
     fn step_prk(&mut self, model_output: ArrayViewD<f32>, t: i64, sample: &mut ArrayViewMutD<f32>) {
-        let half = (self.n_train / self.steps / 2) as i64;
+        let half = (self.alphas.n_train() / self.steps / 2) as i64;
         let prev_t = t - if self.counter % 2 == 1 { 0 } else { half };
-        let t = self.timesteps_i[self.counter / 4 * 4];
+        let t = self.alphas.timesteps_i()[self.counter / 4 * 4];
         let eps = match self.counter % 4 {
             0 => {
                 self.cur_model_output = Some(model_output.mapv(|m| (1.0f64 / 6.0) as f32 * m));
@@ -150,7 +119,7 @@ impl PndmScheduler {
         t: i64,
         sample: &mut ArrayViewMutD<f32>,
     ) {
-        let stride = (self.n_train / self.steps) as i64;
+        let stride = (self.alphas.n_train() / self.steps) as i64;
         let (mut t, mut prev_t) = (t, t - stride);
         if self.counter != 1 {
             let keep = self.ets.len().saturating_sub(3);
@@ -207,9 +176,10 @@ impl PndmScheduler {
 impl Scheduler for PndmScheduler {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), SchedulerError> {
         let n = num_inference_steps;
-        check_steps(NAME, n, self.n_train)?;
+        let n_train = self.alphas.n_train();
+        check_steps(NAME, n, n_train)?;
         // Ascending training steps, as PNDM builds them.
-        let mut base = ddim_timesteps(NAME, self.spacing, self.n_train, n, self.steps_offset)?;
+        let mut base = ddim_timesteps(NAME, self.spacing, n_train, n, self.steps_offset)?;
         base.reverse();
         let (prk, plms): (Vec<i64>, Vec<i64>) = if self.skip_prk_steps {
             let mut plms: Vec<i64> = base[..n - 1].to_vec();
@@ -228,7 +198,7 @@ impl Scheduler for PndmScheduler {
                     ),
                 });
             }
-            let half = (self.n_train / n / 2) as i64;
+            let half = (n_train / n / 2) as i64;
             let pairs: Vec<i64> = base[n - 4..].iter().flat_map(|&t| [t, t + half]).collect();
             let doubled: Vec<i64> = pairs[..pairs.len() - 1]
                 .iter()
@@ -239,11 +209,10 @@ impl Scheduler for PndmScheduler {
             (prk, base[..n - 3].iter().rev().copied().collect())
         };
         let ts: Vec<i64> = prk.iter().chain(plms.iter()).copied().collect();
-        check_train_range(NAME, &ts, self.n_train)?;
+        check_train_range(NAME, &ts, n_train)?;
         self.steps = n;
         self.prk_len = prk.len();
-        self.timesteps = ts.iter().map(|&t| t as f32).collect();
-        self.timesteps_i = ts;
+        self.alphas.set_timesteps(ts);
         self.counter = 0;
         self.ets.clear();
         self.cur_model_output = None;
@@ -252,14 +221,8 @@ impl Scheduler for PndmScheduler {
     }
 
     fn timesteps(&self) -> &[f32] {
-        &self.timesteps
+        self.alphas.timesteps()
     }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _sample: ArrayViewMutD<f32>, _step_index: usize) {}
 
     fn step(
         &mut self,
@@ -268,9 +231,9 @@ impl Scheduler for PndmScheduler {
         mut sample: ArrayViewMutD<f32>,
         _noise: &mut dyn NoiseSource,
     ) -> Result<(), SchedulerError> {
-        check_index(NAME, step_index, self.timesteps_i.len())?;
-        check_shapes(NAME, &model_output, &sample)?;
-        let t = self.timesteps_i[step_index];
+        let t = self
+            .alphas
+            .step_timestep(NAME, step_index, &model_output, &sample)?;
         if self.counter < self.prk_len && !self.skip_prk_steps {
             self.step_prk(model_output, t, &mut sample);
         } else {
@@ -280,9 +243,7 @@ impl Scheduler for PndmScheduler {
     }
 
     fn add_noise(&self, original: ArrayViewMutD<f32>, noise: ArrayViewD<f32>, step_index: usize) {
-        if let Some(&t) = self.timesteps_i.get(step_index) {
-            add_noise_alpha(self.alpha_at(t), original, noise);
-        }
+        self.alphas.add_noise(original, noise, step_index);
     }
 
     fn name(&self) -> &'static str {
