@@ -207,6 +207,10 @@ fn bad_arguments_are_reported() {
         ("--prompt x --scheduler-option nokey", "is not KEY=VALUE"),
         ("--prompt x --steps 0", "steps must be between 1 and 1000"),
         ("--prompt x --ep npu", "unknown execution provider `npu`"),
+        (
+            "--prompt x --ort-lib /nonexistent/libort.so",
+            "/nonexistent/libort.so (from explicit path",
+        ),
     ] {
         let stderr = failed(&generate(flags, &out));
         assert!(stderr.contains(message), "{flags}: {stderr}");

@@ -203,6 +203,21 @@ fn cuda_is_an_error_on_a_cpu_build_unless_fallback_is_asked_for() {
 }
 
 #[test]
+fn missing_onnx_runtime_library_is_named() {
+    common::runtime();
+    let err = Runtime::new(RuntimeOptions {
+        ort_library: Some("/nonexistent/libonnxruntime.so".into()),
+        ..RuntimeOptions::default()
+    })
+    .expect_err("no such library");
+    assert_eq!(err.code(), ErrorCode::Backend);
+    assert!(
+        err.to_string().contains("/nonexistent/libonnxruntime.so"),
+        "{err}"
+    );
+}
+
+#[test]
 fn progress_reports_every_step_and_can_cancel() {
     let pipeline = common::pipeline("tiny-sd");
     let mut request = small_request();

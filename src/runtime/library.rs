@@ -185,7 +185,12 @@ fn own_library_dir() -> Option<PathBuf> {
 fn read_version(path: &Path) -> Result<String> {
     // SAFETY: loading ONNX Runtime runs only its static initialisers, which have no preconditions.
     let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| Error::OrtLibrary(format!("cannot load {}: {e}", path.display())))?;
+        .map_err(|e| {
+            Error::OrtLibrary(format!(
+                "cannot load {}: {e} (set DG_ORT_DYLIB_PATH to libonnxruntime.so 1.31+, or run `make ort`)",
+                path.display()
+            ))
+        })?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: the symbol has this signature in every ONNX Runtime release.
     let get_base = unsafe { lib.get::<GetApiBase>(b"OrtGetApiBase") }.map_err(|_| {
