@@ -56,6 +56,31 @@ impl Image {
         Ok(out)
     }
 
+    /// Encodes as baseline JPEG at `quality` 1..=100 (higher is better and larger).
+    pub fn encode_jpeg(&self, quality: u8) -> Result<Vec<u8>> {
+        if !(1..=100).contains(&quality) {
+            return Err(Error::InvalidArg(format!(
+                "JPEG quality must be between 1 and 100, got {quality}"
+            )));
+        }
+        let dim = |name: &str, v: u32| {
+            u16::try_from(v).map_err(|_| {
+                Error::InvalidArg(format!("JPEG {name} {v} is larger than {}", u16::MAX))
+            })
+        };
+        let (width, height) = (dim("width", self.width)?, dim("height", self.height)?);
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, quality)
+            .encode(&self.pixels, width, height, jpeg_encoder::ColorType::Rgb)
+            .map_err(|e| Error::InvalidArg(format!("JPEG encoding: {e}")))?;
+        Ok(out)
+    }
+
+    /// Writes a JPEG atomically, like [`Image::save_png`].
+    pub fn save_jpeg(&self, path: &Path, quality: u8) -> Result<()> {
+        write_atomically(path, &self.encode_jpeg(quality)?)
+    }
+
     /// Reads an 8-bit RGB or RGBA PNG (alpha is dropped).
     pub fn load_png(path: &Path) -> Result<Image> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
@@ -130,4 +155,35 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot write", path, e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient() -> Image {
+        let (width, height) = (16u32, 8u32);
+        let pixels = (0..width * height * 3).map(|i| (i % 251) as u8).collect();
+        Image {
+            width,
+            height,
+            pixels,
+        }
+    }
+
+    #[test]
+    fn encodes_jpeg() {
+        let jpeg = gradient().encode_jpeg(90).unwrap();
+        assert_eq!(&jpeg[..3], &[0xFF, 0xD8, 0xFF]);
+        assert_eq!(&jpeg[jpeg.len() - 2..], &[0xFF, 0xD9]);
+    }
+
+    #[test]
+    fn rejects_jpeg_quality_out_of_range() {
+        for quality in [0, 101, 255] {
+            let err = gradient().encode_jpeg(quality).expect_err("quality");
+            assert_eq!(err.code(), crate::ErrorCode::InvalidArg);
+            assert!(err.to_string().contains(&quality.to_string()), "{err}");
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! # Ok(())
 //! # }
 //! ```
+pub mod capi;
 pub mod error;
 pub mod image;
 pub mod model;

@@ -1,4 +1,6 @@
 //! What a caller asks for, with diffusers' defaults and validation.
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +101,44 @@ impl Request {
         }
     }
 
+    /// Sets one field from a string key and value: the long tail of the C ABI's `dg_params_set`
+    /// and of config-file style callers.
+    ///
+    /// Keys: `prompt`, `negative_prompt`, `steps`, `guidance_scale`, `width`, `height`, `seed`,
+    /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), and `scheduler.<key>` for a
+    /// diffusers scheduler_config override (value parsed as JSON, else taken as a string). Only the
+    /// value's syntax is checked here; ranges are checked when the request runs.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "prompt" => self.prompt = value.to_string(),
+            "negative_prompt" => self.negative_prompt = Some(value.to_string()),
+            "steps" => self.steps = parse_value(key, value)?,
+            "guidance_scale" => self.guidance_scale = parse_value(key, value)?,
+            "width" => self.width = Some(parse_value(key, value)?),
+            "height" => self.height = Some(parse_value(key, value)?),
+            "seed" => self.seed = Some(parse_value(key, value)?),
+            "num_images" => self.num_images = parse_value(key, value)?,
+            "scheduler" => self.scheduler = Some(value.to_string()),
+            "eta" => self.eta = parse_value(key, value)?,
+            "rng" => self.rng = parse_value(key, value)?,
+            _ => match key.strip_prefix("scheduler.") {
+                Some(name) if !name.is_empty() => {
+                    let parsed = serde_json::from_str(value)
+                        .unwrap_or_else(|_| Value::String(value.to_string()));
+                    self.scheduler_overrides.insert(name.to_string(), parsed);
+                }
+                _ => {
+                    return Err(Error::InvalidArg(format!(
+                        "unknown parameter `{key}` (expected prompt, negative_prompt, steps, \
+                         guidance_scale, width, height, seed, num_images, scheduler, eta, rng \
+                         or scheduler.<diffusers config key>)"
+                    )))
+                }
+            },
+        }
+        Ok(())
+    }
+
     /// Checks everything that does not need the model; size checks happen in the pipeline.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.steps == 0 || self.steps > MAX_STEPS {
@@ -142,6 +182,19 @@ impl Request {
     }
 }
 
+/// Parses a [`Request::set`] value, naming the key and the value when it does not parse.
+fn parse_value<T>(key: &str, value: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    value.trim().parse().map_err(|e| {
+        Error::InvalidArg(format!(
+            "invalid value `{value}` for parameter `{key}`: {e}"
+        ))
+    })
+}
+
 /// Resolves the output size against the VAE factor, rejecting zero and non-multiples.
 pub(crate) fn check_size(width: u32, height: u32, factor: u32) -> Result<()> {
     for (name, v) in [("width", width), ("height", height)] {
@@ -166,4 +219,81 @@ pub struct Progress {
     pub step: usize,
     pub total: usize,
     pub elapsed: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn set_parses_every_key() {
+        let mut r = Request::default();
+        for (key, value) in [
+            ("prompt", "a cat"),
+            ("negative_prompt", "blurry"),
+            ("steps", "3"),
+            ("guidance_scale", "1.5"),
+            ("width", "64"),
+            ("height", " 96 "),
+            ("seed", "18446744073709551615"),
+            ("num_images", "2"),
+            ("scheduler", "euler"),
+            ("eta", "0.5"),
+            ("rng", "fast"),
+            ("scheduler.use_karras_sigmas", "true"),
+            ("scheduler.timestep_spacing", "trailing"),
+            ("scheduler.steps_offset", "1"),
+        ] {
+            r.set(key, value)
+                .unwrap_or_else(|e| panic!("{key}={value}: {e}"));
+        }
+        assert_eq!(r.prompt, "a cat");
+        assert_eq!(r.negative_prompt.as_deref(), Some("blurry"));
+        assert_eq!(r.steps, 3);
+        assert_eq!(r.guidance_scale, 1.5);
+        assert_eq!((r.width, r.height), (Some(64), Some(96)));
+        assert_eq!(r.seed, Some(u64::MAX));
+        assert_eq!(r.num_images, 2);
+        assert_eq!(r.scheduler.as_deref(), Some("euler"));
+        assert_eq!(r.eta, 0.5);
+        assert_eq!(r.rng, RngMode::Fast);
+        assert_eq!(
+            r.scheduler_overrides["use_karras_sigmas"],
+            Value::Bool(true)
+        );
+        assert_eq!(
+            r.scheduler_overrides["timestep_spacing"],
+            Value::String("trailing".into())
+        );
+        assert_eq!(r.scheduler_overrides["steps_offset"], Value::from(1));
+    }
+
+    #[test]
+    fn set_names_unknown_keys_and_bad_values() {
+        let mut r = Request::default();
+        for key in ["stepz", "scheduler.", "", "Steps"] {
+            let err = r.set(key, "1").expect_err(key);
+            assert_eq!(err.code(), ErrorCode::InvalidArg);
+            assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+        }
+        for (key, value) in [
+            ("steps", "many"),
+            ("steps", "-1"),
+            ("width", "1.5"),
+            ("seed", "x"),
+            ("guidance_scale", ""),
+            ("rng", "cuda"),
+        ] {
+            let err = r.set(key, value).expect_err(key);
+            assert_eq!(err.code(), ErrorCode::InvalidArg);
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains(value), "{msg}");
+        }
+        assert_eq!(
+            r.steps,
+            Request::default().steps,
+            "failed sets change nothing"
+        );
+    }
 }
