@@ -5,4 +5,4 @@ mod txt2img;
 pub use request::{
     prompt_from_bytes, CancelToken, Progress, Request, MAX_IMAGES_PER_REQUEST, MAX_STEPS,
 };
-pub use txt2img::{Defaults, Output, Pipeline, Timings};
+pub use txt2img::{apply_guidance, Defaults, Output, Pipeline, Timings};

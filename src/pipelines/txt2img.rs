@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ndarray::{concatenate, s, Array2, ArrayD, Axis, Ix3, Ix4};
+use ndarray::{concatenate, s, Array2, ArrayD, ArrayViewD, Axis, Ix3, Ix4, Zip};
 use serde_json::Value;
 
 use super::request::{check_size, Progress, Request};
@@ -164,14 +164,13 @@ impl Pipeline {
                 "out_sample",
             )?;
             timings.ort_run += ort;
-            let guidance = if guided {
-                let uncond = prediction.slice_axis(Axis(0), (0..n).into());
-                let text = prediction.slice_axis(Axis(0), (n..2 * n).into());
-                &uncond + &((&text - &uncond) * request.guidance_scale)
+            let mut prediction = prediction;
+            let guided_prediction = if guided {
+                apply_guidance(&mut prediction, request.guidance_scale)
             } else {
-                prediction
+                prediction.view()
             };
-            scheduler.step(guidance.view(), i, latents.view_mut(), noise.as_mut())?;
+            scheduler.step(guided_prediction, i, latents.view_mut(), noise.as_mut())?;
             timings.denoise_steps.push(step_started.elapsed());
             let report = Progress {
                 step: i + 1,
@@ -282,6 +281,17 @@ impl Pipeline {
         timings.decode = started.elapsed();
         Ok(images)
     }
+}
+
+/// Classifier-free guidance in place, without allocating: `prediction` holds [uncond; text] along
+/// axis 0, and its first half becomes `uncond + scale * (text - uncond)` (diffusers' float32 order).
+pub fn apply_guidance(prediction: &mut ArrayD<f32>, scale: f32) -> ArrayViewD<'_, f32> {
+    let n = prediction.shape()[0] / 2;
+    let (mut uncond, text) = prediction.view_mut().split_at(Axis(0), n);
+    Zip::from(&mut uncond)
+        .and(&text)
+        .for_each(|u, &t| *u += scale * (t - *u));
+    prediction.slice_axis(Axis(0), (0..n).into())
 }
 
 /// The timestep in the element type and rank the UNet graph declares.
