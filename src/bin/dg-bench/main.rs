@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use diffgentor::runtime::OptimizationLevel;
 use diffgentor::{Error, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
 
 use report::{Report, Sample, Settings};
@@ -34,6 +35,9 @@ struct Args {
     /// Intra-op threads per session (default: ONNX Runtime's choice).
     #[arg(long)]
     threads: Option<usize>,
+    /// ONNX Runtime graph optimisation: disable, basic, extended, layout or all.
+    #[arg(long, default_value = "all")]
+    opt_level: String,
     #[arg(long, default_value_t = 20)]
     steps: usize,
     /// Image size WxH (default: the package's).
@@ -89,6 +93,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         execution_provider: args.ep.parse::<ExecutionProvider>()?,
         allow_cpu_fallback: false,
         intra_threads: args.threads,
+        optimization: args.opt_level.parse::<OptimizationLevel>()?,
     })?;
     let pipeline = Arc::new(Pipeline::load(runtime, &args.model)?);
     let load = load_started.elapsed();
@@ -109,6 +114,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         backend: args.backend.clone(),
         ep: args.ep.clone(),
         intra_threads: args.threads,
+        opt_level: args.opt_level.clone(),
         steps: args.steps,
         width: request.width.unwrap_or(defaults.width),
         height: request.height.unwrap_or(defaults.height),

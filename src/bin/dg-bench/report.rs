@@ -36,6 +36,7 @@ pub struct Settings {
     pub backend: String,
     pub ep: String,
     pub intra_threads: Option<usize>,
+    pub opt_level: String,
     pub steps: usize,
     pub width: u32,
     pub height: u32,

@@ -69,6 +69,7 @@ impl RuntimeArgs {
             execution_provider,
             allow_cpu_fallback: self.allow_cpu_fallback,
             intra_threads: self.threads,
+            ..RuntimeOptions::default()
         })?;
         if let Some(reason) = runtime.fallback() {
             eprintln!("warning: falling back to CPU: {reason}");
