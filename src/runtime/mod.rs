@@ -27,6 +27,9 @@ pub struct RuntimeOptions {
     pub intra_threads: Option<usize>,
     /// ONNX Runtime graph optimisation level applied when sessions are built.
     pub optimization: OptimizationLevel,
+    /// Keep ONNX Runtime's idle worker threads from spin-waiting. Spinning shortens latency on a
+    /// dedicated machine but burns the cores other work needs on a shared one (docs/performance.md).
+    pub no_spinning: bool,
 }
 
 /// ONNX Runtime's graph optimisation levels (`all` is the default and the fastest measured here).
@@ -145,6 +148,9 @@ impl Runtime {
         if let Some(threads) = self.options.intra_threads {
             builder = builder.with_intra_threads(threads).map_err(setup)?;
         }
+        if self.options.no_spinning {
+            builder = builder.with_intra_op_spinning(false).map_err(setup)?;
+        }
         Ok(builder)
     }
 
@@ -172,10 +178,21 @@ mod tests {
 
     #[test]
     fn parses_optimization_levels() {
-        assert_eq!("ALL".parse::<OptimizationLevel>().ok(), Some(OptimizationLevel::All));
-        assert_eq!("none".parse::<OptimizationLevel>().ok(), Some(OptimizationLevel::Disable));
-        assert_eq!("layout".parse::<OptimizationLevel>().ok(), Some(OptimizationLevel::Layout));
-        let err = "max".parse::<OptimizationLevel>().expect_err("unknown level");
+        assert_eq!(
+            "ALL".parse::<OptimizationLevel>().ok(),
+            Some(OptimizationLevel::All)
+        );
+        assert_eq!(
+            "none".parse::<OptimizationLevel>().ok(),
+            Some(OptimizationLevel::Disable)
+        );
+        assert_eq!(
+            "layout".parse::<OptimizationLevel>().ok(),
+            Some(OptimizationLevel::Layout)
+        );
+        let err = "max"
+            .parse::<OptimizationLevel>()
+            .expect_err("unknown level");
         assert_eq!(err.code(), crate::ErrorCode::InvalidArg);
     }
 }

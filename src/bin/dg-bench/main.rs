@@ -38,6 +38,9 @@ struct Args {
     /// ONNX Runtime graph optimisation: disable, basic, extended, layout or all.
     #[arg(long, default_value = "all")]
     opt_level: String,
+    /// Stop ONNX Runtime's idle threads from spin-waiting (helps on shared or busy machines).
+    #[arg(long)]
+    no_spinning: bool,
     #[arg(long, default_value_t = 20)]
     steps: usize,
     /// Image size WxH (default: the package's).
@@ -94,6 +97,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         allow_cpu_fallback: false,
         intra_threads: args.threads,
         optimization: args.opt_level.parse::<OptimizationLevel>()?,
+        no_spinning: args.no_spinning,
     })?;
     let pipeline = Arc::new(Pipeline::load(runtime, &args.model)?);
     let load = load_started.elapsed();
@@ -115,6 +119,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         ep: args.ep.clone(),
         intra_threads: args.threads,
         opt_level: args.opt_level.clone(),
+        no_spinning: args.no_spinning,
         steps: args.steps,
         width: request.width.unwrap_or(defaults.width),
         height: request.height.unwrap_or(defaults.height),

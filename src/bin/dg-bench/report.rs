@@ -37,6 +37,7 @@ pub struct Settings {
     pub ep: String,
     pub intra_threads: Option<usize>,
     pub opt_level: String,
+    pub no_spinning: bool,
     pub steps: usize,
     pub width: u32,
     pub height: u32,

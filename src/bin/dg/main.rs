@@ -47,6 +47,9 @@ struct RuntimeArgs {
     /// Intra-op threads per session (default: ONNX Runtime's choice).
     #[arg(long)]
     threads: Option<usize>,
+    /// Stop ONNX Runtime's idle threads from spin-waiting (helps on shared or busy machines).
+    #[arg(long)]
+    no_spinning: bool,
     /// TensorRT: build fp16 engines.
     #[arg(long)]
     trt_fp16: bool,
@@ -69,6 +72,7 @@ impl RuntimeArgs {
             execution_provider,
             allow_cpu_fallback: self.allow_cpu_fallback,
             intra_threads: self.threads,
+            no_spinning: self.no_spinning,
             ..RuntimeOptions::default()
         })?;
         if let Some(reason) = runtime.fallback() {
