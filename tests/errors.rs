@@ -58,6 +58,17 @@ fn missing_graph_file_is_named() {
 }
 
 #[test]
+fn directory_without_model_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = load_err(tmp.path());
+    assert_eq!(err.code(), ErrorCode::Model);
+    assert!(
+        err.to_string().contains("model_index.json: is missing"),
+        "{err}"
+    );
+}
+
+#[test]
 fn model_index_that_is_not_json() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::copy_model("tiny-sd", tmp.path());

@@ -30,7 +30,11 @@ const REQUIRED: &[&str] = &[
 ];
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        // A file the layout requires is a broken package, not an I/O failure.
+        std::io::ErrorKind::NotFound => Error::model(path, "is missing"),
+        _ => Error::io("cannot read", path, e),
+    })?;
     serde_json::from_str(&text).map_err(|e| Error::model(path, format!("is not valid JSON: {e}")))
 }
 
