@@ -1,0 +1,501 @@
+// diffgentor.hpp: header-only C++17 binding of the diffgentor C API (include/diffgentor.h).
+//
+// Every type owns its C handle through std::unique_ptr / std::shared_ptr with a deleter that
+// calls the matching dg_*_free, so resources are released deterministically on scope exit.
+// Failures throw dg::Error (a std::runtime_error) carrying the stable dg::ErrorCode.
+//
+// Ownership of images: dg::Pipeline::generate returns dg::Images, which keeps the C result
+// (dg_images_t) alive through a std::shared_ptr. Every dg::Image obtained from it shares that
+// pointer, so an Image stays valid (pixels included) after its Images, Pipeline and Runtime are
+// gone; the pixels are never copied. Images and Image are immutable and cheap to copy, and may be
+// read from any thread.
+//
+// Threading: Runtime and Pipeline are thread-safe (many threads may call Pipeline::generate on
+// one pipeline at once); Params and RuntimeOptions are builders for one thread at a time;
+// CancelToken::cancel may be called from any thread. See bindings/cpp/README.md.
+
+#ifndef DIFFGENTOR_HPP
+#define DIFFGENTOR_HPP
+
+#include <diffgentor.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dg {
+
+/// Stable error classes; the values equal DG_ERROR_* (and never change).
+enum class ErrorCode : int {
+    Ok = DG_ERROR_OK,
+    NullArg = DG_ERROR_NULL_ARG,
+    InvalidArg = DG_ERROR_INVALID_ARG,
+    Io = DG_ERROR_IO,
+    Model = DG_ERROR_MODEL,
+    Unsupported = DG_ERROR_UNSUPPORTED,
+    EpUnavailable = DG_ERROR_EP_UNAVAILABLE,
+    Cancelled = DG_ERROR_CANCELLED,
+    Backend = DG_ERROR_BACKEND,
+    Panic = DG_ERROR_PANIC,
+};
+
+/// The DG_ERROR_* name of a code, e.g. "DG_ERROR_MODEL".
+inline const char *to_string(ErrorCode code) noexcept {
+    switch (code) {
+    case ErrorCode::Ok: return "DG_ERROR_OK";
+    case ErrorCode::NullArg: return "DG_ERROR_NULL_ARG";
+    case ErrorCode::InvalidArg: return "DG_ERROR_INVALID_ARG";
+    case ErrorCode::Io: return "DG_ERROR_IO";
+    case ErrorCode::Model: return "DG_ERROR_MODEL";
+    case ErrorCode::Unsupported: return "DG_ERROR_UNSUPPORTED";
+    case ErrorCode::EpUnavailable: return "DG_ERROR_EP_UNAVAILABLE";
+    case ErrorCode::Cancelled: return "DG_ERROR_CANCELLED";
+    case ErrorCode::Backend: return "DG_ERROR_BACKEND";
+    case ErrorCode::Panic: return "DG_ERROR_PANIC";
+    }
+    return "DG_ERROR_UNKNOWN";
+}
+
+/// An error reported by the library: what() is its message (UTF-8), code() its class.
+class Error : public std::runtime_error {
+public:
+    Error(ErrorCode code, const std::string &message) : std::runtime_error(message), code_(code) {}
+
+    ErrorCode code() const noexcept { return code_; }
+    /// The numeric DG_ERROR_* value.
+    int raw_code() const noexcept { return static_cast<int>(code_); }
+    bool cancelled() const noexcept { return code_ == ErrorCode::Cancelled; }
+
+private:
+    ErrorCode code_;
+};
+
+/// The loaded library's version ("MAJOR.MINOR.PATCH"); compare with DG_VERSION_* of the header.
+inline std::string version() { return dg_version(); }
+/// The loaded library's ABI version (its SONAME number), equal to DG_VERSION_MAJOR.
+inline std::uint32_t abi_version() noexcept { return dg_abi_version(); }
+
+namespace detail {
+
+struct ErrorDeleter {
+    void operator()(dg_error_t *e) const noexcept { dg_error_free(e); }
+};
+struct RuntimeOptionsDeleter {
+    void operator()(dg_runtime_options_t *o) const noexcept { dg_runtime_options_free(o); }
+};
+struct RuntimeDeleter {
+    void operator()(dg_runtime_t *r) const noexcept { dg_runtime_free(r); }
+};
+struct PipelineDeleter {
+    void operator()(dg_pipeline_t *p) const noexcept { dg_pipeline_free(p); }
+};
+struct ParamsDeleter {
+    void operator()(dg_params_t *p) const noexcept { dg_params_free(p); }
+};
+struct CancelTokenDeleter {
+    void operator()(dg_cancel_token_t *t) const noexcept { dg_cancel_token_free(t); }
+};
+struct ImagesDeleter {
+    void operator()(dg_images_t *i) const noexcept { dg_images_free(i); }
+};
+struct BufferDeleter {
+    void operator()(dg_buffer_t *b) const noexcept { dg_buffer_free(b); }
+};
+
+/// Takes ownership of `raw` (NULL = success) and throws it as dg::Error.
+inline void check(dg_error_t *raw) {
+    if (raw == nullptr) return;
+    std::unique_ptr<dg_error_t, ErrorDeleter> err(raw);
+    throw Error(static_cast<ErrorCode>(dg_error_code(err.get())), dg_error_message(err.get()));
+}
+
+/// A NUL-terminated copy-free view of `s` for the C API; a string with an embedded NUL would be
+/// silently truncated by C, so it is rejected as InvalidArg naming the parameter.
+inline const char *c_str(const std::string &s, const char *what) {
+    if (s.find('\0') != std::string::npos)
+        throw Error(ErrorCode::InvalidArg, std::string(what) + " contains a NUL byte");
+    return s.c_str();
+}
+
+[[noreturn]] inline void moved_from(const char *type) {
+    throw Error(ErrorCode::NullArg, std::string("use of a moved-from dg::") + type);
+}
+
+}  // namespace detail
+
+/// Options of a Runtime: a fluent builder (one thread at a time). Runtime copies them.
+class RuntimeOptions {
+public:
+    RuntimeOptions() {
+        dg_runtime_options_t *raw = nullptr;
+        detail::check(dg_runtime_options_new(&raw));
+        handle_.reset(raw);
+    }
+
+    /// The ONNX Runtime shared library to load instead of the discovery order.
+    RuntimeOptions &ort_library(const std::string &path) {
+        detail::check(
+            dg_runtime_options_set_ort_library(get(), detail::c_str(path, "ort_library")));
+        return *this;
+    }
+    /// "cpu", "cuda", "cuda:ID", "tensorrt" or "tensorrt:ID"; anything else is InvalidArg.
+    RuntimeOptions &execution_provider(const std::string &ep) {
+        detail::check(dg_runtime_options_set_execution_provider(
+            get(), detail::c_str(ep, "execution_provider")));
+        return *this;
+    }
+    /// Use the CPU when the chosen provider cannot be registered, instead of failing.
+    RuntimeOptions &allow_cpu_fallback(bool allow = true) {
+        detail::check(dg_runtime_options_set_allow_cpu_fallback(get(), allow));
+        return *this;
+    }
+    /// Intra-op threads per ONNX Runtime session; 0 = ONNX Runtime's default.
+    RuntimeOptions &intra_threads(std::uint32_t threads) {
+        detail::check(dg_runtime_options_set_intra_threads(get(), threads));
+        return *this;
+    }
+    /// TensorRT only: allow fp16 engines.
+    RuntimeOptions &tensorrt_fp16(bool fp16 = true) {
+        detail::check(dg_runtime_options_set_tensorrt_fp16(get(), fp16));
+        return *this;
+    }
+    /// TensorRT only: directory for serialized engines and the timing cache.
+    RuntimeOptions &tensorrt_engine_cache(const std::string &dir) {
+        detail::check(dg_runtime_options_set_tensorrt_engine_cache(
+            get(), detail::c_str(dir, "tensorrt_engine_cache")));
+        return *this;
+    }
+
+    const dg_runtime_options_t *get() const {
+        if (!handle_) detail::moved_from("RuntimeOptions");
+        return handle_.get();
+    }
+    dg_runtime_options_t *get() {
+        if (!handle_) detail::moved_from("RuntimeOptions");
+        return handle_.get();
+    }
+
+private:
+    std::unique_ptr<dg_runtime_options_t, detail::RuntimeOptionsDeleter> handle_;
+};
+
+class Pipeline;
+
+/// A loaded ONNX Runtime with its execution provider. Thread-safe; share one per process.
+/// Pipelines keep it alive internally, so it may be destroyed before them.
+class Runtime {
+public:
+    /// Defaults: CPU, ONNX Runtime found through DG_ORT_DYLIB_PATH and the usual places.
+    Runtime() { init(nullptr); }
+    explicit Runtime(const RuntimeOptions &options) { init(options.get()); }
+
+    /// Loads a model package directory on this runtime (same as Pipeline(runtime, dir)).
+    inline Pipeline load(const std::string &model_dir) const;
+
+    const dg_runtime_t *get() const {
+        if (!handle_) detail::moved_from("Runtime");
+        return handle_.get();
+    }
+    explicit operator bool() const noexcept { return static_cast<bool>(handle_); }
+
+private:
+    void init(const dg_runtime_options_t *opts) {
+        dg_runtime_t *raw = nullptr;
+        detail::check(dg_runtime_new(opts, &raw));
+        handle_.reset(raw);
+    }
+    std::unique_ptr<dg_runtime_t, detail::RuntimeDeleter> handle_;
+};
+
+/// Parameters of one request: a fluent builder (one thread at a time). generate copies them, so
+/// one Params may be changed and reused between requests.
+class Params {
+public:
+    /// diffusers' defaults: empty prompt, 50 steps, guidance 7.5, one image, the package's size
+    /// and scheduler, torch-compatible noise, a random seed (reported by Images::seed()).
+    Params() {
+        dg_params_t *raw = nullptr;
+        detail::check(dg_params_new(&raw));
+        handle_.reset(raw);
+    }
+
+    Params &prompt(const std::string &text) {
+        detail::check(dg_params_set_prompt(get(), detail::c_str(text, "prompt")));
+        return *this;
+    }
+    Params &negative_prompt(const std::string &text) {
+        detail::check(
+            dg_params_set_negative_prompt(get(), detail::c_str(text, "negative_prompt")));
+        return *this;
+    }
+    /// Back to no negative prompt (the unconditional pass uses "").
+    Params &clear_negative_prompt() {
+        detail::check(dg_params_set_negative_prompt(get(), nullptr));
+        return *this;
+    }
+    Params &steps(std::uint32_t steps) {
+        detail::check(dg_params_set_steps(get(), steps));
+        return *this;
+    }
+    Params &guidance_scale(float scale) {
+        detail::check(dg_params_set_guidance_scale(get(), scale));
+        return *this;
+    }
+    Params &size(std::uint32_t width, std::uint32_t height) {
+        detail::check(dg_params_set_size(get(), width, height));
+        return *this;
+    }
+    Params &seed(std::uint64_t seed) {
+        detail::check(dg_params_set_seed(get(), seed));
+        return *this;
+    }
+    Params &num_images(std::uint32_t n) {
+        detail::check(dg_params_set_num_images(get(), n));
+        return *this;
+    }
+    Params &scheduler(const std::string &name) {
+        detail::check(dg_params_set_scheduler(get(), detail::c_str(name, "scheduler")));
+        return *this;
+    }
+    /// Any parameter by key, e.g. set("guidance_scale", "7.5") or
+    /// set("scheduler.timestep_spacing", "trailing"); an unknown key is InvalidArg naming it.
+    Params &set(const std::string &key, const std::string &value) {
+        detail::check(
+            dg_params_set(get(), detail::c_str(key, "key"), detail::c_str(value, "value")));
+        return *this;
+    }
+
+    const dg_params_t *get() const {
+        if (!handle_) detail::moved_from("Params");
+        return handle_.get();
+    }
+    dg_params_t *get() {
+        if (!handle_) detail::moved_from("Params");
+        return handle_.get();
+    }
+
+private:
+    std::unique_ptr<dg_params_t, detail::ParamsDeleter> handle_;
+};
+
+/// A cancellation flag for one request. cancel() is thread-safe and may be called from any
+/// thread while another generates with the token; a raised token stays raised (use a new one per
+/// request). Destroy it only once no generate using it is running.
+class CancelToken {
+public:
+    CancelToken() {
+        dg_cancel_token_t *raw = nullptr;
+        detail::check(dg_cancel_token_new(&raw));
+        handle_.reset(raw);
+    }
+
+    /// Stops a generate using this token before its next denoising step (or before decoding);
+    /// that generate throws Error with ErrorCode::Cancelled. No-op on a moved-from token.
+    void cancel() const noexcept { dg_cancel_token_cancel(handle_.get()); }
+
+    const dg_cancel_token_t *get() const {
+        if (!handle_) detail::moved_from("CancelToken");
+        return handle_.get();
+    }
+
+private:
+    std::unique_ptr<dg_cancel_token_t, detail::CancelTokenDeleter> handle_;
+};
+
+/// Progress of a running request, reported after every denoising step.
+struct Progress {
+    std::uint32_t step = 0;        ///< steps finished so far (1 after the first)
+    std::uint32_t total = 0;       ///< steps in the request
+    double elapsed_seconds = 0.0;  ///< since the request started
+};
+
+/// Called on the generating thread after every step; return false to cancel the request. An
+/// exception thrown by it cancels the request and is rethrown by generate once the C call returns.
+using ProgressCallback = std::function<bool(const Progress &)>;
+
+/// One RGB8 image (3 bytes per pixel, rows top to bottom, no padding). Keeps the request's result
+/// alive: valid (pixels included) as long as any Image or Images of that request exists.
+class Image {
+public:
+    /// An empty image (no pixels; every getter returns 0 or nullptr).
+    Image() = default;
+
+    std::uint32_t width() const noexcept { return dg_image_width(raw_); }
+    std::uint32_t height() const noexcept { return dg_image_height(raw_); }
+    /// Bytes per pixel: 3.
+    std::uint32_t channels() const noexcept { return dg_image_channels(raw_); }
+    /// Bytes per row: 3 * width.
+    std::size_t stride() const noexcept { return dg_image_stride(raw_); }
+    /// height() * stride() bytes, RGB, top row first; valid as long as this Image.
+    const std::uint8_t *pixels() const noexcept { return dg_image_pixels(raw_); }
+    std::size_t size_bytes() const noexcept { return stride() * height(); }
+    /// A copy of the pixels.
+    std::vector<std::uint8_t> to_vector() const {
+        const std::uint8_t *p = pixels();
+        return p ? std::vector<std::uint8_t>(p, p + size_bytes()) : std::vector<std::uint8_t>();
+    }
+
+    /// Writes a PNG file atomically (parent directories are created).
+    void write_png(const std::string &path) const {
+        detail::check(dg_image_write_png(raw_, detail::c_str(path, "path")));
+    }
+    /// Writes a JPEG file atomically; quality 1..100 (else InvalidArg).
+    void write_jpeg(const std::string &path, std::uint8_t quality = 90) const {
+        detail::check(dg_image_write_jpeg(raw_, detail::c_str(path, "path"), quality));
+    }
+    std::vector<std::uint8_t> encode_png() const {
+        dg_buffer_t *raw = nullptr;
+        detail::check(dg_image_encode_png(raw_, &raw));
+        return take(raw);
+    }
+    std::vector<std::uint8_t> encode_jpeg(std::uint8_t quality = 90) const {
+        dg_buffer_t *raw = nullptr;
+        detail::check(dg_image_encode_jpeg(raw_, quality, &raw));
+        return take(raw);
+    }
+
+    /// The borrowed C image (valid as long as this Image).
+    const dg_image_t *get() const noexcept { return raw_; }
+
+private:
+    friend class Images;
+    Image(std::shared_ptr<const dg_images_t> owner, const dg_image_t *raw)
+        : owner_(std::move(owner)), raw_(raw) {}
+
+    static std::vector<std::uint8_t> take(dg_buffer_t *raw) {
+        std::unique_ptr<dg_buffer_t, detail::BufferDeleter> buf(raw);
+        const std::uint8_t *data = dg_buffer_data(buf.get());
+        return std::vector<std::uint8_t>(data, data + dg_buffer_len(buf.get()));
+    }
+
+    std::shared_ptr<const dg_images_t> owner_;
+    const dg_image_t *raw_ = nullptr;
+};
+
+/// The images of one request, in order, with the seed it used. Shares (never copies) the C
+/// result with every Image taken from it.
+class Images {
+public:
+    using const_iterator = std::vector<Image>::const_iterator;
+
+    /// No images.
+    Images() = default;
+
+    std::size_t size() const noexcept { return images_.size(); }
+    bool empty() const noexcept { return images_.empty(); }
+    const Image &operator[](std::size_t i) const noexcept { return images_[i]; }
+    const Image &at(std::size_t i) const { return images_.at(i); }
+    const Image &front() const { return images_.at(0); }
+    const_iterator begin() const noexcept { return images_.begin(); }
+    const_iterator end() const noexcept { return images_.end(); }
+    /// The seed the request used (the one set, or the one drawn when none was).
+    std::uint64_t seed() const noexcept { return seed_; }
+
+    const dg_images_t *get() const noexcept { return owner_.get(); }
+
+private:
+    friend class Pipeline;
+    explicit Images(dg_images_t *raw)
+        : owner_(std::shared_ptr<const dg_images_t>(raw, [](const dg_images_t *p) {
+              dg_images_free(const_cast<dg_images_t *>(p));
+          })),
+          seed_(dg_images_seed(raw)) {
+        const std::size_t n = dg_images_count(raw);
+        images_.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) images_.push_back(Image(owner_, dg_images_get(raw, i)));
+    }
+
+    std::shared_ptr<const dg_images_t> owner_;
+    std::vector<Image> images_;
+    std::uint64_t seed_ = 0;
+};
+
+namespace detail {
+
+struct ProgressContext {
+    const ProgressCallback *callback;
+    std::exception_ptr error;
+};
+
+// Called by the library on the generating thread. Nothing may unwind into C: any exception is
+// stored and turns into a cancel; generate rethrows it once dg_pipeline_generate has returned.
+// (C++ linkage on purpose: that is the linkage of the header's dg_progress_fn typedef in C++.)
+inline bool progress_trampoline(const dg_progress_t *progress, void *user_data) noexcept {
+    auto *ctx = static_cast<ProgressContext *>(user_data);
+    if (ctx->error) return false;
+    try {
+        Progress p;
+        const std::uint32_t size = progress->struct_size;
+        if (size >= offsetof(dg_progress_t, step) + sizeof progress->step) p.step = progress->step;
+        if (size >= offsetof(dg_progress_t, total) + sizeof progress->total)
+            p.total = progress->total;
+        if (size >= offsetof(dg_progress_t, elapsed_seconds) + sizeof progress->elapsed_seconds)
+            p.elapsed_seconds = progress->elapsed_seconds;
+        return (*ctx->callback)(p);
+    } catch (...) {
+        ctx->error = std::current_exception();
+        return false;
+    }
+}
+
+}  // namespace detail
+
+/// A model package loaded on a runtime. Thread-safe: generate may run on many threads at once.
+/// Keeps its runtime alive. Do not destroy it while a generate on it is running.
+class Pipeline {
+public:
+    /// Loads the package in `model_dir` (optimum/diffusers ONNX layout).
+    Pipeline(const Runtime &runtime, const std::string &model_dir) {
+        dg_pipeline_t *raw = nullptr;
+        detail::check(
+            dg_pipeline_load(runtime.get(), detail::c_str(model_dir, "model_dir"), &raw));
+        handle_.reset(raw);
+    }
+
+    /// Runs one text-to-image request. `progress` (may be empty) is called after every step;
+    /// returning false cancels. `cancel` (may be null) may be raised from any thread. A cancelled
+    /// request throws Error(ErrorCode::Cancelled); an exception thrown by `progress` is rethrown
+    /// as is once the request has stopped.
+    Images generate(const Params &params, const ProgressCallback &progress = nullptr,
+                    const CancelToken *cancel = nullptr) const {
+        detail::ProgressContext ctx{&progress, nullptr};
+        dg_images_t *raw = nullptr;
+        dg_error_t *err = dg_pipeline_generate(
+            get(), params.get(), progress ? &detail::progress_trampoline : nullptr,
+            progress ? &ctx : nullptr, cancel ? cancel->get() : nullptr, &raw);
+        if (ctx.error) {
+            dg_error_free(err);
+            dg_images_free(raw);
+            std::rethrow_exception(ctx.error);
+        }
+        detail::check(err);
+        return Images(raw);
+    }
+    Images generate(const Params &params, const CancelToken &cancel,
+                    const ProgressCallback &progress = nullptr) const {
+        return generate(params, progress, &cancel);
+    }
+
+    const dg_pipeline_t *get() const {
+        if (!handle_) detail::moved_from("Pipeline");
+        return handle_.get();
+    }
+    explicit operator bool() const noexcept { return static_cast<bool>(handle_); }
+
+private:
+    std::unique_ptr<dg_pipeline_t, detail::PipelineDeleter> handle_;
+};
+
+inline Pipeline Runtime::load(const std::string &model_dir) const {
+    return Pipeline(*this, model_dir);
+}
+
+}  // namespace dg
+
+#endif  // DIFFGENTOR_HPP

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds and tests the C++ binding: ctest suite, the digits example, and find_package from a
+# `make install` prefix (plus add_subdirectory use from the source tree).
+# usage (from the repo root): bindings/cpp/test.sh OUT_DIR
+# Writes OUT_DIR/cpp.rgb: raw RGB8 of the fox request (tiny-sd, "a red fox", seed 42, 3 steps,
+# euler) generated through the binding.
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+mkdir -p "$1"
+OUT=$(cd "$1" && pwd -P)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
+cd "$ROOT"
+JOBS=${JOBS:-2}
+start=$(date +%s)
+step() { printf '== cpp: %s\n' "$*"; }
+
+# Tools: cmake and a C++ compiler from Debian packages when missing.
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v c++ >/dev/null || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+    step "installing ${need[*]}"
+    SUDO=
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get install -y "${need[@]}" >/dev/null || {
+        $SUDO apt-get update >/dev/null
+        $SUDO apt-get install -y "${need[@]}" >/dev/null
+    }
+fi
+
+# The library (make c-lib) and ONNX Runtime (make ort).
+DG_LIB_DIR=${DG_LIB_DIR:-$ROOT/target/release}
+DG_LIB_DIR=$(cd "$DG_LIB_DIR" && pwd)
+export DG_LIB_DIR
+major=$(sed -n 's/^#define DG_VERSION_MAJOR \([0-9]*\)$/\1/p' include/diffgentor.h)
+for f in libdiffgentor.so "libdiffgentor.so.$major"; do
+    if [ ! -e "$DG_LIB_DIR/$f" ]; then
+        echo "cpp: $DG_LIB_DIR/$f is missing: run \`make c-lib\` (or set DG_LIB_DIR)" >&2
+        exit 1
+    fi
+done
+if [ -z "${DG_ORT_DYLIB_PATH:-}" ]; then
+    ort=$(ls "$ROOT"/.ort/lib/libonnxruntime.so.*.*.* 2>/dev/null | sort | tail -n 1 || true)
+    [ -n "$ort" ] && export DG_ORT_DYLIB_PATH=$ort
+fi
+
+# 1. Build the binding's tests and example against the source tree.
+BUILD=$OUT/cpp-build
+step "configure + build ($BUILD)"
+cmake -S bindings/cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDIFFGENTOR_ROOT="$ROOT" \
+    -DDIFFGENTOR_LIB_DIR="$DG_LIB_DIR" >"$OUT/cpp-configure.log"
+cmake --build "$BUILD" -j "$JOBS" >"$OUT/cpp-build.log" || { cat "$OUT/cpp-build.log"; exit 1; }
+
+# 2. The ctest suite; generate_test writes the fox's pixels.
+step "ctest"
+rm -f "$OUT/cpp.rgb"
+(cd "$BUILD" && DG_FOX_RGB="$OUT/cpp.rgb" ctest --output-on-failure --timeout 120)
+size=$(stat -c %s "$OUT/cpp.rgb")
+[ "$size" -eq $((64 * 64 * 3)) ] || { echo "cpp: $OUT/cpp.rgb has $size bytes" >&2; exit 1; }
+if [ -f target/c-test/out/rust.rgb ]; then
+    cmp "$OUT/cpp.rgb" target/c-test/out/rust.rgb
+    step "cpp.rgb equals target/c-test/out/rust.rgb"
+fi
+
+# 3. The example.
+step "example digits"
+"$BUILD/examples/digits" models/digits "$OUT/cpp-digit3.png" 2>/dev/null
+[ "$(head -c 8 "$OUT/cpp-digit3.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] ||
+    { echo "cpp: $OUT/cpp-digit3.png is not a PNG" >&2; exit 1; }
+
+# 4. find_package(diffgentor) from `make install`. Until make install copies the CMake package
+#    and diffgentor.hpp itself, put them in the prefix here.
+PREFIX=$OUT/prefix
+step "make install PREFIX=$PREFIX"
+rm -rf "$PREFIX"
+make --no-print-directory install PREFIX="$PREFIX" >"$OUT/cpp-install.log" 2>&1 ||
+    { cat "$OUT/cpp-install.log"; exit 1; }
+if [ ! -f "$PREFIX/lib/cmake/diffgentor/diffgentorConfig.cmake" ]; then
+    install -d "$PREFIX/lib/cmake/diffgentor"
+    install -m 0644 bindings/cpp/cmake/diffgentorConfig.cmake \
+        bindings/cpp/cmake/diffgentorConfigVersion.cmake "$PREFIX/lib/cmake/diffgentor/"
+fi
+[ -f "$PREFIX/include/diffgentor.hpp" ] ||
+    install -m 0644 bindings/cpp/include/diffgentor.hpp "$PREFIX/include/diffgentor.hpp"
+
+step "consumer: find_package from the prefix"
+cmake -S bindings/cpp/tests/consumer -B "$OUT/cpp-consumer-package" -DDG_CONSUMER_MODE=package \
+    -DCMAKE_PREFIX_PATH="$PREFIX" >"$OUT/cpp-consumer-package.log"
+cmake --build "$OUT/cpp-consumer-package" -j "$JOBS" >>"$OUT/cpp-consumer-package.log" ||
+    { cat "$OUT/cpp-consumer-package.log"; exit 1; }
+grep -q "from $PREFIX/lib/cmake/diffgentor" "$OUT/cpp-consumer-package.log" ||
+    { echo "cpp: find_package did not use $PREFIX" >&2; exit 1; }
+# No LD_LIBRARY_PATH: the imported target's RPATH must find the installed library.
+if ldd "$OUT/cpp-consumer-package/consumer" | grep -q "$DG_LIB_DIR"; then
+    echo "cpp: the installed consumer links the source tree's library" >&2
+    exit 1
+fi
+"$OUT/cpp-consumer-package/consumer" models/digits "$OUT/cpp-consumer-package.png"
+"$OUT/cpp-consumer-package/consumer_c"
+
+step "consumer: add_subdirectory of the source tree"
+cmake -S bindings/cpp/tests/consumer -B "$OUT/cpp-consumer-subdir" -DDG_CONSUMER_MODE=subdir \
+    -DDIFFGENTOR_ROOT="$ROOT" -DDIFFGENTOR_LIB_DIR="$DG_LIB_DIR" >"$OUT/cpp-consumer-subdir.log"
+cmake --build "$OUT/cpp-consumer-subdir" -j "$JOBS" >>"$OUT/cpp-consumer-subdir.log" ||
+    { cat "$OUT/cpp-consumer-subdir.log"; exit 1; }
+"$OUT/cpp-consumer-subdir/consumer" models/digits "$OUT/cpp-consumer-subdir.png"
+cmp "$OUT/cpp-consumer-package.png" "$OUT/cpp-consumer-subdir.png"
+
+step "all passed in $(( $(date +%s) - start ))s; wrote $OUT/cpp.rgb"

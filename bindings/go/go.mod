@@ -1,0 +1,3 @@
+module github.com/diffgentor/diffgentor/bindings/go
+
+go 1.19

@@ -1,0 +1,189 @@
+package diffgentor
+
+// #include <stdlib.h>
+// #include <diffgentor.h>
+import "C"
+
+import (
+	"sort"
+	"strconv"
+	"time"
+)
+
+// ProgressFunc is called after every denoising step with the steps done so far (1..total), the
+// steps in the request and the time since the request started. Returning false cancels the
+// request (Generate then fails with ErrCancelled). It runs on the goroutine that called
+// Generate, never after Generate returns. A panic inside it cancels the request and is
+// re-raised by Generate once the library has returned.
+type ProgressFunc func(step, total int, elapsed time.Duration) bool
+
+// Params describes one text-to-image request. The zero value of a field means the library's
+// default (diffusers' defaults): empty prompt, 50 steps, guidance 7.5, the package's size and
+// scheduler, one image, eta 0 and a random seed (reported by Result.Seed).
+type Params struct {
+	Prompt string
+	// NegativePrompt is used for the unconditional pass ("" means none).
+	NegativePrompt string
+	// Steps is the number of denoising steps (1..1000, checked at generate time).
+	Steps int
+	// GuidanceScale is the classifier-free guidance scale. 0 means the default 7.5; a value
+	// <= 1 (use 1) disables the unconditional pass.
+	GuidanceScale float32
+	// Width and Height are the output size in pixels: positive multiples of the package's VAE
+	// factor (usually 8), checked at generate time.
+	Width, Height int
+	// Seed makes the request reproducible; nil draws a random one. See Uint64.
+	Seed *uint64
+	// NumImages is how many images one request makes (1..64).
+	NumImages int
+	// Scheduler is a diffgentor name ("euler", "ddim", "pndm", ...) or a diffusers class name.
+	Scheduler string
+	// Eta is the DDIM eta (0 by default).
+	Eta float32
+	// Extra sets any parameter by its string key, applied after the fields above (so it wins),
+	// e.g. {"rng": "fast", "scheduler.timestep_spacing": "trailing"}. Keys: prompt,
+	// negative_prompt, steps, guidance_scale, width, height, seed, num_images, scheduler, eta,
+	// rng and scheduler.<diffusers_key>. An unknown key is ErrInvalidArg naming the key.
+	Extra map[string]string
+	// Progress, when set, is called after every denoising step.
+	Progress ProgressFunc
+}
+
+// Uint64 returns a pointer to v, for Params.Seed: Params{Seed: diffgentor.Uint64(42)}.
+func Uint64(v uint64) *uint64 { return &v }
+
+func checkCount(what string, v int) (C.uint32_t, error) {
+	if v < 0 || uint64(v) > 0xFFFFFFFF {
+		return 0, invalidArg("%s %d is out of range", what, v)
+	}
+	return C.uint32_t(v), nil
+}
+
+// build makes the C parameters; the caller frees them with dg_params_free.
+func (p *Params) build() (*C.dg_params_t, error) {
+	var cp *C.dg_params_t
+	if err := takeError(C.dg_params_new(&cp)); err != nil {
+		return nil, err
+	}
+	if err := p.apply(cp); err != nil {
+		C.dg_params_free(cp)
+		return nil, err
+	}
+	return cp, nil
+}
+
+func setKey(cp *C.dg_params_t, key, value string) error {
+	ck, err := cString("parameter key", key)
+	if err != nil {
+		return err
+	}
+	defer free(ck)
+	cv, err := cString("value of parameter "+strconv.Quote(key), value)
+	if err != nil {
+		return err
+	}
+	defer free(cv)
+	return takeError(C.dg_params_set(cp, ck, cv))
+}
+
+func (p *Params) apply(cp *C.dg_params_t) error {
+	if p.Prompt != "" {
+		cs, err := cString("prompt", p.Prompt)
+		if err != nil {
+			return err
+		}
+		err = takeError(C.dg_params_set_prompt(cp, cs))
+		free(cs)
+		if err != nil {
+			return err
+		}
+	}
+	if p.NegativePrompt != "" {
+		cs, err := cString("negative prompt", p.NegativePrompt)
+		if err != nil {
+			return err
+		}
+		err = takeError(C.dg_params_set_negative_prompt(cp, cs))
+		free(cs)
+		if err != nil {
+			return err
+		}
+	}
+	steps, err := checkCount("steps", p.Steps)
+	if err != nil {
+		return err
+	}
+	if steps != 0 {
+		if err := takeError(C.dg_params_set_steps(cp, steps)); err != nil {
+			return err
+		}
+	}
+	if p.GuidanceScale != 0 {
+		if err := takeError(C.dg_params_set_guidance_scale(cp, C.float(p.GuidanceScale))); err != nil {
+			return err
+		}
+	}
+	w, err := checkCount("width", p.Width)
+	if err != nil {
+		return err
+	}
+	h, err := checkCount("height", p.Height)
+	if err != nil {
+		return err
+	}
+	switch {
+	case w != 0 && h != 0:
+		if err := takeError(C.dg_params_set_size(cp, w, h)); err != nil {
+			return err
+		}
+	case w != 0:
+		if err := setKey(cp, "width", strconv.Itoa(p.Width)); err != nil {
+			return err
+		}
+	case h != 0:
+		if err := setKey(cp, "height", strconv.Itoa(p.Height)); err != nil {
+			return err
+		}
+	}
+	if p.Seed != nil {
+		if err := takeError(C.dg_params_set_seed(cp, C.uint64_t(*p.Seed))); err != nil {
+			return err
+		}
+	}
+	n, err := checkCount("number of images", p.NumImages)
+	if err != nil {
+		return err
+	}
+	if n != 0 {
+		if err := takeError(C.dg_params_set_num_images(cp, n)); err != nil {
+			return err
+		}
+	}
+	if p.Scheduler != "" {
+		cs, err := cString("scheduler", p.Scheduler)
+		if err != nil {
+			return err
+		}
+		err = takeError(C.dg_params_set_scheduler(cp, cs))
+		free(cs)
+		if err != nil {
+			return err
+		}
+	}
+	if p.Eta != 0 {
+		if err := setKey(cp, "eta", strconv.FormatFloat(float64(p.Eta), 'g', -1, 32)); err != nil {
+			return err
+		}
+	}
+	keys := make([]string, 0, len(p.Extra))
+	for k := range p.Extra {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := setKey(cp, k, p.Extra[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Builds and tests the Go binding: go vet, gofmt, `go test -race` (which writes the fox request's
+# raw RGB to OUT_DIR/go.rgb), the digits example, and a build against an install-style prefix
+# through `-tags diffgentor_pkgconfig`.
+# usage (from the repository root): bindings/go/test.sh OUT_DIR
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: bindings/go/test.sh OUT_DIR" >&2
+    exit 2
+fi
+mkdir -p "$1"
+OUT_DIR=$(cd "$1" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LIB_DIR=${DG_LIB_DIR:-$PWD/target/release}
+LIB_DIR=$(cd "$LIB_DIR" && pwd)
+
+if ! command -v go >/dev/null; then
+    echo "go-test: installing golang-go"
+    apt-get install -y golang-go || { apt-get update && apt-get install -y golang-go; }
+fi
+if ! command -v gcc >/dev/null; then
+    apt-get install -y gcc
+fi
+if [ ! -e "$LIB_DIR/libdiffgentor.so" ] || [ ! -e "$ROOT/include/diffgentor.h" ]; then
+    echo "go-test: $LIB_DIR/libdiffgentor.so or include/diffgentor.h missing (run make c-lib)" >&2
+    exit 1
+fi
+if [ -z "${DG_ORT_DYLIB_PATH:-}" ]; then
+    for f in "$ROOT"/.ort/lib/libonnxruntime.so.*.*.*; do
+        if [ -e "$f" ]; then export DG_ORT_DYLIB_PATH=$f; break; fi
+    done
+fi
+if [ -z "${DG_ORT_DYLIB_PATH:-}" ]; then
+    echo "go-test: DG_ORT_DYLIB_PATH unset and no .ort/lib/libonnxruntime.so.* (run make ort)" >&2
+    exit 1
+fi
+
+# Go: standard library only, nothing fetched.
+export GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=1
+if [ -z "${HOME:-}" ]; then
+    export GOCACHE=${GOCACHE:-$OUT_DIR/go/cache} GOPATH=${GOPATH:-$OUT_DIR/go/path}
+fi
+# In-tree build: header from include/, library from DG_LIB_DIR, found at run time through rpath.
+export CGO_CFLAGS="-I$ROOT/include ${CGO_CFLAGS:-}"
+export CGO_LDFLAGS="-L$LIB_DIR -Wl,-rpath,$LIB_DIR ${CGO_LDFLAGS:-}"
+
+cd "$ROOT/bindings/go"
+echo "go-test: $(go version)"
+
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+    echo "go-test: not gofmt-formatted: $unformatted" >&2
+    exit 1
+fi
+go vet ./...
+
+rm -f "$OUT_DIR/go.rgb"
+DG_FOX_RGB="$OUT_DIR/go.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
+    | grep -E '^(--- |PASS|FAIL|ok |panic|WARNING: DATA RACE)' || true
+if ! grep -q '^ok ' "$OUT_DIR/go-test.log" || grep -qE '^(FAIL|--- FAIL|WARNING: DATA RACE)' "$OUT_DIR/go-test.log"; then
+    echo "go-test: go test failed (log: $OUT_DIR/go-test.log)" >&2
+    exit 1
+fi
+size=$(stat -c %s "$OUT_DIR/go.rgb")
+if [ "$size" -ne $((64 * 64 * 3)) ]; then
+    echo "go-test: $OUT_DIR/go.rgb has $size bytes, expected $((64 * 64 * 3))" >&2
+    exit 1
+fi
+if [ -e "$ROOT/target/c-test/out/rust.rgb" ]; then
+    cmp "$OUT_DIR/go.rgb" "$ROOT/target/c-test/out/rust.rgb" || {
+        echo "go-test: Go pixels differ from target/c-test/out/rust.rgb" >&2; exit 1; }
+    echo "go-test: Go pixels == target/c-test/out/rust.rgb, byte for byte"
+fi
+
+mkdir -p "$OUT_DIR/go-bin"
+go build -o "$OUT_DIR/go-bin/digits" ./examples/digits
+"$OUT_DIR/go-bin/digits" -model "$ROOT/models/digits" -out "$OUT_DIR/go-digit3.png" 2>/dev/null
+head -c 8 "$OUT_DIR/go-digit3.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a' || {
+    echo "go-test: the example did not write a PNG" >&2; exit 1; }
+
+# Installed layout: a prefix like `make install` makes, found through pkg-config and the build tag.
+if ! command -v pkg-config >/dev/null; then
+    apt-get install -y pkg-config
+fi
+PREFIX=$OUT_DIR/go-prefix
+rm -rf "$PREFIX"
+mkdir -p "$PREFIX/lib/pkgconfig" "$PREFIX/include"
+cp "$ROOT/include/diffgentor.h" "$PREFIX/include/"
+cp "$LIB_DIR/libdiffgentor.so" "$PREFIX/lib/libdiffgentor.so.0"
+ln -s libdiffgentor.so.0 "$PREFIX/lib/libdiffgentor.so"
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+sed -e "s|@PREFIX@|$PREFIX|" -e "s|@VERSION@|$version|" "$ROOT/diffgentor.pc.in" \
+    > "$PREFIX/lib/pkgconfig/diffgentor.pc"
+env -u CGO_CFLAGS -u CGO_LDFLAGS PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" \
+    go build -tags diffgentor_pkgconfig -o "$OUT_DIR/go-bin/digits-pkgconfig" ./examples/digits
+LD_LIBRARY_PATH="$PREFIX/lib" "$OUT_DIR/go-bin/digits-pkgconfig" -model "$ROOT/models/digits" \
+    -out "$OUT_DIR/go-digit3-pkgconfig.png" 2>/dev/null
+cmp "$OUT_DIR/go-digit3.png" "$OUT_DIR/go-digit3-pkgconfig.png"
+echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-digit3.png)"

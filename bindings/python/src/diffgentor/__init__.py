@@ -1,0 +1,63 @@
+"""diffgentor: Stable Diffusion on ONNX Runtime, through libdiffgentor's C API (ctypes).
+
+    import diffgentor
+
+    with diffgentor.Runtime() as rt, rt.load("models/tiny-sd") as pipe:
+        images = pipe.generate("a red fox", seed=42, steps=3, scheduler="euler")
+        images[0].save("fox.png")  # a PIL image when Pillow is installed
+
+The C library is found through DG_LIBRARY_PATH, a copy bundled in ``diffgentor/lib/``, then the
+system loader; ONNX Runtime through ``Runtime(ort_library=...)`` or DG_ORT_DYLIB_PATH. See README.md.
+"""
+
+from ._errors import (
+    BackendError,
+    CancelledError,
+    EpUnavailableError,
+    Error,
+    ErrorCode,
+    InvalidArgError,
+    IoError,
+    LibraryNotFoundError,
+    ModelError,
+    NullArgError,
+    PanicError,
+    UnsupportedError,
+)
+from ._images import ImageList, OutputKind, RawImage
+from ._runtime import (
+    CancelToken,
+    Pipeline,
+    Progress,
+    ProgressCallback,
+    Runtime,
+    library_path,
+    library_version,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CancelToken",
+    "CancelledError",
+    "EpUnavailableError",
+    "Error",
+    "ErrorCode",
+    "ImageList",
+    "InvalidArgError",
+    "IoError",
+    "LibraryNotFoundError",
+    "ModelError",
+    "NullArgError",
+    "OutputKind",
+    "PanicError",
+    "Pipeline",
+    "Progress",
+    "ProgressCallback",
+    "RawImage",
+    "Runtime",
+    "UnsupportedError",
+    "library_path",
+    "library_version",
+]

@@ -1,0 +1,512 @@
+"""Runtime, Pipeline, CancelToken and Progress: the Python face of the C handles."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Type,
+    TypeVar,
+    Union,
+    overload,
+)
+
+from . import _native
+from ._errors import ErrorCode, InvalidArgError, NullArgError
+from ._images import ImageList, OutputKind, RawImage, convert, resolve_output
+
+if TYPE_CHECKING:  # pragma: no cover
+    from types import TracebackType
+    from typing import Literal
+
+    import numpy
+    import PIL.Image
+
+PathLike = Union[str, "os.PathLike[str]"]
+Self = TypeVar("Self", bound="_Closeable")
+
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+
+
+class _Handle:
+    """One C handle and its free function, freed exactly once: at close(), or, when calls are
+    still using it then, when the last of them ends (so close() never races a running call)."""
+
+    __slots__ = ("_ptr", "_free", "_what", "_lock", "_users", "_closed")
+
+    def __init__(self, ptr: int, free: Callable[[int], None], what: str) -> None:
+        self._ptr = ptr
+        self._free = free
+        self._what = what
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextmanager
+    def borrow(self) -> Iterator[int]:
+        with self._lock:
+            if self._closed:
+                raise NullArgError(f"{self._what} is closed", ErrorCode.NULL_ARG)
+            self._users += 1
+        try:
+            yield self._ptr
+        finally:
+            with self._lock:
+                self._users -= 1
+                free_now = self._closed and self._users == 0
+            if free_now:
+                self._release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            free_now = self._users == 0
+        if free_now:
+            self._release()
+
+    def _release(self) -> None:
+        ptr, self._ptr = self._ptr, 0
+        if ptr:
+            self._free(ptr)
+
+
+class _Closeable:
+    """Deterministic release (close(), ``with``) plus a safety net: a ``weakref.finalize`` frees
+    the handle when the object is garbage-collected or at interpreter exit."""
+
+    _handle: _Handle
+    _finalizer: "weakref.finalize[[], _Closeable]"
+
+    def _own(self, ptr: int, free: Callable[[int], None], what: str) -> None:
+        self._handle = _Handle(ptr, free, what)
+        self._finalizer = weakref.finalize(self, self._handle.close)
+
+    def close(self) -> None:
+        """Frees the C handle now (deferred until running calls on it end). Idempotent."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def __enter__(self: Self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional["TracebackType"],
+    ) -> None:
+        self.close()
+
+
+def _new(fn: Any, *args: Any) -> int:
+    """Calls a ``dg_error_t *fn(..., T **out)`` constructor; returns the handle or raises."""
+    out = ctypes.c_void_p()
+    _native.check(fn(*args, ctypes.byref(out)))
+    assert out.value, "the library returned success without a handle"
+    return out.value
+
+
+def _uint(value: Any, what: str, maximum: int = _U32) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= maximum:
+        raise InvalidArgError(f"{what} must be in 0..={maximum}, got {value}", ErrorCode.INVALID_ARG)
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _param_text(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    raise TypeError(f"extra[{key!r}] must be a str (or a number or bool), not {type(value).__name__}")
+
+
+class Progress:
+    """Progress of a running request, passed to the ``progress`` callback after every step."""
+
+    __slots__ = ("step", "total", "elapsed_seconds")
+
+    def __init__(self, step: int, total: int, elapsed_seconds: float) -> None:
+        #: Denoising steps finished so far (1 after the first step).
+        self.step: int = step
+        #: Denoising steps in the request.
+        self.total: int = total
+        #: Seconds since the request started.
+        self.elapsed_seconds: float = elapsed_seconds
+
+    def __repr__(self) -> str:
+        return f"Progress(step={self.step}, total={self.total}, elapsed_seconds={self.elapsed_seconds:.3f})"
+
+
+#: ``progress`` callback type: return False to cancel the request (None or True go on).
+ProgressCallback = Callable[[Progress], Optional[bool]]
+
+_ELAPSED_END = _native.DgProgress.elapsed_seconds.offset + ctypes.sizeof(ctypes.c_double)
+_TOTAL_END = _native.DgProgress.total.offset + ctypes.sizeof(ctypes.c_uint32)
+
+
+class CancelToken(_Closeable):
+    """A cancellation flag for one request: :meth:`cancel` may be called from any thread while
+    another thread generates with it; the request then stops before its next denoising step with
+    :class:`CancelledError`. A raised token stays raised: use a new one per request."""
+
+    def __init__(self) -> None:
+        lib = _native.lib()
+        self._own(_new(lib.dg_cancel_token_new), lib.dg_cancel_token_free, "CancelToken")
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Raises the token. Thread-safe; a no-op on a closed token."""
+        self._cancelled = True
+        try:
+            with self._handle.borrow() as ptr:
+                _native.lib().dg_cancel_token_cancel(ptr)
+        except NullArgError:
+            pass
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("cancelled" if self._cancelled else "live")
+        return f"<diffgentor.CancelToken {state}>"
+
+
+class Runtime(_Closeable):
+    """A loaded ONNX Runtime with its execution provider. Thread-safe: share one per process.
+
+    ``execution_provider``: "cpu", "cuda", "cuda:ID", "tensorrt" or "tensorrt:ID".
+    ``ort_library``: path of libonnxruntime; default: the library's discovery (DG_ORT_DYLIB_PATH,
+    ORT_DYLIB_PATH, the usual places). ``intra_threads``: intra-op threads per session (None or 0:
+    ONNX Runtime's default). ``allow_cpu_fallback``: use the CPU when the provider cannot be
+    registered instead of raising :class:`EpUnavailableError`.
+
+    Raises :class:`LibraryNotFoundError` when libdiffgentor cannot be found, :class:`BackendError`
+    when ONNX Runtime cannot be loaded, :class:`EpUnavailableError` for an unusable provider.
+    Pipelines keep their runtime alive inside the library, so closing it early is fine.
+    """
+
+    def __init__(
+        self,
+        execution_provider: str = "cpu",
+        ort_library: Optional[PathLike] = None,
+        intra_threads: Optional[int] = None,
+        allow_cpu_fallback: bool = False,
+        *,
+        tensorrt_fp16: bool = False,
+        tensorrt_engine_cache: Optional[PathLike] = None,
+    ) -> None:
+        lib = _native.lib()
+        opts = _new(lib.dg_runtime_options_new)
+        try:
+            check = _native.check
+            check(lib.dg_runtime_options_set_execution_provider(
+                opts, _native.encode(execution_provider, "execution_provider")))
+            if ort_library is not None:
+                check(lib.dg_runtime_options_set_ort_library(opts, _native.encode(ort_library, "ort_library")))
+            if intra_threads is not None:
+                check(lib.dg_runtime_options_set_intra_threads(opts, _uint(intra_threads, "intra_threads")))
+            check(lib.dg_runtime_options_set_allow_cpu_fallback(opts, bool(allow_cpu_fallback)))
+            if tensorrt_fp16:
+                check(lib.dg_runtime_options_set_tensorrt_fp16(opts, True))
+            if tensorrt_engine_cache is not None:
+                check(lib.dg_runtime_options_set_tensorrt_engine_cache(
+                    opts, _native.encode(tensorrt_engine_cache, "tensorrt_engine_cache")))
+            ptr = _new(lib.dg_runtime_new, opts)
+        finally:
+            lib.dg_runtime_options_free(opts)
+        self._own(ptr, lib.dg_runtime_free, "Runtime")
+        self.execution_provider: str = execution_provider
+
+    def load(self, model_dir: PathLike) -> "Pipeline":
+        """Loads the model package in ``model_dir`` on this runtime (same as ``Pipeline(self, model_dir)``)."""
+        return Pipeline(self, model_dir)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<diffgentor.Runtime {self.execution_provider!r}{state}>"
+
+
+class Pipeline(_Closeable):
+    """A model package loaded on a runtime. Thread-safe: many threads may call :meth:`generate` on
+    one pipeline at once (the GIL is released while the library works). ``close()`` while other
+    threads generate is safe: the handle is freed when the last of them returns."""
+
+    def __init__(self, runtime: Runtime, model_dir: PathLike) -> None:
+        if not isinstance(runtime, Runtime):
+            raise TypeError(f"runtime must be a diffgentor.Runtime, not {type(runtime).__name__}")
+        lib = _native.lib()
+        path = _native.encode(model_dir, "model_dir")
+        with runtime._handle.borrow() as rt:
+            ptr = _new(lib.dg_pipeline_load, rt, path)
+        self._own(ptr, lib.dg_pipeline_free, "Pipeline")
+        self.runtime: Runtime = runtime
+        self.model_dir: str = os.fsdecode(path)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<diffgentor.Pipeline {self.model_dir!r}{state}>"
+
+    @overload
+    def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
+                 guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
+                 seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
+                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
+                 output: "Literal['raw']") -> ImageList[RawImage]: ...
+
+    @overload
+    def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
+                 guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
+                 seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
+                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
+                 output: "Literal['numpy']") -> "ImageList[numpy.ndarray]": ...
+
+    @overload
+    def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
+                 guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
+                 seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
+                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
+                 output: "Literal['pil']") -> "ImageList[PIL.Image.Image]": ...
+
+    @overload
+    def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
+                 guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
+                 seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
+                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
+                 output: None = ...) -> ImageList[Any]: ...
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: Optional[str] = None,
+        steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        seed: Optional[int] = None,
+        num_images: Optional[int] = None,
+        scheduler: Optional[str] = None,
+        eta: Optional[float] = None,
+        extra: Optional[Mapping[str, Any]] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        output: Optional[OutputKind] = None,
+    ) -> ImageList[Any]:
+        """Runs one text-to-image request and returns its images (an :class:`ImageList`, a list
+        with the request's ``seed``).
+
+        Unset arguments keep diffusers' defaults: 50 steps, guidance 7.5, one image, the package's
+        size and scheduler, a random seed. ``extra`` sets any parameter by its C API key
+        (``dg_params_set``: "rng", "scheduler.<diffusers_key>", ...; values are strings, numbers
+        are formatted) before the keyword arguments, which win. ``progress`` is called on this
+        thread after every step; returning False cancels (:class:`CancelledError`), and an
+        exception it raises cancels the request and is re-raised here. ``cancel`` may be raised
+        from another thread. ``output``: "pil", "numpy" (uint8 [H, W, 3]) or "raw"
+        (:class:`RawImage`); None picks Pillow if installed, else numpy, else raw.
+        """
+        kind = resolve_output(output)
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        if cancel is not None and not isinstance(cancel, CancelToken):
+            raise TypeError(f"cancel must be a diffgentor.CancelToken, not {type(cancel).__name__}")
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable")
+        lib = _native.lib()
+        params = _new(lib.dg_params_new)
+        try:
+            self._fill(lib, params, prompt, negative_prompt, steps, guidance_scale, width, height,
+                       seed, num_images, scheduler, eta, extra)
+            return self._run(lib, params, progress, cancel, kind)
+        finally:
+            lib.dg_params_free(params)
+
+    @staticmethod
+    def _fill(lib: Any, params: int, prompt: str, negative_prompt: Optional[str], steps: Optional[int],
+              guidance_scale: Optional[float], width: Optional[int], height: Optional[int],
+              seed: Optional[int], num_images: Optional[int], scheduler: Optional[str],
+              eta: Optional[float], extra: Optional[Mapping[str, Any]]) -> None:
+        check, enc = _native.check, _native.encode
+        if extra is not None:
+            for key, value in extra.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"extra keys must be str, not {type(key).__name__}")
+                check(lib.dg_params_set(params, enc(key, "extra key"), enc(_param_text(value, key), f"extra[{key!r}]")))
+        check(lib.dg_params_set_prompt(params, enc(prompt, "prompt")))
+        if negative_prompt is not None:
+            check(lib.dg_params_set_negative_prompt(params, enc(negative_prompt, "negative_prompt")))
+        if steps is not None:
+            check(lib.dg_params_set_steps(params, _uint(steps, "steps")))
+        if guidance_scale is not None:
+            check(lib.dg_params_set_guidance_scale(params, _number(guidance_scale, "guidance_scale")))
+        if width is not None and height is not None:
+            check(lib.dg_params_set_size(params, _uint(width, "width"), _uint(height, "height")))
+        elif width is not None:
+            check(lib.dg_params_set(params, b"width", str(_uint(width, "width")).encode()))
+        elif height is not None:
+            check(lib.dg_params_set(params, b"height", str(_uint(height, "height")).encode()))
+        if seed is not None:
+            check(lib.dg_params_set_seed(params, _uint(seed, "seed", _U64)))
+        if num_images is not None:
+            check(lib.dg_params_set_num_images(params, _uint(num_images, "num_images")))
+        if scheduler is not None:
+            check(lib.dg_params_set_scheduler(params, enc(scheduler, "scheduler")))
+        if eta is not None:
+            check(lib.dg_params_set(params, b"eta", repr(_number(eta, "eta")).encode()))
+
+    def _run(self, lib: Any, params: int, progress: Optional[ProgressCallback],
+             cancel: Optional[CancelToken], kind: str) -> ImageList[Any]:
+        raised: List[BaseException] = []
+
+        def trampoline(p: Any, _user_data: Any) -> bool:
+            # Runs on this thread, inside dg_pipeline_generate. Nothing may escape into C: an
+            # exception is kept, the request cancelled, and the exception re-raised below.
+            try:
+                if raised or progress is None:
+                    return not raised
+                c = p.contents
+                size = c.struct_size
+                report = Progress(
+                    c.step,
+                    c.total if size >= _TOTAL_END else 0,
+                    c.elapsed_seconds if size >= _ELAPSED_END else 0.0,
+                )
+                answer = progress(report)
+                return answer is None or bool(answer)
+            except BaseException as e:  # noqa: B036 - KeyboardInterrupt too: it is re-raised
+                if not raised:
+                    raised.append(e)
+                return False
+
+        # A signal's exception (Ctrl-C's KeyboardInterrupt) can be raised as the trampoline is
+        # entered, before its `try`: ctypes then reports it to sys.unraisablehook, where
+        # _capture_unraisable routes it into `raised`, and the next step cancels the request. On
+        # the main thread the trampoline runs even without `progress`, so Ctrl-C stops a request
+        # after the current step instead of after the whole request.
+        if progress is not None or threading.current_thread() is threading.main_thread():
+            trampoline._diffgentor_raised = raised  # type: ignore[attr-defined]
+            _capture_unraisable()
+            callback = _native.PROGRESS_FN(trampoline)
+        else:
+            callback = _native.PROGRESS_FN()
+        out = ctypes.c_void_p()
+        active = _active_trampolines()
+        active.append(trampoline)
+        try:
+            with self._handle.borrow() as pipe, _borrow_optional(cancel) as token:
+                err = lib.dg_pipeline_generate(pipe, params, callback, None, token, ctypes.byref(out))
+        finally:
+            active.pop()
+        images = out.value
+        try:
+            if raised:
+                if err:
+                    lib.dg_error_free(err)
+                first = raised[0]
+                raised.clear()  # no cycle through the traceback
+                raise first
+            _native.check(err)
+            assert images, "the library returned success without images"
+            result = []
+            for i in range(lib.dg_images_count(images)):
+                img = lib.dg_images_get(images, i)
+                result.append(convert(lib.dg_image_width(img), lib.dg_image_height(img),
+                                      lib.dg_image_stride(img), lib.dg_image_pixels(img), kind))
+            return ImageList(result, lib.dg_images_seed(images))
+        finally:
+            lib.dg_images_free(images)
+
+
+_hook_lock = threading.Lock()
+_thread_state = threading.local()
+
+
+def _active_trampolines() -> List[Any]:
+    """This thread's running requests' trampolines (a stack: a progress callback may generate)."""
+    try:
+        return _thread_state.trampolines  # type: ignore[no-any-return]
+    except AttributeError:
+        _thread_state.trampolines = []
+        return _thread_state.trampolines  # type: ignore[no-any-return]
+
+
+def _capture_unraisable() -> None:
+    """Makes sure sys.unraisablehook hands exceptions escaping a diffgentor progress trampoline to
+    that request (see Pipeline._run); everything else goes to the hook that was there before."""
+    with _hook_lock:
+        previous = sys.unraisablehook
+        if getattr(previous, "_diffgentor_capture", False):
+            return
+
+        def hook(unraisable: Any) -> None:
+            # Python <= 3.12 passes the callback as `object`; 3.13 passes None and names it in err_msg.
+            sink = getattr(unraisable.object, "_diffgentor_raised", None)
+            if sink is None and unraisable.object is None:
+                message = getattr(unraisable, "err_msg", None) or ""
+                for trampoline in reversed(_active_trampolines()):
+                    if "ctypes callback" in message and repr(trampoline) in message:
+                        sink = trampoline._diffgentor_raised
+                        break
+            if isinstance(sink, list) and unraisable.exc_value is not None:
+                if not sink:
+                    sink.append(unraisable.exc_value)
+            else:
+                previous(unraisable)
+
+        hook._diffgentor_capture = True  # type: ignore[attr-defined]
+        sys.unraisablehook = hook
+
+
+@contextmanager
+def _borrow_optional(token: Optional[CancelToken]) -> Iterator[Optional[int]]:
+    if token is None:
+        yield None
+    else:
+        with token._handle.borrow() as ptr:
+            yield ptr
+
+
+def library_version() -> str:
+    """The loaded libdiffgentor's version ("MAJOR.MINOR.PATCH"); loads the library if needed."""
+    return str(_native.lib().dg_version().decode("ascii"))
+
+
+def library_path() -> str:
+    """The file libdiffgentor was loaded from; loads the library if needed."""
+    return _native.lib_path()
