@@ -109,6 +109,9 @@ def test_ctrl_c_stops_the_request(tiny: diffgentor.Pipeline, with_progress: bool
     current step: the binding installs its own step callback on the main thread), never lost."""
     steps: List[int] = []
     total = 400  # ~seconds of work on two cores: far more than the signal needs to arrive
+    # A shell that starts a job in the background (nohup, `&` in a script) leaves SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt: install the usual handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     killer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     killer.start()
     try:
@@ -118,5 +121,6 @@ def test_ctrl_c_stops_the_request(tiny: diffgentor.Pipeline, with_progress: bool
     finally:
         killer.cancel()
         killer.join()
+        signal.signal(signal.SIGINT, previous)
     if with_progress:
         assert 0 < len(steps) < total
