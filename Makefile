@@ -19,6 +19,9 @@ VERSION_MAJOR := $(word 1,$(subst ., ,$(VERSION)))
 VERSION_MINOR := $(word 2,$(subst ., ,$(VERSION)))
 VERSION_PATCH := $(word 3,$(subst ., ,$(VERSION)))
 CBINDGEN_VERSION := 0.29.4
+# Debian packages a target needs, installed when missing (a fresh machine may have no package lists yet).
+APT_INSTALL = sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@" || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@"; }' apt-install
 PREFIX ?= /usr/local
 DESTDIR ?=
 LIBDIR = $(PREFIX)/lib
@@ -128,7 +131,7 @@ c-build:
 		copying && /^```$$/ { exit } \
 		copying { print }' docs/c-api.md > $(C_TEST_DIR)/doc_example.c
 	@test -s $(C_TEST_DIR)/doc_example.c || { echo "c-build: no example found in docs/c-api.md"; exit 1; }
-	@if [ ! -e /usr/include/zlib.h ]; then apt-get install -y zlib1g-dev; fi
+	@if [ ! -e /usr/include/zlib.h ]; then $(APT_INSTALL) zlib1g-dev; fi
 	$(CC) -std=c99 $(C_WARNINGS) -O2 tests/c/tools/png2rgb.c -lz -o $(C_TEST_DIR)/bin/png2rgb
 	@set -e; for t in $(C_TESTS); do \
 		echo "$(CC) ... tests/c/$$t.c -o $(C_TEST_DIR)/bin/$$t"; \
@@ -195,7 +198,7 @@ c-valgrind-one:
 # the shared library and against libdiffgentor.a (Libs.private).
 C_TEST_PREFIX := $(CURDIR)/$(C_TEST_DIR)/prefix
 c-test-install:
-	@if ! command -v pkg-config >/dev/null; then apt-get install -y pkg-config; fi
+	@if ! command -v pkg-config >/dev/null; then $(APT_INSTALL) pkg-config; fi
 	@rm -rf $(C_TEST_PREFIX)
 	@$(MAKE) --no-print-directory install PREFIX=$(C_TEST_PREFIX)
 	@export PKG_CONFIG_PATH=$(C_TEST_PREFIX)/lib/pkgconfig; set -e; \

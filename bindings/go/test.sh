@@ -20,7 +20,7 @@ if ! command -v go >/dev/null; then
     apt-get install -y golang-go || { apt-get update && apt-get install -y golang-go; }
 fi
 if ! command -v gcc >/dev/null; then
-    apt-get install -y gcc
+    apt-get install -y gcc || { apt-get update && apt-get install -y gcc; }
 fi
 if [ ! -e "$LIB_DIR/libdiffgentor.so" ] || [ ! -e "$ROOT/include/diffgentor.h" ]; then
     echo "go-test: $LIB_DIR/libdiffgentor.so or include/diffgentor.h missing (run make c-lib)" >&2
@@ -81,7 +81,7 @@ head -c 8 "$OUT_DIR/go-digit3.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a
 
 # Installed layout: a prefix like `make install` makes, found through pkg-config and the build tag.
 if ! command -v pkg-config >/dev/null; then
-    apt-get install -y pkg-config
+    apt-get install -y pkg-config || { apt-get update && apt-get install -y pkg-config; }
 fi
 PREFIX=$OUT_DIR/go-prefix
 rm -rf "$PREFIX"
