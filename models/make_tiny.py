@@ -49,35 +49,7 @@ GOLD_TOK = os.path.join(ROOT, "tests", "golden", "tokenizer")
 GOLD_PIPE = os.path.join(ROOT, "tests", "golden", "pipelines")
 FULL_TOK = os.path.join(ROOT, "tests", "data", "clip-tokenizer")
 
-# The real SD 1.5 scheduler config (runwayml/stable-diffusion-v1-5, scheduler/scheduler_config.json).
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-# The SD 2 (768-v) scheduler config (stabilityai/stable-diffusion-2, scheduler/scheduler_config.json).
-SD2_SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "_diffusers_version": "0.8.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+from sd_configs import SD2_SCHEDULER, SD15_SCHEDULER  # noqa: E402  (models/ is the script's dir)
 
 
 def check_versions():

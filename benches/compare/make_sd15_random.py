@@ -37,21 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FULL_TOK = os.path.join(ROOT, "tests", "data", "clip-tokenizer")
 
-# runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json, verbatim (written over the
-# exported one so that the package carries exactly what the real one does).
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+sys.path.insert(0, os.path.join(ROOT, "models"))
+from sd_configs import SD15_SCHEDULER  # noqa: E402  (the real SD 1.5 scheduler config, verbatim)
 
 
 def build(tok_dir):
