@@ -72,20 +72,25 @@ impl Pipeline {
 
     /// The size and scheduler a request without them gets.
     pub fn defaults(&self) -> Result<Defaults> {
-        let package = &self.model.package;
-        let (width, height) = package.default_size().ok_or_else(|| {
-            Error::model(
-                package.component("unet"),
-                "config.json has no usable `sample_size`; pass width and height",
-            )
-        })?;
-        let scheduler = schedulers::create(None, &package.scheduler_config)?
+        let (width, height) = self.default_size()?;
+        let scheduler = schedulers::create(None, &self.model.package.scheduler_config)?
             .name()
             .to_string();
         Ok(Defaults {
             width,
             height,
             scheduler,
+        })
+    }
+
+    /// UNet `sample_size` x VAE factor, as diffusers computes the default size.
+    fn default_size(&self) -> Result<(u32, u32)> {
+        let package = &self.model.package;
+        package.default_size().ok_or_else(|| {
+            Error::model(
+                package.component("unet"),
+                "config.json has no usable `sample_size`; pass width and height",
+            )
         })
     }
 
@@ -108,8 +113,9 @@ impl Pipeline {
         let (width, height) = match (request.width, request.height) {
             (Some(w), Some(h)) => (w, h),
             (w, h) => {
-                let d = self.defaults()?;
-                (w.unwrap_or(d.width), h.unwrap_or(d.height))
+                // Only the size is needed here: building the default scheduler would be wasted work.
+                let (dw, dh) = self.default_size()?;
+                (w.unwrap_or(dw), h.unwrap_or(dh))
             }
         };
         check_size(width, height, factor)?;
