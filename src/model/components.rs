@@ -138,3 +138,25 @@ impl VaeDecoder {
         Ok(VaeDecoder { graph })
     }
 }
+
+/// VAE encoder: `sample` (pixels in [-1, 1]) -> `latent_parameters` (mean ++ logvar along channels;
+/// the scaling factor is applied outside the graph, as optimum exports it).
+#[derive(Debug)]
+pub struct VaeEncoder {
+    pub graph: Graph,
+}
+
+impl VaeEncoder {
+    pub fn new(graph: Graph) -> Result<VaeEncoder> {
+        let ok = graph.inputs().len() == 1
+            && is(graph.input("sample"), &[ElementType::F32], &[4])
+            && is(graph.output("latent_parameters"), &[ElementType::F32], &[4]);
+        if !ok {
+            return Err(mismatch(
+                &graph,
+                "sample: float32[b, 3, H, W] -> latent_parameters: float32[b, 2c, h, w]",
+            ));
+        }
+        Ok(VaeEncoder { graph })
+    }
+}

@@ -1,11 +1,13 @@
 //! Model packages: turns a folder into typed components with the graph I/O found in them.
 mod components;
+mod family;
 mod package;
 pub mod tokenizer;
 
 use std::sync::Arc;
 
-pub use components::{TextEncoder, TimestepKind, TimestepShape, Unet, VaeDecoder};
+pub use components::{TextEncoder, TimestepKind, TimestepShape, Unet, VaeDecoder, VaeEncoder};
+pub use family::Family;
 pub use package::ModelPackage;
 pub use tokenizer::Tokenizer;
 
@@ -20,6 +22,8 @@ pub struct LoadedModel {
     pub text_encoder: TextEncoder,
     pub unet: Unet,
     pub vae_decoder: VaeDecoder,
+    /// Present when the package has one; image inputs (img2img, inpainting, editing) need it.
+    pub vae_encoder: Option<VaeEncoder>,
 }
 
 impl LoadedModel {
@@ -31,12 +35,18 @@ impl LoadedModel {
         let text_encoder = TextEncoder::new(graph("text_encoder")?)?;
         let unet = Unet::new(graph("unet")?)?;
         let vae_decoder = VaeDecoder::new(graph("vae_decoder")?)?;
+        let vae_encoder = if package.has_vae_encoder() {
+            Some(VaeEncoder::new(graph("vae_encoder")?)?)
+        } else {
+            None
+        };
         Ok(LoadedModel {
             package,
             tokenizer,
             text_encoder,
             unet,
             vae_decoder,
+            vae_encoder,
         })
     }
 }

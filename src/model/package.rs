@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::Family;
 use crate::error::{Error, Result};
 
 /// The JSON files and folders of one package, checked for presence and parsed.
@@ -18,6 +19,7 @@ pub struct ModelPackage {
     pub vae_config: Value,
     /// Spatial downsampling of the VAE: 2^(number of VAE blocks - 1).
     pub vae_scale_factor: u32,
+    pub family: Family,
 }
 
 /// Components a text-to-image package must have, as folder names.
@@ -66,6 +68,7 @@ impl ModelPackage {
         }
         let scheduler_config = read_json(&dir.join("scheduler/scheduler_config.json"))?;
         let unet_config = read_json(&dir.join("unet/config.json"))?;
+        let family = Family::detect(&class_name, &unet_config)?;
         let vae_config = read_json(&dir.join("vae_decoder/config.json"))?;
         let blocks = vae_config
             .get("block_out_channels")
@@ -91,6 +94,7 @@ impl ModelPackage {
             unet_config,
             vae_config,
             vae_scale_factor: 1 << (blocks - 1),
+            family,
         })
     }
 
@@ -126,8 +130,14 @@ impl ModelPackage {
         Self::number(&self.vae_config, "shift_factor").unwrap_or(0.0) as f32
     }
 
-    /// Latent channels the UNet works on.
+    /// Latent channels of the VAE, which the UNet denoises (its `in_channels` also counts the
+    /// conditioning channels of inpainting and InstructPix2Pix UNets).
     pub fn latent_channels(&self) -> usize {
-        Self::number(&self.unet_config, "in_channels").unwrap_or(4.0) as usize
+        Self::number(&self.vae_config, "latent_channels").unwrap_or(4.0) as usize
+    }
+
+    /// Whether the package has the VAE encoder that image inputs need.
+    pub fn has_vae_encoder(&self) -> bool {
+        self.graph_path("vae_encoder").is_file()
     }
 }

@@ -1,8 +1,18 @@
 //! Pipelines compose components into a diffusion run; the only place that knows the order of one.
+mod denoise;
+mod guidance;
+mod inputs;
+mod pipeline;
+mod plan;
+mod prepare;
 mod request;
-mod txt2img;
+mod resample;
+mod vae;
 
+pub use guidance::apply_guidance;
+pub use pipeline::{Defaults, Output, Pipeline, Timings};
+pub use plan::{Plan, Stage, MAX_STAGES};
 pub use request::{
     prompt_from_bytes, CancelToken, Progress, Request, MAX_IMAGES_PER_REQUEST, MAX_STEPS,
 };
-pub use txt2img::{apply_guidance, Defaults, Output, Pipeline, Timings};
+pub use resample::{resize, Resample};

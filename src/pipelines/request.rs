@@ -8,7 +8,9 @@ use std::time::Duration;
 use ndarray::ArrayD;
 use serde_json::{Map, Value};
 
+use super::plan::Plan;
 use crate::error::{Error, Result};
+use crate::image::Image;
 use crate::rng::RngMode;
 
 /// Most images one request may ask for; keeps a typo from allocating gigabytes.
@@ -16,8 +18,10 @@ pub const MAX_IMAGES_PER_REQUEST: usize = 64;
 /// Most denoising steps one request may ask for.
 pub const MAX_STEPS: usize = 1000;
 
-/// A text-to-image request. Fields left `None` take the package's defaults (size from the UNet's
-/// `sample_size` x VAE factor, the package's scheduler), as diffusers does.
+/// One request for every task: text-to-image, img2img (`init_image`), inpainting (`init_image` +
+/// `mask`), instruction editing (`init_image` on an InstructPix2Pix package) and progressive plans
+/// (`plan`). Fields left `None` take the package's defaults (size from the UNet's `sample_size` x
+/// VAE factor or from the init image, the package's scheduler), as diffusers does.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub prompt: String,
@@ -42,6 +46,20 @@ pub struct Request {
     pub latents: Option<ArrayD<f32>>,
     /// Lets another thread cancel the request; checked before every denoising step and the decode.
     pub cancel: Option<CancelToken>,
+    /// Source image for img2img, inpainting and instruction editing; must have the output size.
+    pub init_image: Option<Image>,
+    /// Source latents [1 or num_images, channels, h/f, w/f] instead of `init_image` (diffusers'
+    /// 4-channel `image`): already scaled, used without the VAE encoder.
+    pub init_latents: Option<ArrayD<f32>>,
+    /// Inpainting mask, same size as `init_image`: white (luma >= 128) is repainted.
+    pub mask: Option<Image>,
+    /// How much of the init image is re-noised, in (0, 1]; `None` = diffusers' default for the task
+    /// (img2img 0.8, inpainting 1.0). float64 so `steps * strength` truncates as Python does.
+    pub strength: Option<f64>,
+    /// InstructPix2Pix image guidance (used when >= 1 and `guidance_scale` > 1).
+    pub image_guidance_scale: f32,
+    /// Progressive generation: stages run in order, each over the upscaled latents of the last.
+    pub plan: Option<Plan>,
 }
 
 /// A flag another thread can raise to stop a running request (cheap to clone, shared state).
@@ -79,6 +97,12 @@ impl Default for Request {
             scheduler_overrides: Map::new(),
             latents: None,
             cancel: None,
+            init_image: None,
+            init_latents: None,
+            mask: None,
+            strength: None,
+            image_guidance_scale: 1.5,
+            plan: None,
         }
     }
 }
@@ -105,7 +129,8 @@ impl Request {
     /// and of config-file style callers.
     ///
     /// Keys: `prompt`, `negative_prompt`, `steps`, `guidance_scale`, `width`, `height`, `seed`,
-    /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), and `scheduler.<key>` for a
+    /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), `strength`,
+    /// `image_guidance_scale`, `plan` (plan JSON), and `scheduler.<key>` for a
     /// diffusers scheduler_config override (value parsed as JSON, else taken as a string). Only the
     /// value's syntax is checked here; ranges are checked when the request runs.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -121,6 +146,9 @@ impl Request {
             "scheduler" => self.scheduler = Some(value.to_string()),
             "eta" => self.eta = parse_value(key, value)?,
             "rng" => self.rng = parse_value(key, value)?,
+            "strength" => self.strength = Some(parse_value(key, value)?),
+            "image_guidance_scale" => self.image_guidance_scale = parse_value(key, value)?,
+            "plan" => self.plan = Some(Plan::from_json(value)?),
             _ => match key.strip_prefix("scheduler.") {
                 Some(name) if !name.is_empty() => {
                     let parsed = serde_json::from_str(value)
@@ -130,8 +158,8 @@ impl Request {
                 _ => {
                     return Err(Error::InvalidArg(format!(
                         "unknown parameter `{key}` (expected prompt, negative_prompt, steps, \
-                         guidance_scale, width, height, seed, num_images, scheduler, eta, rng \
-                         or scheduler.<diffusers config key>)"
+                         guidance_scale, width, height, seed, num_images, scheduler, eta, rng, \
+                         strength, image_guidance_scale, plan or scheduler.<diffusers config key>)"
                     )))
                 }
             },
@@ -165,6 +193,28 @@ impl Request {
                 self.eta
             )));
         }
+        if let Some(strength) = self.strength {
+            check_strength(strength)?;
+        }
+        if !self.image_guidance_scale.is_finite() {
+            return Err(Error::InvalidArg(format!(
+                "image_guidance_scale must be finite, got {}",
+                self.image_guidance_scale
+            )));
+        }
+        if self.init_image.is_some() && self.init_latents.is_some() {
+            return Err(Error::InvalidArg(
+                "give either an init image or init latents, not both".into(),
+            ));
+        }
+        if self.mask.is_some() && self.init_image.is_none() {
+            return Err(Error::InvalidArg(
+                "a mask needs the image it applies to (init image)".into(),
+            ));
+        }
+        if let Some(plan) = &self.plan {
+            plan.validate()?;
+        }
         Ok(())
     }
 
@@ -193,6 +243,16 @@ where
             "invalid value `{value}` for parameter `{key}`: {e}"
         ))
     })
+}
+
+/// Strength must be in (0, 1], as diffusers requires.
+pub(crate) fn check_strength(strength: f64) -> Result<()> {
+    if strength > 0.0 && strength <= 1.0 {
+        return Ok(());
+    }
+    Err(Error::InvalidArg(format!(
+        "strength must be in (0, 1], got {strength}"
+    )))
 }
 
 /// Resolves the output size against the VAE factor, rejecting zero and non-multiples.
@@ -244,6 +304,9 @@ mod tests {
             ("scheduler.use_karras_sigmas", "true"),
             ("scheduler.timestep_spacing", "trailing"),
             ("scheduler.steps_offset", "1"),
+            ("strength", "0.7"),
+            ("image_guidance_scale", "1.25"),
+            ("plan", r#"{"stages": [{"width": 64, "height": 64}]}"#),
         ] {
             r.set(key, value)
                 .unwrap_or_else(|e| panic!("{key}={value}: {e}"));
@@ -267,6 +330,68 @@ mod tests {
             Value::String("trailing".into())
         );
         assert_eq!(r.scheduler_overrides["steps_offset"], Value::from(1));
+        assert_eq!(r.strength, Some(0.7));
+        assert_eq!(r.image_guidance_scale, 1.25);
+        assert_eq!(r.plan.map(|p| p.stages.len()), Some(1));
+    }
+
+    #[test]
+    fn validate_rejects_bad_edit_inputs() {
+        let image = Image {
+            width: 8,
+            height: 8,
+            pixels: vec![0; 192],
+        };
+        let cases: Vec<(Request, &str)> = vec![
+            (
+                Request {
+                    strength: Some(0.0),
+                    ..Request::default()
+                },
+                "strength must be in (0, 1]",
+            ),
+            (
+                Request {
+                    strength: Some(1.5),
+                    ..Request::default()
+                },
+                "strength must be in (0, 1]",
+            ),
+            (
+                Request {
+                    strength: Some(f64::NAN),
+                    ..Request::default()
+                },
+                "strength",
+            ),
+            (
+                Request {
+                    mask: Some(image.clone()),
+                    ..Request::default()
+                },
+                "a mask needs the image",
+            ),
+            (
+                Request {
+                    init_image: Some(image),
+                    init_latents: Some(ArrayD::zeros(vec![1, 4, 1, 1])),
+                    ..Request::default()
+                },
+                "not both",
+            ),
+            (
+                Request {
+                    plan: Some(Plan { stages: vec![] }),
+                    ..Request::default()
+                },
+                "between 1 and",
+            ),
+        ];
+        for (request, needle) in cases {
+            let err = request.validate().unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidArg);
+            assert!(err.to_string().contains(needle), "{err}");
+        }
     }
 
     #[test]

@@ -138,4 +138,8 @@ impl Scheduler for HeunDiscreteScheduler {
     fn name(&self) -> &'static str {
         NAME
     }
+
+    fn order(&self) -> usize {
+        2
+    }
 }

@@ -124,6 +124,12 @@ pub trait Scheduler: Send {
     /// The short scheduler name (one of [`names`]).
     fn name(&self) -> &'static str;
 
+    /// Model calls per inference step (diffusers' `order`): 2 for Heun, else 1. img2img skips
+    /// `t_start * order` entries of [`Scheduler::timesteps`].
+    fn order(&self) -> usize {
+        1
+    }
+
     /// `set_timesteps` with a resolution-dependent shift `mu` (FLUX/SD3 dynamic shifting).
     /// Schedulers without dynamic shifting ignore `mu`, like diffusers.
     fn set_timesteps_with_mu(

@@ -1,0 +1,106 @@
+//! How a batch of UNet predictions becomes one guided prediction per image.
+use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
+
+/// Which prompt fills one group of the UNet batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Text {
+    Prompt,
+    Negative,
+}
+
+/// The guidance a request runs with, decided as diffusers decides it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Guidance {
+    /// One pass per image (guidance scale <= 1).
+    None,
+    /// Classifier-free guidance: batch [uncond; text].
+    Cfg { scale: f32 },
+    /// InstructPix2Pix: batch [text + image; uncond text + image; uncond text + no image].
+    Pix2Pix { text: f32, image: f32 },
+}
+
+impl Guidance {
+    /// The prompt of each batch group, in the order diffusers concatenates the embeddings.
+    pub(crate) fn texts(self) -> &'static [Text] {
+        match self {
+            Guidance::None => &[Text::Prompt],
+            Guidance::Cfg { .. } => &[Text::Negative, Text::Prompt],
+            Guidance::Pix2Pix { .. } => &[Text::Prompt, Text::Negative, Text::Negative],
+        }
+    }
+
+    /// Number of copies of the latents in one UNet batch.
+    pub(crate) fn groups(self) -> usize {
+        self.texts().len()
+    }
+
+    /// Combines `prediction` ([groups * n, ...]) in place and returns the guided [n, ...] part.
+    pub(crate) fn combine(self, prediction: &mut ArrayD<f32>) -> ArrayViewD<'_, f32> {
+        match self {
+            Guidance::None => prediction.view(),
+            Guidance::Cfg { scale } => apply_guidance(prediction, scale),
+            Guidance::Pix2Pix { text, image } => {
+                let n = prediction.shape()[0] / 3;
+                let (mut cond, rest) = prediction.view_mut().split_at(Axis(0), n);
+                let (with_image, uncond) = rest.split_at(Axis(0), n);
+                // diffusers: uncond + text * (cond - image) + image * (image - uncond), in float32.
+                Zip::from(&mut cond)
+                    .and(&with_image)
+                    .and(&uncond)
+                    .for_each(|c, &i, &u| *c = u + text * (*c - i) + image * (i - u));
+                prediction.slice_axis(Axis(0), (0..n).into())
+            }
+        }
+    }
+}
+
+/// Classifier-free guidance in place, without allocating: `prediction` holds [uncond; text] along
+/// axis 0, and its first half becomes `uncond + scale * (text - uncond)` (diffusers' float32 order).
+pub fn apply_guidance(prediction: &mut ArrayD<f32>, scale: f32) -> ArrayViewD<'_, f32> {
+    let n = prediction.shape()[0] / 2;
+    let (mut uncond, text) = prediction.view_mut().split_at(Axis(0), n);
+    Zip::from(&mut uncond)
+        .and(&text)
+        .for_each(|u, &t| *u += scale * (t - *u));
+    prediction.slice_axis(Axis(0), (0..n).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::arr1;
+
+    #[test]
+    fn pix2pix_combines_three_groups_like_diffusers() {
+        // groups of one image: cond 3, image 2, uncond 1.
+        let mut p = arr1(&[3.0f32, 2.0, 1.0]).into_dyn();
+        let g = Guidance::Pix2Pix {
+            text: 7.5,
+            image: 1.5,
+        };
+        let out = g.combine(&mut p);
+        assert_eq!(out.as_slice().unwrap(), &[1.0 + 7.5 * 1.0 + 1.5 * 1.0]);
+    }
+
+    #[test]
+    fn cfg_and_none() {
+        let mut p = arr1(&[1.0f32, 3.0]).into_dyn();
+        assert_eq!(
+            Guidance::Cfg { scale: 2.0 }
+                .combine(&mut p)
+                .as_slice()
+                .unwrap(),
+            &[5.0]
+        );
+        let mut p = arr1(&[4.0f32]).into_dyn();
+        assert_eq!(Guidance::None.combine(&mut p).as_slice().unwrap(), &[4.0]);
+        assert_eq!(
+            Guidance::Pix2Pix {
+                text: 1.0,
+                image: 1.0
+            }
+            .groups(),
+            3
+        );
+    }
+}
