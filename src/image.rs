@@ -81,21 +81,24 @@ impl Image {
         write_atomically(path, &self.encode_jpeg(quality)?)
     }
 
-    /// Reads an 8-bit RGB or RGBA PNG (alpha is dropped).
+    /// Reads a PNG of any colour type as RGB8: palettes and low bit depths are expanded, 16-bit
+    /// samples stripped to 8, grey replicated to RGB and alpha dropped.
     pub fn load_png(path: &Path) -> Result<Image> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
         let bad = |e: png::DecodingError| {
             Error::InvalidArg(format!("{}: not a readable PNG: {e}", path.display()))
         };
-        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-            .read_info()
-            .map_err(bad)?;
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::normalize_to_color8());
+        let mut reader = decoder.read_info().map_err(bad)?;
         let size = reader
             .output_buffer_size()
             .ok_or_else(|| Error::InvalidArg(format!("{}: image too large", path.display())))?;
         let mut buf = vec![0; size];
         let info = reader.next_frame(&mut buf).map_err(bad)?;
         let channels = match (info.color_type, info.bit_depth) {
+            (png::ColorType::Grayscale, png::BitDepth::Eight) => 1,
+            (png::ColorType::GrayscaleAlpha, png::BitDepth::Eight) => 2,
             (png::ColorType::Rgb, png::BitDepth::Eight) => 3,
             (png::ColorType::Rgba, png::BitDepth::Eight) => 4,
             other => {
@@ -107,7 +110,10 @@ impl Image {
         };
         let pixels = buf[..info.buffer_size()]
             .chunks_exact(channels)
-            .flat_map(|p| [p[0], p[1], p[2]])
+            .flat_map(|p| match channels {
+                1 | 2 => [p[0]; 3],
+                _ => [p[0], p[1], p[2]],
+            })
             .collect();
         Ok(Image {
             width: info.width,

@@ -1,8 +1,11 @@
-//! `dg generate`: one text-to-image request, written as PNG files with A1111-style metadata.
+//! `dg generate`: one text-to-image request (or progressive plan), written as PNG files with
+//! A1111-style metadata. The request flags are shared with `dg edit`.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use diffgentor::model::{Family, ModelPackage};
+use diffgentor::pipelines::Plan;
 use diffgentor::rng::RngMode;
 use diffgentor::{npy, Error, Output, Pipeline, Request};
 use serde_json::Value;
@@ -11,6 +14,13 @@ use crate::RuntimeArgs;
 
 #[derive(Args)]
 pub struct GenerateArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
+}
+
+/// The flags every request takes, for `dg generate` and `dg edit`.
+#[derive(Args)]
+pub struct RequestArgs {
     /// Model package directory (optimum/diffusers ONNX export).
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
@@ -55,6 +65,10 @@ pub struct GenerateArgs {
     /// Also write the final latents (before VAE decoding) as .npy.
     #[arg(long, value_name = "FILE.npy")]
     save_latents: Option<PathBuf>,
+    /// Progressive generation: a JSON plan of stages (docs/models.md), each img2img over the
+    /// upscaled latents of the one before.
+    #[arg(long, value_name = "FILE.json")]
+    plan: Option<PathBuf>,
     /// Print the time of every stage.
     #[arg(long)]
     timings: bool,
@@ -66,58 +80,74 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> diffgentor::Result<()> {
-    let request = build_request(&args)?;
-    let runtime = args.runtime.build()?;
-    let pipeline = Pipeline::load(runtime, &args.model)?;
-    let output = pipeline.generate(&request)?;
-    let parameters = parameters_text(&request, &output, &pipeline.model().package.name);
-    let paths = output_paths(&args.output, output.images.len());
-    for (image, path) in output.images.iter().zip(&paths) {
-        image.save_png(path, &[("parameters", &parameters)])?;
-        println!("wrote {}", path.display());
-    }
-    if let Some(path) = &args.save_latents {
-        npy::write_f32(path, &output.latents)?;
-    }
-    if request.seed.is_none() {
-        println!("seed {}", output.seed);
-    }
-    if args.timings {
-        print_timings(&output);
-    }
-    Ok(())
+    let args = args.request;
+    let request = args.build_request()?;
+    let pipeline = args.load()?;
+    args.run(&pipeline, &request)
 }
 
-fn build_request(args: &GenerateArgs) -> diffgentor::Result<Request> {
-    let mut request = Request::new(args.prompt.clone());
-    request.negative_prompt = args.negative_prompt.clone();
-    request.steps = args.steps;
-    request.guidance_scale = args.guidance;
-    request.width = args.width;
-    request.height = args.height;
-    request.seed = args.seed;
-    request.rng = args
-        .rng
-        .parse::<RngMode>()
-        .map_err(|e| Error::InvalidArg(format!("--rng: {e}")))?;
-    request.scheduler = args.scheduler.clone();
-    request.eta = args.eta;
-    request.num_images = args.num_images;
-    for option in &args.scheduler_options {
-        let (key, value) = option.split_once('=').ok_or_else(|| {
-            Error::InvalidArg(format!("--scheduler-option `{option}` is not KEY=VALUE"))
-        })?;
-        // JSON values (true, 3.0, "x") keep their type; anything else is taken as a string.
-        let value =
-            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-        request
-            .scheduler_overrides
-            .insert(key.trim().to_string(), value);
+impl RequestArgs {
+    pub fn load(&self) -> diffgentor::Result<Pipeline> {
+        Pipeline::load(self.runtime.build()?, &self.model)
     }
-    if let Some(path) = &args.latents {
-        request.latents = Some(npy::read_f32(path)?);
+
+    /// Runs the request and writes its images (and latents when asked).
+    pub fn run(&self, pipeline: &Pipeline, request: &Request) -> diffgentor::Result<()> {
+        let args = self;
+        let output = pipeline.generate(request)?;
+        let parameters = parameters_text(request, &output, &pipeline.model().package);
+        let paths = output_paths(&args.output, output.images.len());
+        for (image, path) in output.images.iter().zip(&paths) {
+            image.save_png(path, &[("parameters", &parameters)])?;
+            println!("wrote {}", path.display());
+        }
+        if let Some(path) = &args.save_latents {
+            npy::write_f32(path, &output.latents)?;
+        }
+        if request.seed.is_none() {
+            println!("seed {}", output.seed);
+        }
+        if args.timings {
+            print_timings(&output);
+        }
+        Ok(())
     }
-    Ok(request)
+
+    pub fn build_request(&self) -> diffgentor::Result<Request> {
+        let args = self;
+        let mut request = Request::new(args.prompt.clone());
+        request.negative_prompt = args.negative_prompt.clone();
+        request.steps = args.steps;
+        request.guidance_scale = args.guidance;
+        request.width = args.width;
+        request.height = args.height;
+        request.seed = args.seed;
+        request.rng = args
+            .rng
+            .parse::<RngMode>()
+            .map_err(|e| Error::InvalidArg(format!("--rng: {e}")))?;
+        request.scheduler = args.scheduler.clone();
+        request.eta = args.eta;
+        request.num_images = args.num_images;
+        for option in &args.scheduler_options {
+            let (key, value) = option.split_once('=').ok_or_else(|| {
+                Error::InvalidArg(format!("--scheduler-option `{option}` is not KEY=VALUE"))
+            })?;
+            // JSON values (true, 3.0, "x") keep their type; anything else is taken as a string.
+            let value =
+                serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+            request
+                .scheduler_overrides
+                .insert(key.trim().to_string(), value);
+        }
+        if let Some(path) = &args.latents {
+            request.latents = Some(npy::read_f32(path)?);
+        }
+        if let Some(path) = &args.plan {
+            request.plan = Some(Plan::load(path)?);
+        }
+        Ok(request)
+    }
 }
 
 /// PATH.png for one image; PATH_00.png, PATH_01.png ... for several.
@@ -154,13 +184,14 @@ fn a1111_sampler(scheduler: &str) -> &str {
 }
 
 /// The `parameters` text chunk in the layout AUTOMATIC1111 writes and PNG-info readers parse.
-fn parameters_text(request: &Request, output: &Output, model: &str) -> String {
+fn parameters_text(request: &Request, output: &Output, package: &ModelPackage) -> String {
+    let model = &package.name;
     let mut text = request.prompt.clone();
     if let Some(negative) = &request.negative_prompt {
         text.push_str(&format!("\nNegative prompt: {negative}"));
     }
     text.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, Scheduler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}, Version: diffgentor {}",
+        "\nSteps: {}, Sampler: {}, Scheduler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}",
         request.steps,
         a1111_sampler(&output.scheduler),
         output.scheduler,
@@ -168,7 +199,22 @@ fn parameters_text(request: &Request, output: &Output, model: &str) -> String {
         output.seed,
         output.width,
         output.height,
-        env!("CARGO_PKG_VERSION"),
+    ));
+    if let Some(strength) = request.strength {
+        text.push_str(&format!(", Denoising strength: {strength}"));
+    }
+    if package.family == Family::InstructPix2Pix {
+        text.push_str(&format!(
+            ", Image CFG scale: {}",
+            request.image_guidance_scale
+        ));
+    }
+    if let Some(plan) = &request.plan {
+        text.push_str(&format!(", Plan stages: {}", plan.stages.len()));
+    }
+    text.push_str(&format!(
+        ", Version: diffgentor {}",
+        env!("CARGO_PKG_VERSION")
     ));
     text
 }

@@ -1,5 +1,6 @@
 //! `dg`: the diffgentor command line.
 mod doctor;
+mod edit;
 mod generate;
 mod montage;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Generate images from a text prompt.
     Generate(Box<generate::GenerateArgs>),
+    /// Edit an image: img2img, inpainting (--mask) or instruction editing (InstructPix2Pix models).
+    Edit(Box<edit::EditArgs>),
     /// Show the ONNX Runtime library, execution providers and (with --model) a package's components.
     Doctor(doctor::DoctorArgs),
     /// Tile PNG images into one contact sheet.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Edit(args) => edit::run(*args),
         Command::Doctor(args) => doctor::run(args),
         Command::Montage(args) => montage::run(args),
     };
