@@ -25,6 +25,11 @@
 #define DG_VERSION_PATCH 0
 
 /**
+ * Most stages one plan may have.
+ */
+#define MAX_STAGES 8
+
+/**
  * Stable error classes. Values are part of the ABI and are never renumbered; they equal the Rust
  * API's `diffgentor::ErrorCode`.
  */
@@ -376,7 +381,8 @@ dg_error_t *dg_params_set_scheduler(dg_params_t *p, const char *name);
  * Sets any parameter by string key and value, e.g. `dg_params_set(p, "guidance_scale", "7.5")`.
  *
  * Keys: "prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
- * "num_images", "scheduler", "eta", "rng" ("torch" or "fast"), and "scheduler.<diffusers_key>"
+ * "num_images", "scheduler", "eta", "rng" ("torch" or "fast"), "strength",
+ * "image_guidance_scale", "plan" (plan JSON), and "scheduler.<diffusers_key>"
  * (value parsed as JSON, else taken as a string) to override the package's scheduler_config.
  * An unknown key is `DG_ERROR_INVALID_ARG` naming the key; an unparsable value is
  * `DG_ERROR_INVALID_ARG` naming key and value. Checks that need the model happen at generate time.
@@ -385,6 +391,63 @@ dg_error_t *dg_params_set_scheduler(dg_params_t *p, const char *name);
  * `p` is NULL or live params; `key` and `value` are NULL or NUL-terminated strings.
  */
 dg_error_t *dg_params_set(dg_params_t *p, const char *key, const char *value);
+
+/**
+ * Sets the source image of img2img, inpainting and instruction editing (copied). `pixels` holds
+ * `height` rows of `stride` bytes, each `width` pixels of `channels` bytes (1 grey, 3 RGB or 4
+ * RGBA, alpha ignored). It must have the output size (a size left unset is taken from it).
+ * NULL `pixels` clears it.
+ *
+ * # Safety
+ * `p` is NULL or live params; `pixels` is NULL or valid for reading `stride * (height - 1) +
+ * width * channels` bytes.
+ */
+dg_error_t *dg_params_set_init_image(dg_params_t *p,
+                                     const uint8_t *pixels,
+                                     uint32_t width,
+                                     uint32_t height,
+                                     uint32_t channels,
+                                     size_t stride);
+
+/**
+ * Sets the inpainting mask (copied), laid out as in `dg_params_set_init_image` and of the same
+ * size: pixels with luma >= 128 (white) are repainted, the rest kept. NULL `pixels` clears it.
+ *
+ * # Safety
+ * As `dg_params_set_init_image`.
+ */
+dg_error_t *dg_params_set_mask(dg_params_t *p,
+                               const uint8_t *pixels,
+                               uint32_t width,
+                               uint32_t height,
+                               uint32_t channels,
+                               size_t stride);
+
+/**
+ * Sets how much of the init image is re-noised, in (0, 1] (checked here); without it img2img
+ * uses 0.8 and inpainting 1.0, as diffusers does.
+ *
+ * # Safety
+ * `p` is NULL or live params.
+ */
+dg_error_t *dg_params_set_strength(dg_params_t *p, double strength);
+
+/**
+ * Sets InstructPix2Pix's image guidance scale (default 1.5; used when >= 1 and the guidance
+ * scale is > 1).
+ *
+ * # Safety
+ * `p` is NULL or live params.
+ */
+dg_error_t *dg_params_set_image_guidance_scale(dg_params_t *p, float scale);
+
+/**
+ * Sets a progressive plan from its JSON text (docs/models.md), checked here; NULL clears it.
+ *
+ * # Safety
+ * `p` is NULL or live params; `json` is NULL or a NUL-terminated string.
+ */
+dg_error_t *dg_params_set_plan(dg_params_t *p, const char *json);
 
 /**
  * Creates an unraised token in `*out`.

@@ -36,6 +36,49 @@ impl Image {
         }
     }
 
+    /// Copies an 8-bit image from a caller's buffer: `height` rows of `stride` bytes, each row
+    /// `width` pixels of `channels` bytes (1 grey, 3 RGB, 4 RGBA; alpha is dropped).
+    pub fn from_raw(
+        data: &[u8],
+        width: u32,
+        height: u32,
+        channels: u32,
+        stride: usize,
+    ) -> Result<Image> {
+        if !matches!(channels, 1 | 3 | 4) {
+            return Err(Error::InvalidArg(format!(
+                "channels must be 1, 3 or 4, got {channels}"
+            )));
+        }
+        let (w, h, c) = (width as usize, height as usize, channels as usize);
+        let row = w.checked_mul(c).filter(|_| w > 0 && h > 0);
+        let needed = row.and_then(|r| stride.checked_mul(h - 1)?.checked_add(r));
+        match (row, needed) {
+            (Some(row), Some(needed)) if stride >= row && data.len() >= needed => {
+                let mut pixels = Vec::with_capacity(w * h * 3);
+                for y in 0..h {
+                    for p in data[y * stride..y * stride + row].chunks_exact(c) {
+                        pixels.extend_from_slice(&if c == 1 {
+                            [p[0]; 3]
+                        } else {
+                            [p[0], p[1], p[2]]
+                        });
+                    }
+                }
+                Ok(Image {
+                    width,
+                    height,
+                    pixels,
+                })
+            }
+            _ => Err(Error::InvalidArg(format!(
+                "a {width}x{height} image of {channels} channels does not fit a buffer of {} bytes \
+                 with stride {stride}",
+                data.len()
+            ))),
+        }
+    }
+
     /// Encodes as PNG with `tEXt` chunks (key, value), e.g. ("parameters", ...).
     pub fn encode_png(&self, text: &[(&str, &str)]) -> Result<Vec<u8>> {
         let mut out = Vec::new();

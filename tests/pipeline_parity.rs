@@ -4,12 +4,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use diffgentor::{npy, Image, Request};
+use diffgentor::{npy, Request};
 use serde_json::Value;
-
-const LATENT_TOLERANCE: f32 = 1e-3;
-const PIXEL_MAX_DIFF: u8 = 2;
-const PIXEL_MEAN_DIFF: f64 = 0.5;
 
 fn golden_dir() -> PathBuf {
     common::repo().join("tests/golden/pipelines")
@@ -65,40 +61,16 @@ fn every_golden_case_matches_diffusers() {
         };
         let expected =
             npy::read_f32(&golden_dir().join(case["latents"].as_str().unwrap())).unwrap();
-        assert_eq!(
-            output.latents.shape(),
-            expected.shape(),
-            "{name}: latent shape"
-        );
-        let latent_err = output
-            .latents
+        let pngs: Vec<PathBuf> = case["png"]
+            .as_array()
+            .unwrap()
             .iter()
-            .zip(expected.iter())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        let pngs = case["png"].as_array().unwrap();
-        assert_eq!(output.images.len(), pngs.len(), "{name}: image count");
-        let (mut max_px, mut sum_px, mut count) = (0u8, 0u64, 0u64);
-        for (image, file) in output.images.iter().zip(pngs) {
-            let golden = Image::load_png(&golden_dir().join(file.as_str().unwrap())).unwrap();
-            assert_eq!(
-                (image.width, image.height),
-                (golden.width, golden.height),
-                "{name}: size"
-            );
-            for (a, b) in image.pixels.iter().zip(&golden.pixels) {
-                let d = a.abs_diff(*b);
-                max_px = max_px.max(d);
-                sum_px += u64::from(d);
-                count += 1;
-            }
-        }
-        let mean_px = sum_px as f64 / count as f64;
-        println!("{name}: latents max abs {latent_err:.2e}, pixels max {max_px} mean {mean_px:.4}");
-        if latent_err > LATENT_TOLERANCE || max_px > PIXEL_MAX_DIFF || mean_px >= PIXEL_MEAN_DIFF {
-            failures.push(format!(
-                "{name}: latents max abs {latent_err:.2e}, pixels max {max_px} mean {mean_px:.4}"
-            ));
+            .map(|f| golden_dir().join(f.as_str().unwrap()))
+            .collect();
+        let parity = common::Parity::of(&output.latents, &expected, &output.images, &pngs);
+        println!("{name}: {parity}");
+        if !parity.passes() {
+            failures.push(format!("{name}: {parity}"));
         }
     }
     assert!(

@@ -2,7 +2,8 @@
 use std::ffi::c_char;
 
 use super::{arg_mut, arg_str, boundary, dg_error_t, opt_str, out_param, write_out, FfiResult};
-use crate::Request;
+use crate::pipelines::Plan;
+use crate::{Error, Image, Request};
 
 /// Parameters of one request: a builder. Not thread-safe: use one from one thread at a time (or
 /// guard it). `dg_pipeline_generate` copies it, so it may be changed or freed once that call returns,
@@ -165,7 +166,8 @@ pub unsafe extern "C" fn dg_params_set_scheduler(
 /// Sets any parameter by string key and value, e.g. `dg_params_set(p, "guidance_scale", "7.5")`.
 ///
 /// Keys: "prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
-/// "num_images", "scheduler", "eta", "rng" ("torch" or "fast"), and "scheduler.<diffusers_key>"
+/// "num_images", "scheduler", "eta", "rng" ("torch" or "fast"), "strength",
+/// "image_guidance_scale", "plan" (plan JSON), and "scheduler.<diffusers_key>"
 /// (value parsed as JSON, else taken as a string) to override the package's scheduler_config.
 /// An unknown key is `DG_ERROR_INVALID_ARG` naming the key; an unparsable value is
 /// `DG_ERROR_INVALID_ARG` naming key and value. Checks that need the model happen at generate time.
@@ -182,5 +184,119 @@ pub unsafe extern "C" fn dg_params_set(
         let key = arg_str(key, "key")?;
         let value = arg_str(value, "value")?;
         Ok(r.set(key, value)?)
+    })
+}
+
+/// Copies an image buffer for the image setters; NULL `pixels` means "none".
+unsafe fn image_arg(
+    pixels: *const u8,
+    width: u32,
+    height: u32,
+    channels: u32,
+    stride: usize,
+) -> FfiResult<Option<Image>> {
+    if pixels.is_null() {
+        return Ok(None);
+    }
+    let rows = (height as usize).saturating_sub(1);
+    let len = stride
+        .checked_mul(rows)
+        .and_then(|n| n.checked_add((width as usize).checked_mul(channels as usize)?))
+        .ok_or_else(|| Error::InvalidArg("image buffer size overflows".into()))?;
+    // SAFETY: the caller promises `pixels` holds `height` rows of `stride` bytes.
+    let data = std::slice::from_raw_parts(pixels, len);
+    Ok(Some(Image::from_raw(
+        data, width, height, channels, stride,
+    )?))
+}
+
+/// Sets the source image of img2img, inpainting and instruction editing (copied). `pixels` holds
+/// `height` rows of `stride` bytes, each `width` pixels of `channels` bytes (1 grey, 3 RGB or 4
+/// RGBA, alpha ignored). It must have the output size (a size left unset is taken from it).
+/// NULL `pixels` clears it.
+///
+/// # Safety
+/// `p` is NULL or live params; `pixels` is NULL or valid for reading `stride * (height - 1) +
+/// width * channels` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_set_init_image(
+    p: *mut dg_params_t,
+    pixels: *const u8,
+    width: u32,
+    height: u32,
+    channels: u32,
+    stride: usize,
+) -> *mut dg_error_t {
+    with_params(p, |r| {
+        r.init_image = image_arg(pixels, width, height, channels, stride)?;
+        Ok(())
+    })
+}
+
+/// Sets the inpainting mask (copied), laid out as in `dg_params_set_init_image` and of the same
+/// size: pixels with luma >= 128 (white) are repainted, the rest kept. NULL `pixels` clears it.
+///
+/// # Safety
+/// As `dg_params_set_init_image`.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_set_mask(
+    p: *mut dg_params_t,
+    pixels: *const u8,
+    width: u32,
+    height: u32,
+    channels: u32,
+    stride: usize,
+) -> *mut dg_error_t {
+    with_params(p, |r| {
+        r.mask = image_arg(pixels, width, height, channels, stride)?;
+        Ok(())
+    })
+}
+
+/// Sets how much of the init image is re-noised, in (0, 1] (checked here); without it img2img
+/// uses 0.8 and inpainting 1.0, as diffusers does.
+///
+/// # Safety
+/// `p` is NULL or live params.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_set_strength(
+    p: *mut dg_params_t,
+    strength: f64,
+) -> *mut dg_error_t {
+    with_params(p, |r| {
+        crate::pipelines::check_strength(strength)?;
+        r.strength = Some(strength);
+        Ok(())
+    })
+}
+
+/// Sets InstructPix2Pix's image guidance scale (default 1.5; used when >= 1 and the guidance
+/// scale is > 1).
+///
+/// # Safety
+/// `p` is NULL or live params.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_set_image_guidance_scale(
+    p: *mut dg_params_t,
+    scale: f32,
+) -> *mut dg_error_t {
+    with_params(p, |r| {
+        r.image_guidance_scale = scale;
+        Ok(())
+    })
+}
+
+/// Sets a progressive plan from its JSON text (docs/models.md), checked here; NULL clears it.
+///
+/// # Safety
+/// `p` is NULL or live params; `json` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_set_plan(
+    p: *mut dg_params_t,
+    json: *const c_char,
+) -> *mut dg_error_t {
+    with_params(p, |r| {
+        r.plan = opt_str(json, "json")?.map(Plan::from_json).transpose()?;
+        Ok(())
     })
 }

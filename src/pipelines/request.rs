@@ -246,7 +246,7 @@ where
 }
 
 /// Strength must be in (0, 1], as diffusers requires.
-pub(crate) fn check_strength(strength: f64) -> Result<()> {
+pub fn check_strength(strength: f64) -> Result<()> {
     if strength > 0.0 && strength <= 1.0 {
         return Ok(());
     }

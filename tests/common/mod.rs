@@ -59,3 +59,70 @@ fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// The parity bar with diffusers: final latents within 1e-3 max abs, pixels within 2 levels
+/// (mean under 0.5).
+pub const LATENT_TOLERANCE: f32 = 1e-3;
+pub const PIXEL_MAX_DIFF: u8 = 2;
+pub const PIXEL_MEAN_DIFF: f64 = 0.5;
+
+/// How far an output is from a diffusers golden; `None` images are not compared.
+pub struct Parity {
+    pub latent_max: f32,
+    pub pixel_max: u8,
+    pub pixel_mean: f64,
+}
+
+impl Parity {
+    /// Compares latents (shapes must match) and every image with its golden PNG.
+    pub fn of(
+        latents: &ndarray::ArrayD<f32>,
+        expected: &ndarray::ArrayD<f32>,
+        images: &[diffgentor::Image],
+        pngs: &[PathBuf],
+    ) -> Parity {
+        assert_eq!(latents.shape(), expected.shape(), "latent shape");
+        assert_eq!(images.len(), pngs.len(), "image count");
+        let latent_max = latents
+            .iter()
+            .zip(expected.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let (mut pixel_max, mut sum, mut count) = (0u8, 0u64, 0u64);
+        for (image, png) in images.iter().zip(pngs) {
+            let golden = diffgentor::Image::load_png(png).unwrap();
+            assert_eq!((image.width, image.height), (golden.width, golden.height));
+            for (a, b) in image.pixels.iter().zip(&golden.pixels) {
+                let d = a.abs_diff(*b);
+                pixel_max = pixel_max.max(d);
+                sum += u64::from(d);
+                count += 1;
+            }
+        }
+        Parity {
+            latent_max,
+            pixel_max,
+            pixel_mean: if count == 0 {
+                0.0
+            } else {
+                sum as f64 / count as f64
+            },
+        }
+    }
+
+    pub fn passes(&self) -> bool {
+        self.latent_max <= LATENT_TOLERANCE
+            && self.pixel_max <= PIXEL_MAX_DIFF
+            && self.pixel_mean < PIXEL_MEAN_DIFF
+    }
+}
+
+impl std::fmt::Display for Parity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "latents max abs {:.2e}, pixels max {} mean {:.4}",
+            self.latent_max, self.pixel_max, self.pixel_mean
+        )
+    }
+}
