@@ -232,6 +232,211 @@ fn doctor_reports_library_providers_and_package() {
         stdout.contains("unet (sample: float32[?, 4, ?, ?], timestep: float32[]"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("family stable-diffusion (UNet input channels: 4 latent + 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("vae_encoder (sample: float32"), "{stdout}");
+    let stdout = ok(&dg(&[
+        "doctor",
+        "--model",
+        &common::model_dir("tiny-sd-inpaint").display().to_string(),
+    ]));
+    assert!(
+        stdout.contains("family stable-diffusion-inpaint (UNet input channels: 4 latent + 5"),
+        "{stdout}"
+    );
+    let stdout = ok(&dg(&[
+        "doctor",
+        "--model",
+        &common::model_dir("tiny-ip2p").display().to_string(),
+    ]));
+    assert!(stdout.contains("family instruct-pix2pix"), "{stdout}");
+}
+
+fn edit_golden(file: &str) -> String {
+    common::repo()
+        .join("tests/golden/edit")
+        .join(file)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn edit_writes_img2img_and_inpainting_results_with_their_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("i2i.png");
+    let image = edit_golden("image_64x64.png");
+    let o = dg(&[
+        "edit",
+        "--model",
+        &tiny_sd(),
+        "--image",
+        &image,
+        "--prompt",
+        "a red fox",
+        "--strength",
+        "0.5",
+        "--steps",
+        "6",
+        "--seed",
+        "3",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    ok(&o);
+    let text = png_text(&out);
+    assert!(text[0].1.contains("Denoising strength: 0.5"), "{text:?}");
+    assert_eq!((Image::load_png(&out).unwrap().width), 64);
+
+    let masked = tmp.path().join("inpaint.png");
+    let o = dg(&[
+        "edit",
+        "--model",
+        &common::model_dir("tiny-sd-inpaint").display().to_string(),
+        "--image",
+        &image,
+        "--mask",
+        &edit_golden("mask_64x64.png"),
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "--output",
+        &masked.display().to_string(),
+    ]);
+    ok(&o);
+    assert!(masked.is_file());
+}
+
+#[test]
+fn edit_errors_leave_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("never.png");
+    let image = edit_golden("image_64x64.png");
+    let o = dg(&[
+        "edit",
+        "--model",
+        &tiny_sd(),
+        "--prompt",
+        "x",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(failed(&o).contains("--image"), "a source is required");
+    let o = dg(&[
+        "edit",
+        "--model",
+        &tiny_sd(),
+        "--image",
+        &image,
+        "--prompt",
+        "x",
+        "--strength",
+        "1.5",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(failed(&o).contains("strength must be in (0, 1]"));
+    let o = dg(&[
+        "edit",
+        "--model",
+        &tiny_sd(),
+        "--image",
+        &image,
+        "--mask",
+        &edit_golden("mask_96x64_soft.png"),
+        "--prompt",
+        "x",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(failed(&o).contains("mask is 96x64 but the request is 64x64"));
+    let o = dg(&[
+        "edit",
+        "--model",
+        &tiny_sd(),
+        "--image",
+        &tmp.path().join("missing.png").display().to_string(),
+        "--prompt",
+        "x",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(failed(&o).contains("missing.png"));
+    assert!(
+        files_in(tmp.path()).is_empty(),
+        "{:?}",
+        files_in(tmp.path())
+    );
+}
+
+#[test]
+fn plan_file_equals_the_stages_run_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tmp.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"stages": [
+            {"width": 64, "height": 64, "steps": 4, "scheduler": "euler_a"},
+            {"width": 128, "height": 128, "steps": 4, "strength": 0.5, "upscale": "bilinear"}
+        ]}"#,
+    )
+    .unwrap();
+    let planned = tmp.path().join("planned.png");
+    ok(&generate(
+        &format!("--prompt fox --seed 9 --plan {}", plan.display()),
+        &planned,
+    ));
+    assert!(png_text(&planned)[0].1.contains("Plan stages: 2"));
+
+    let stage1 = tmp.path().join("s1.npy");
+    ok(&generate(
+        &format!("--prompt fox --seed 9 --width 64 --height 64 --steps 4 --scheduler euler_a --save-latents {}", stage1.display()),
+        &tmp.path().join("s1.png"),
+    ));
+    let by_hand = tmp.path().join("by-hand.png");
+    ok(&dg(&[
+        "edit",
+        "--model",
+        &tiny_sd(),
+        "--init-latents",
+        &stage1.display().to_string(),
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--upscale",
+        "bilinear",
+        "--strength",
+        "0.5",
+        "--steps",
+        "4",
+        "--prompt",
+        "fox",
+        "--seed",
+        "9",
+        "--output",
+        &by_hand.display().to_string(),
+    ]));
+    let (a, b) = (
+        Image::load_png(&planned).unwrap(),
+        Image::load_png(&by_hand).unwrap(),
+    );
+    assert_eq!((a.width, a.height), (128, 128));
+    assert_eq!(
+        a, b,
+        "the plan gives the same pixels as its stages run one by one"
+    );
+
+    std::fs::write(&plan, r#"{"stages": []}"#).unwrap();
+    let o = generate(
+        &format!("--prompt fox --plan {}", plan.display()),
+        &tmp.path().join("x.png"),
+    );
+    assert!(failed(&o).contains("between 1 and"));
 }
 
 #[test]

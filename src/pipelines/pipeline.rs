@@ -211,7 +211,9 @@ impl Pipeline {
         let steps = request.steps;
         let init = ((steps as f64 * strength) as usize).min(steps);
         let start = (steps - init) * scheduler.order();
-        if start >= scheduler.timesteps().len() {
+        // diffusers refuses this too; PNDM's schedule has one entry more than steps, so the
+        // length of the truncated schedule alone would let 0 requested steps through.
+        if init == 0 || start >= scheduler.timesteps().len() {
             return Err(Error::InvalidArg(format!(
                 "strength {strength} with {steps} steps leaves no denoising step to run \
                  (steps x strength must be at least 1)"

@@ -53,6 +53,12 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     let package = &model.package;
     println!("model {} ({})", package.name, package.class_name);
     println!(
+        "  family {} (UNet input channels: {} latent + {} conditioning)",
+        package.family,
+        package.latent_channels(),
+        package.family.extra_channels(package.latent_channels())
+    );
+    println!(
         "  vae factor {}, scaling factor {}",
         package.vae_scale_factor,
         package.vae_scaling_factor()
@@ -63,12 +69,20 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     let scheduler = schedulers::create(None, &package.scheduler_config)?;
     println!("  scheduler {}", scheduler.name());
     println!("  tokenizer max length {}", model.tokenizer.max_length());
-    for graph in [
-        &model.text_encoder.graph,
-        &model.unet.graph,
-        &model.vae_decoder.graph,
-    ] {
+    let encoder = model.vae_encoder.as_ref().map(|e| &e.graph);
+    let graphs = [
+        Some(&model.text_encoder.graph),
+        Some(&model.unet.graph),
+        Some(&model.vae_decoder.graph),
+        encoder,
+    ];
+    for graph in graphs.into_iter().flatten() {
         println!("  {} {}", graph.component(), graph.signature());
+    }
+    if encoder.is_none() {
+        println!(
+            "  vae_encoder absent: image inputs (img2img, inpainting, editing) are unavailable"
+        );
     }
     Ok(())
 }
