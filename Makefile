@@ -36,6 +36,8 @@ C_TESTS := $(sort $(basename $(notdir $(wildcard tests/c/*.c))))
 C_TEST_ARGS_errors = $(C_TEST_MODEL) $(1)
 C_TEST_ARGS_generate = $(C_TEST_MODEL) $(1)/generate.rgb $(1)/generate.png
 C_TEST_ARGS_threads = $(C_TEST_MODEL)
+C_TEST_ARGS_edit = $(C_TEST_MODEL) $(C_TEST_DIR)/out/edit-init.rgb $(1)/edit.rgb
+C_TEST_EDIT_IMAGE := tests/golden/edit/image_64x64.png
 C_TEST_ARGS_doc_example = models/digits $(1)/doc_example.png
 # Valgrind runs the same arguments except where an entry here makes the workload smaller.
 C_TEST_VALGRIND_ARGS_threads = $(C_TEST_MODEL) 16
@@ -149,6 +151,7 @@ c-build:
 c-test: ort c-build
 	@rm -rf $(C_TEST_DIR)/out $(C_TEST_DIR)/valgrind
 	@mkdir -p $(C_TEST_DIR)/out/native $(C_TEST_DIR)/valgrind
+	$(C_TEST_DIR)/bin/png2rgb $(C_TEST_EDIT_IMAGE) $(C_TEST_DIR)/out/edit-init.rgb
 	$(foreach t,$(C_TESTS) doc_example,$(call run_c_test,$(t)))
 	@# The same request through the Rust API (dg generate) must give the same pixels, byte for byte.
 	target/debug/dg generate --model $(C_TEST_MODEL) --prompt "a red fox" --seed 42 --steps 3 \
@@ -160,6 +163,12 @@ c-test: ort c-build
 	@cmp $(C_TEST_DIR)/out/native/generate/generate.rgb $(C_TEST_DIR)/out/generate-png.rgb || { \
 		echo "c-test: dg_image_write_png's file does not decode to the image's pixels"; exit 1; }
 	@echo "c-test: C API pixels == Rust API pixels (dg generate), byte for byte"
+	target/debug/dg edit --model $(C_TEST_MODEL) --image $(C_TEST_EDIT_IMAGE) --prompt "a red fox" \
+		--seed 5 --steps 6 --scheduler euler_a --strength 0.5 --output $(C_TEST_DIR)/out/rust-edit.png
+	$(C_TEST_DIR)/bin/png2rgb $(C_TEST_DIR)/out/rust-edit.png $(C_TEST_DIR)/out/rust-edit.rgb
+	@cmp $(C_TEST_DIR)/out/native/edit/edit.rgb $(C_TEST_DIR)/out/rust-edit.rgb || { \
+		echo "c-test: the C API's img2img pixels differ from dg edit's for the same request"; exit 1; }
+	@echo "c-test: C API img2img pixels == dg edit pixels, byte for byte"
 	@# Valgrind: two programs at a time (2 cores); each log is kept in $(C_TEST_DIR)/valgrind.
 	@printf '%s\n' $(C_TESTS_SLOWEST_FIRST) | xargs -P 2 -I{} $(MAKE) --no-print-directory -s \
 		c-valgrind-one C_TEST_NAME={}

@@ -118,4 +118,56 @@ static inline int test_result(const char *name) {
     return 0;
 }
 
+/* ---- files and pixels ------------------------------------------------------------------ */
+
+static inline int write_file(const char *path, const uint8_t *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) {
+        perror(path);
+        return -1;
+    }
+    size_t n = fwrite(data, 1, len, f);
+    int rc = fclose(f);
+    return n == len && rc == 0 ? 0 : -1;
+}
+
+static inline uint8_t *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        perror(path);
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    uint8_t *buf = malloc(cap);
+    size_t got;
+    while (buf != NULL && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            uint8_t *bigger = realloc(buf, cap *= 2);
+            if (bigger == NULL) {
+                free(buf);
+            }
+            buf = bigger;
+        }
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* Tightly packed RGB rows of an image (stride may be larger than width * 3). */
+static inline uint8_t *packed_rgb(const dg_image_t *img, size_t *len) {
+    uint32_t w = dg_image_width(img), h = dg_image_height(img);
+    size_t stride = dg_image_stride(img), row = (size_t)w * 3;
+    uint8_t *out = malloc(row * h);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (uint32_t y = 0; y < h; y++) {
+        memcpy(out + y * row, dg_image_pixels(img) + y * stride, row);
+    }
+    *len = row * h;
+    return out;
+}
+
 #endif
