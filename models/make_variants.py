@@ -11,9 +11,9 @@ graphs so that the pipeline meets them:
   text_encoder_ids_int32.onnx     input_ids int32 [batch, seq] -> Cast(int64) -> original graph
   unet_timestep_int64_batch.onnx  timestep int64 [batch] -> Cast(float) -> Gather(0) -> 0-d float
   unet_timestep_float_batch.onnx  timestep float32 [batch] -> Gather(0) -> 0-d float
-  unet_extra_input.onnx           the UNet signature plus a required `timestep_cond` float32
-                                  [batch, 32] (as LCM UNets have); diffgentor must refuse it
-                                  (Unsupported). To keep tests/data/variants under 4 MB this
+  unet_extra_input.onnx           the UNet signature plus SDXL's required `text_embeds` float32
+                                  [batch, 32] and `time_ids` [batch, 6]; diffgentor must refuse
+                                  it (Unsupported). To keep tests/data/variants under 4 MB this
                                   one is a small stand-in with the same inputs and output as
                                   the tiny UNet (out_sample = sample + 0 * (timestep + mean of
                                   the other inputs)), not a third copy of its weights:
@@ -117,23 +117,26 @@ def unet_timestep(elem_type):
 
 
 def unet_extra_input():
-    """A small graph with the tiny UNet's exact signature plus `timestep_cond`."""
+    """A small graph with the tiny UNet's exact signature plus SDXL's `text_embeds`, `time_ids`."""
     unet = load("unet")
     inputs = [onnx.ValueInfoProto() for _ in unet.graph.input]
     for dst, src in zip(inputs, unet.graph.input):
         dst.CopyFrom(src)
-    inputs.append(
-        helper.make_tensor_value_info("timestep_cond", TensorProto.FLOAT, ["batch_size", 32])
-    )
+    inputs.append(helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["batch_size", 32]))
+    inputs.append(helper.make_tensor_value_info("time_ids", TensorProto.FLOAT, ["batch_size", 6]))
     output = onnx.ValueInfoProto()
     output.CopyFrom(unet.graph.output[0])
-    assert [i.name for i in inputs] == ["sample", "timestep", "encoder_hidden_states", "timestep_cond"]
+    assert [i.name for i in inputs] == [
+        "sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"
+    ]
     assert output.name == "out_sample"
     zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
     nodes = [
         helper.make_node("ReduceMean", ["encoder_hidden_states"], ["ehs_mean"], keepdims=0),
-        helper.make_node("ReduceMean", ["timestep_cond"], ["cond_mean"], keepdims=0),
-        helper.make_node("Add", ["ehs_mean", "cond_mean"], ["means"]),
+        helper.make_node("ReduceMean", ["text_embeds"], ["embeds_mean"], keepdims=0),
+        helper.make_node("ReduceMean", ["time_ids"], ["ids_mean"], keepdims=0),
+        helper.make_node("Add", ["ehs_mean", "embeds_mean"], ["some_means"]),
+        helper.make_node("Add", ["some_means", "ids_mean"], ["means"]),
         helper.make_node("Add", ["means", "timestep"], ["all"]),
         helper.make_node("Mul", ["all", "zero"], ["nothing"]),
         helper.make_node("Add", ["sample", "nothing"], ["out_sample"]),
@@ -243,10 +246,11 @@ def verify(paths):
     extra = session(paths["unet_extra_input.onnx"])
     print("unet_extra_input:", describe(extra))
     names = [i.name for i in extra.get_inputs()]
-    assert names == ["sample", "timestep", "encoder_hidden_states", "timestep_cond"], names
+    assert names == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"], names
     got = extra.run(None, {
         "sample": sample, "timestep": np.array(501.0, dtype=np.float32),
-        "encoder_hidden_states": ehs, "timestep_cond": np.ones((2, 32), dtype=np.float32),
+        "encoder_hidden_states": ehs, "text_embeds": np.ones((2, 32), dtype=np.float32),
+        "time_ids": np.ones((2, 6), dtype=np.float32),
     })
     assert np.array_equal(got[0], sample)
 

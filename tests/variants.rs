@@ -174,13 +174,13 @@ fn unet_with_scalar_and_single_timesteps() {
 }
 
 #[test]
-fn unet_with_timestep_cond_is_unsupported() {
+fn unet_with_sdxl_inputs_is_unsupported() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = package_with(tmp.path(), "unet", "unet_extra_input.onnx");
     let err = Pipeline::load(common::runtime(), &dir).expect_err("loading must fail");
     assert_eq!(err.code(), ErrorCode::Unsupported, "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("timestep_cond"), "{msg}");
+    assert!(msg.contains("text_embeds, time_ids"), "{msg}");
     // Only the extra input is named as the problem, not the inputs the pipeline knows.
     assert!(!msg.contains("does not match any known variant"), "{msg}");
 }

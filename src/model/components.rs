@@ -78,11 +78,14 @@ impl TextEncoder {
     }
 }
 
-/// The denoiser of SD 1.x/2.x: `sample`, `timestep`, `encoder_hidden_states` -> `out_sample`.
+/// The denoiser of SD 1.x/2.x: `sample`, `timestep`, `encoder_hidden_states` -> `out_sample`,
+/// plus `timestep_cond` on LCM-distilled UNets.
 #[derive(Debug)]
 pub struct Unet {
     pub graph: Graph,
     pub timestep: TimestepKind,
+    /// Width of the guidance-scale embedding an LCM-distilled UNet takes as `timestep_cond`.
+    pub timestep_cond: Option<usize>,
 }
 
 impl Unet {
@@ -98,7 +101,24 @@ impl Unet {
             )
             && graph.output("out_sample").is_some();
         let timestep = graph.input("timestep").and_then(TimestepKind::of);
-        let known = ["sample", "timestep", "encoder_hidden_states"];
+        let timestep_cond = match graph.input("timestep_cond") {
+            None => None,
+            Some(info) => match info.shape.as_slice() {
+                [_, dim] if info.dtype == ElementType::F32 && *dim > 0 => Some(*dim as usize),
+                _ => {
+                    return Err(mismatch(
+                        &graph,
+                        "timestep_cond: float32[b, dim] with a fixed dim",
+                    ))
+                }
+            },
+        };
+        let known = [
+            "sample",
+            "timestep",
+            "encoder_hidden_states",
+            "timestep_cond",
+        ];
         let extra: Vec<&str> = graph
             .inputs()
             .iter()
@@ -106,10 +126,14 @@ impl Unet {
             .filter(|n| !known.contains(n))
             .collect();
         match timestep {
-            Some(timestep) if sample_ok && extra.is_empty() => Ok(Unet { graph, timestep }),
+            Some(timestep) if sample_ok && extra.is_empty() => Ok(Unet {
+                graph,
+                timestep,
+                timestep_cond,
+            }),
             Some(_) if sample_ok => Err(Error::Unsupported(format!(
                 "{}: UNet inputs [{}] need a pipeline this version does not run yet \
-                 (SDXL text_embeds/time_ids and LCM timestep_cond are planned)",
+                 (SDXL text_embeds/time_ids are planned)",
                 graph.path().display(),
                 extra.join(", ")
             ))),

@@ -18,6 +18,8 @@ pub(crate) struct Step<'a> {
     pub unet: &'a Unet,
     /// encoder_hidden_states for the whole UNet batch.
     pub cond: &'a ArrayD<f32>,
+    /// The guidance-scale embedding of LCM-distilled UNets.
+    pub timestep_cond: Option<&'a ArrayD<f32>>,
     pub guidance: Guidance,
     /// Conditioning channels appended after the scaled latents (inpainting, InstructPix2Pix).
     pub extra: Option<&'a ArrayD<f32>>,
@@ -65,14 +67,15 @@ pub(crate) fn denoise(
             scheduler.scale_model_input(latent_part.into_dyn(), i);
         }
         let timestep = TimestepTensor::new(step.unet.timestep, batch, t);
-        let (mut prediction, ort) = step.unet.graph.run(
-            &[
-                ("sample", Input::F32(model_input.view())),
-                ("timestep", timestep.input()),
-                ("encoder_hidden_states", Input::F32(step.cond.view())),
-            ],
-            "out_sample",
-        )?;
+        let mut inputs = vec![
+            ("sample", Input::F32(model_input.view())),
+            ("timestep", timestep.input()),
+            ("encoder_hidden_states", Input::F32(step.cond.view())),
+        ];
+        if let Some(cond) = step.timestep_cond {
+            inputs.push(("timestep_cond", Input::F32(cond.view())));
+        }
+        let (mut prediction, ort) = step.unet.graph.run(&inputs, "out_sample")?;
         timings.ort_run += ort;
         let guided = step.guidance.combine(&mut prediction);
         scheduler.step(guided, i, latents.view_mut(), noise)?;

@@ -1,5 +1,5 @@
 //! How a batch of UNet predictions becomes one guided prediction per image.
-use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Zip};
 
 /// Which prompt fills one group of the UNet batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,22 @@ impl Guidance {
             }
         }
     }
+}
+
+/// The guidance-scale embedding LCM-distilled UNets take as `timestep_cond` ([batch, dim]),
+/// computed in float32 as diffusers' `get_guidance_scale_embedding`: w * 1000 against the
+/// frequencies exp(-i * ln(10000) / (dim/2 - 1)), as [sin | cos], zero-padded to an odd `dim`.
+pub(crate) fn scale_embedding(w: f32, dim: usize, batch: usize) -> Array2<f32> {
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half.saturating_sub(1).max(1)) as f32;
+    let w = w * 1000.0;
+    let mut row = vec![0.0f32; dim];
+    for i in 0..half {
+        let angle = w * (i as f32 * -step).exp();
+        row[i] = angle.sin();
+        row[half + i] = angle.cos();
+    }
+    Array2::from_shape_fn((batch, dim), |(_, j)| row[j])
 }
 
 /// Classifier-free guidance in place, without allocating: `prediction` holds [uncond; text] along

@@ -7,7 +7,7 @@ use ndarray::{concatenate, s, Array2, ArrayD, Axis, Ix3};
 use serde_json::Value;
 
 use super::denoise::{denoise, Step};
-use super::guidance::{Guidance, Text};
+use super::guidance::{scale_embedding, Guidance, Text};
 use super::plan::Plan;
 use super::prepare::{prepare, Pass, Prepared, Task};
 use super::request::{check_size, Progress, Request};
@@ -245,6 +245,8 @@ impl Pipeline {
                 }
             }
             Family::InstructPix2Pix => Guidance::None,
+            // LCM-distilled UNets take the scale as an embedding instead of a CFG batch.
+            _ if model.unet.timestep_cond.is_some() => Guidance::None,
             _ if request.uses_guidance() => Guidance::Cfg {
                 scale: request.guidance_scale,
             },
@@ -272,9 +274,14 @@ impl Pipeline {
             noise.as_mut(),
         )?;
         timings.ort_run += ort;
+        let timestep_cond = model.unet.timestep_cond.map(|dim| {
+            let batch = guidance.groups() * request.num_images;
+            scale_embedding(request.guidance_scale - 1.0, dim, batch).into_dyn()
+        });
         let step = Step {
             unet: &model.unet,
             cond: &cond,
+            timestep_cond: timestep_cond.as_ref(),
             guidance,
             extra: extra.as_ref(),
             blend: blend.as_ref(),
