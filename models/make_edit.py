@@ -34,6 +34,19 @@ Exported graph I/O (observed, opset 18, all float32 unless noted; also in each p
     vae_encoder/model.onnx   sample [batch, 3, H, W] -> latent_parameters [batch, 8, H/8, W/8] (mean ++ logvar)
   tiny-ip2p: the same except
     unet/model.onnx          sample [batch, 8, h, w] (= scaled-model-input latents 4 ++ image latents 4)
+  tiny-lcm: text hidden 16; unet also takes timestep_cond float32 [batch, 32] (guidance w-embedding):
+    unet/model.onnx          sample [batch, 4, h, w], timestep float32 [], encoder_hidden_states [batch, seq, 16],
+                             timestep_cond [batch, 32] -> out_sample [batch, 4, h, w]
+  tiny-sdxl:
+    text_encoder/model.onnx  input_ids int64 [batch, seq] -> last_hidden_state [batch, seq, 16],
+                             pooler_output [batch, 16], hidden_states.0..2 [batch, seq, 16]
+    text_encoder_2/model.onnx input_ids int64 [batch, seq] -> text_embeds [batch, 16] (optimum labels its dims
+                             [batch_size, sequence_length]; the real shape is [batch, projection_dim 16]),
+                             last_hidden_state [batch, seq, 16], hidden_states.0..2 [batch, seq, 16]
+    unet/model.onnx          sample [batch, 4, h, w], timestep float32 [], encoder_hidden_states [batch, seq, 32]
+                             (te hidden_states.1 ++ te2 hidden_states.1), text_embeds [batch, 16],
+                             time_ids [batch, 6] -> out_sample [batch, 4, h, w]
+    vae_decoder / vae_encoder as above (scaling factor 0.13025 applied outside)
 """
 
 import argparse
@@ -55,12 +68,16 @@ PINS = mt.PINS
 
 OUT_INPAINT = os.path.join(ROOT, "models", "tiny-sd-inpaint")
 OUT_IP2P = os.path.join(ROOT, "models", "tiny-ip2p")
+OUT_LCM = os.path.join(ROOT, "models", "tiny-lcm")
+OUT_SDXL = os.path.join(ROOT, "models", "tiny-sdxl")
 GOLD = os.path.join(ROOT, "tests", "golden", "edit")
 PKG = {
     "tiny-sd": mt.OUT_SD,
     "tiny-sd2-v": mt.OUT_SD2,
     "tiny-sd-inpaint": OUT_INPAINT,
     "tiny-ip2p": OUT_IP2P,
+    "tiny-lcm": OUT_LCM,
+    "tiny-sdxl": OUT_SDXL,
 }
 
 # timbrooks/instruct-pix2pix scheduler/scheduler_config.json (keys it omits, e.g. timestep_spacing, take
@@ -78,6 +95,48 @@ IP2P_SCHEDULER = {
     "skip_prk_steps": True,
     "steps_offset": 1,
     "trained_betas": None,
+}
+
+# SimianLuo/LCM_Dreamshaper_v7 scheduler/scheduler_config.json.
+LCM_SCHEDULER = {
+    "_class_name": "LCMScheduler",
+    "_diffusers_version": "0.22.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "num_train_timesteps": 1000,
+    "original_inference_steps": 50,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "thresholding": False,
+    "timestep_scaling": 10.0,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+# stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json.
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.19.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
 }
 
 PROMPT = mt.PROMPT
@@ -104,29 +163,29 @@ def check_versions():
 # model definitions (tiny: <= 1.5 MB per exported package)
 # --------------------------------------------------------------------------------------------
 
-def _text_encoder(seed):
+def _text_encoder(seed, hidden=32, heads=4, act="quick_gelu", projection_dim=None):
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=1000,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            layer_norm_eps=1e-5,
-            hidden_act="quick_gelu",
-            bos_token_id=998,
-            eos_token_id=999,
-            pad_token_id=999,
-        )
+    cfg = CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
+        hidden_act=act,
+        bos_token_id=998,
+        eos_token_id=999,
+        pad_token_id=999,
+        **({"projection_dim": projection_dim} if projection_dim else {}),
     )
+    return CLIPTextModelWithProjection(cfg) if projection_dim else CLIPTextModel(cfg)
 
 
-def _vae(seed):
+def _vae(seed, channels=(8, 16, 16, 16), groups=8, scaling_factor=0.18215, **extra):
     import torch
     from diffusers import AutoencoderKL
 
@@ -134,18 +193,20 @@ def _vae(seed):
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(8, 16, 16, 16),  # 4 levels -> factor 8 like real SD
+        block_out_channels=channels,  # 4 levels -> factor 8 like real SD
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
         layers_per_block=1,
-        norm_num_groups=8,
+        norm_num_groups=groups,
         sample_size=64,
-        scaling_factor=0.18215,
+        scaling_factor=scaling_factor,
+        **extra,
     )
 
 
-def _unet(seed, in_channels):
+def _unet(seed, in_channels, channels=(16, 16), groups=8, cross_attention_dim=32, attention_head_dim=8,
+          down=("DownBlock2D", "CrossAttnDownBlock2D"), up=("CrossAttnUpBlock2D", "UpBlock2D"), **extra):
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -154,45 +215,103 @@ def _unet(seed, in_channels):
         sample_size=8,  # latent 8x8 -> 64x64 image
         in_channels=in_channels,
         out_channels=4,
-        block_out_channels=(16, 16),
+        block_out_channels=channels,
         layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
+        norm_num_groups=groups,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,
+        **extra,
     )
 
 
-def build_inpaint(tok_dir):
-    """SD 1.5-inpainting-style: 9-channel UNet, epsilon, PNDM (the SD 1.5 scheduler config), VAE factor 8."""
-    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
+def _tok(toks, key="tokenizer"):
     from transformers import CLIPTokenizer
 
+    return CLIPTokenizer.from_pretrained(toks[key])
+
+
+def build_inpaint(toks):
+    """SD 1.5-inpainting-style: 9-channel UNet, epsilon, PNDM (the SD 1.5 scheduler config), VAE factor 8."""
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
+
     return StableDiffusionInpaintPipeline(
-        vae=_vae(10), text_encoder=_text_encoder(10), tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        vae=_vae(10), text_encoder=_text_encoder(10), tokenizer=_tok(toks),
         unet=_unet(10, 9), scheduler=PNDMScheduler.from_config(dict(SD15_SCHEDULER)),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     )
 
 
-def build_ip2p(tok_dir):
+def build_ip2p(toks):
     """InstructPix2Pix-style: 8-channel UNet, epsilon, EulerAncestral (the real instruct-pix2pix config)."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
-    from transformers import CLIPTokenizer
 
     return StableDiffusionInstructPix2PixPipeline(
-        vae=_vae(20), text_encoder=_text_encoder(20), tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        vae=_vae(20), text_encoder=_text_encoder(20), tokenizer=_tok(toks),
         unet=_unet(20, 8), scheduler=EulerAncestralDiscreteScheduler.from_config(dict(IP2P_SCHEDULER)),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     )
 
 
+NO_ATTN_DOWN, NO_ATTN_UP = ("DownBlock2D", "DownBlock2D"), ("UpBlock2D", "UpBlock2D")
+
+
+def build_lcm(toks):
+    """LCM-distilled SD 1.5 style: UNet with time_cond_proj_dim 32 (guidance w-embedding), LCMScheduler."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    return LatentConsistencyModelPipeline(
+        vae=_vae(30, channels=(8, 8, 8, 8), groups=4, mid_block_add_attention=False),
+        text_encoder=_text_encoder(30, hidden=16),
+        tokenizer=_tok(toks),
+        # cross-attention only in the mid block: at this size the graph's node overhead, not weights, dominates
+        unet=_unet(30, 4, channels=(8, 16), groups=4, cross_attention_dim=16, down=NO_ATTN_DOWN, up=NO_ATTN_UP,
+                   time_cond_proj_dim=32),
+        scheduler=LCMScheduler.from_config(dict(LCM_SCHEDULER)),
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    )
+
+
+def build_sdxl(toks):
+    """SDXL-base style: CLIPTextModel + CLIPTextModelWithProjection (penultimate hidden states concatenated,
+    pooled text_embeds of encoder 2), UNet with addition_embed_type text_time, VAE scaling 0.13025, Euler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
+        vae=_vae(40, channels=(8, 8, 8, 8), groups=4, scaling_factor=0.13025, force_upcast=True,
+                 mid_block_add_attention=False),
+        text_encoder=_text_encoder(40, hidden=16),
+        text_encoder_2=_text_encoder(41, hidden=16, act="gelu", projection_dim=16),
+        tokenizer=_tok(toks), tokenizer_2=_tok(toks, "tokenizer_2"),
+        unet=_unet(40, 4, channels=(8, 16), groups=4, cross_attention_dim=32, attention_head_dim=(2, 4),
+                   down=NO_ATTN_DOWN, up=NO_ATTN_UP,
+                   use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                   projection_class_embeddings_input_dim=6 * 8 + 16),
+        scheduler=EulerDiscreteScheduler.from_config(dict(SDXL_SCHEDULER)),
+        image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=True, add_watermarker=False,
+    )
+
+
 NEW_MODELS = {
-    # name: (builder, out dir, optimum task, exported-as class (None: itself), scheduler config)
-    "tiny-sd-inpaint": (build_inpaint, OUT_INPAINT, "inpainting", None, SD15_SCHEDULER),
-    "tiny-ip2p": (build_ip2p, OUT_IP2P, "text-to-image", "StableDiffusionPipeline", IP2P_SCHEDULER),
+    # name: builder, out dir, optimum task, exported-as class (None: itself), scheduler config,
+    #       tokenizer folders and their pad tokens
+    "tiny-sd-inpaint": dict(builder=build_inpaint, out=OUT_INPAINT, task="inpainting", export_as=None,
+                            sched=SD15_SCHEDULER, toks={"tokenizer": "<|endoftext|>"}),
+    "tiny-ip2p": dict(builder=build_ip2p, out=OUT_IP2P, task="text-to-image", export_as="StableDiffusionPipeline",
+                      sched=IP2P_SCHEDULER, toks={"tokenizer": "<|endoftext|>"}),
+    "tiny-lcm": dict(builder=build_lcm, out=OUT_LCM, task="text-to-image", export_as=None,
+                     sched=LCM_SCHEDULER, toks={"tokenizer": "<|endoftext|>"}),
+    "tiny-sdxl": dict(builder=build_sdxl, out=OUT_SDXL, task="text-to-image", export_as=None,
+                      sched=SDXL_SCHEDULER, toks={"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}),
 }
+
+KEEP_FILES = set(mt.KEEP_FILES)
+for _f in ("config.json", "model.onnx"):
+    KEEP_FILES.add(f"text_encoder_2/{_f}")
+for _f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+    KEEP_FILES.add(f"tokenizer_2/{_f}")
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 
 
 def _set_class_name(d, name):
@@ -203,36 +322,40 @@ def _set_class_name(d, name):
     mt.write_json(fp, mi)
 
 
-def export_package(name, src, out, task, export_as, sched_cfg, tok_dir, cache):
-    """optimum-cli export of the saved pipeline `src`, pruned to mt.KEEP_FILES, into `out`."""
+def export_package(name, src, out, m, tok_dirs, cache):
+    """optimum-cli export of the saved pipeline `src`, pruned to KEEP_FILES, into `out`."""
     with open(os.path.join(src, "model_index.json")) as f:
-        class_name = json.load(f)["_class_name"]
-    if export_as:
+        mi = json.load(f)
+    class_name = mi["_class_name"]
+    if m["export_as"]:
         alias = os.path.join(cache, f"_as-{name}")
         shutil.rmtree(alias, ignore_errors=True)
         shutil.copytree(src, alias)
-        _set_class_name(alias, export_as)
+        _set_class_name(alias, m["export_as"])
         src = alias
     tmp_out = os.path.join(cache, f"_onnx-{name}")
     shutil.rmtree(tmp_out, ignore_errors=True)
     cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
-    subprocess.run([cli, "export", "onnx", "--model", src, "--task", task, tmp_out], check=True)
+    subprocess.run([cli, "export", "onnx", "--model", src, "--task", m["task"], tmp_out], check=True)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    keep = {k for k in KEEP_FILES
+            if k == "model_index.json" or ("vae" if k.startswith("vae_") else k.split("/")[0]) in mi}
     for root, _, files in os.walk(tmp_out):
         for fn in files:
             rel = os.path.relpath(os.path.join(root, fn), tmp_out).replace(os.sep, "/")
-            if rel in mt.KEEP_FILES:
+            if rel in keep:
                 dst = os.path.join(out, rel)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 shutil.copyfile(os.path.join(root, fn), dst)
             else:
                 print(f"[{name}] dropping {rel}")
-    mt.write_json(os.path.join(out, "scheduler", "scheduler_config.json"), sched_cfg)
-    shutil.rmtree(os.path.join(out, "tokenizer"), ignore_errors=True)
-    shutil.copytree(tok_dir, os.path.join(out, "tokenizer"))
-    for rel in mt.KEEP_FILES:
-        if rel.endswith(".json") and not rel.startswith("tokenizer/"):
+    mt.write_json(os.path.join(out, "scheduler", "scheduler_config.json"), m["sched"])
+    for key, tok_dir in tok_dirs.items():
+        shutil.rmtree(os.path.join(out, key), ignore_errors=True)
+        shutil.copytree(tok_dir, os.path.join(out, key))
+    for rel in keep:
+        if rel.endswith(".json") and not rel.startswith("tokenizer"):
             fp = os.path.join(out, rel)
             if os.path.exists(fp):
                 with open(fp) as f:
@@ -240,7 +363,8 @@ def export_package(name, src, out, task, export_as, sched_cfg, tok_dir, cache):
                 if j.pop("_name_or_path", None) is not None:
                     mt.write_json(fp, j)
     _set_class_name(out, class_name)
-    missing = [k for k in mt.KEEP_FILES if not os.path.exists(os.path.join(out, k))]
+    keep |= {"vae_encoder/config.json", "vae_encoder/model.onnx"}  # every package must have the encoder
+    missing = [k for k in keep if not os.path.exists(os.path.join(out, k))]
     if missing:
         sys.exit(f"[{name}] export lacks {missing}")
 
@@ -260,33 +384,62 @@ README_NOTES = {
         "timbrooks/instruct-pix2pix config (EulerAncestralDiscreteScheduler; no timestep_spacing key, so the",
         "class default \"linspace\" applies).",
     ],
+    "tiny-lcm": [
+        "Latent Consistency Model layout (SimianLuo/LCM_Dreamshaper_v7 style): the UNet has `time_cond_proj_dim`",
+        "32 and takes `timestep_cond` [batch, 32] = the guidance-scale embedding of w = guidance_scale - 1",
+        "(LatentConsistencyModelPipeline.get_guidance_scale_embedding: w*1000, sinusoidal, [sin | cos], 16 each);",
+        "there is no classifier-free-guidance batch. The scheduler is LCMScheduler (config of LCM_Dreamshaper_v7);",
+        "the image is decoded from the scheduler's `denoised` output of the last step, not from `prev_sample`.",
+        "VAE scaling factor 0.18215. The UNet has cross-attention only in its mid block and the VAE has no",
+        "mid-block attention (size budget).",
+    ],
+    "tiny-sdxl": [
+        "SDXL-base layout: two text encoders; the UNet's `encoder_hidden_states` is the concatenation (last dim)",
+        "of `hidden_states.1` (the penultimate layer, hidden_states[-2]) of text_encoder (16) and of",
+        "text_encoder_2 (16); `text_embeds` is text_encoder_2's pooled, projected `text_embeds` [batch, 16];",
+        "`time_ids` [batch, 6] = (original_height, original_width, crop_top, crop_left, target_height,",
+        "target_width) as float32. tokenizer pads with <|endoftext|>, tokenizer_2 with \"!\" (id 0) like the real",
+        "SDXL. With force_zeros_for_empty_prompt (true here, as in SDXL base) and no negative prompt, the",
+        "unconditional embeddings and pooled embeddings are zeros. VAE scaling factor 0.13025 (force_upcast true).",
+        "optimum labels text_encoder_2's `text_embeds` dims [batch_size, sequence_length]; the real shape is",
+        "[batch, 16]. hidden_states.0 is the embedding output, hidden_states.2 the last layer (before the final",
+        "layer norm). The UNet has cross-attention only in its mid block and the VAE has no mid-block attention",
+        "(size budget: at this scale the graphs' node overhead, not the weights, dominates the file size).",
+        "scheduler/scheduler_config.json is stabilityai/stable-diffusion-xl-base-1.0's (EulerDiscreteScheduler,",
+        "timestep_spacing leading, steps_offset 1).",
+    ],
 }
 
 
 def write_readme(name, out):
     with open(os.path.join(out, "model_index.json")) as f:
         mi = json.load(f)
-    _, _, task, export_as, _ = NEW_MODELS[name]
+    m = NEW_MODELS[name]
+    export_as = m["export_as"]
     lines = [
         f"# {name}",
         "",
         "Random-weight tiny package made by `models/make_edit.py` (do not edit by hand; rerun the script).",
-        f"Exported with optimum-onnx 0.1.0 `--task {task}` from a diffusers {mi.get('_class_name')} saved with",
-        f"diffusers {mi.get('_diffusers_version')}"
+        f"Exported with optimum-onnx 0.1.0 `--task {m['task']}` from a diffusers {mi.get('_class_name')} saved",
+        f"with diffusers {mi.get('_diffusers_version')}"
         + (f" (exported under the class name {export_as}, which has the same components; model_index.json's"
            f" `_class_name` is set back to {mi.get('_class_name')})." if export_as else "."),
         "",
         "Graph I/O (as observed in the exported files):",
         "",
     ]
-    for comp in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
-        ins, outs, ops = mt.graph_signature(os.path.join(out, comp, "model.onnx"))
+    for comp in COMPONENTS:
+        fp = os.path.join(out, comp, "model.onnx")
+        if not os.path.exists(fp):
+            continue
+        ins, outs, ops = mt.graph_signature(fp)
         lines.append(f"- `{comp}/model.onnx` (opset {ops}): inputs " + "; ".join(f"`{s}`" for s in ins)
                      + " -> outputs " + "; ".join(f"`{s}`" for s in outs))
     lines += [""] + README_NOTES[name] + [
         "Keys the scheduler config omits take the scheduler class's defaults in diffusers.",
         "",
-        "The tokenizer is the 1000-token truncated CLIP BPE (models/clip_tokenizer.py; bos 998, eos = pad 999).",
+        "Tokenizers: the 1000-token truncated CLIP BPE (models/clip_tokenizer.py; bos 998, eos 999; pad = eos",
+        "<|endoftext|> unless noted above).",
         "Goldens: tests/golden/edit/manifest.json.",
         "",
     ]
@@ -300,27 +453,52 @@ def check_graphs(pt, out, tag):
     import onnxruntime as ort
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     def sess(comp):
         return ort.InferenceSession(os.path.join(out, comp, "model.onnx"), providers=["CPUExecutionProvider"])
 
     g = np.random.default_rng(0)
     worst = {}
-    te = CLIPTextModel.from_pretrained(os.path.join(pt, "text_encoder")).eval()
-    ids = g.integers(0, 1000, (2, 77)).astype(np.int64)
-    with torch.no_grad():
-        ref = te(torch.from_numpy(ids))[0].numpy()
-    worst["text_encoder"] = float(np.abs(sess("text_encoder").run(None, {"input_ids": ids})[0] - ref).max())
+    for comp in ("text_encoder", "text_encoder_2"):
+        if not os.path.isdir(os.path.join(pt, comp)):
+            continue
+        with open(os.path.join(pt, comp, "config.json")) as f:
+            arch = json.load(f)["architectures"][0]
+        cls = CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
+        te = cls.from_pretrained(os.path.join(pt, comp)).eval()
+        ids = g.integers(0, 1000, (2, 77)).astype(np.int64)
+        with torch.no_grad():
+            r = te(torch.from_numpy(ids), output_hidden_states=True)
+        refs = {k: v.numpy() for k, v in r.items() if k != "hidden_states"}
+        refs.update({f"hidden_states.{i}": h.numpy() for i, h in enumerate(r.hidden_states)})
+        s = sess(comp)
+        got = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"input_ids": ids})))
+        for k, v in got.items():
+            worst[f"{comp}.{k}"] = float(np.abs(v - refs[k]).max())
     unet = UNet2DConditionModel.from_pretrained(os.path.join(pt, "unet")).eval()
-    c_in = unet.config.in_channels
-    x = g.standard_normal((2, c_in, 8, 12)).astype(np.float32)
-    ehs = g.standard_normal((2, 77, unet.config.cross_attention_dim)).astype(np.float32)
-    t = np.array(501.0, dtype=np.float32)
+    uc = unet.config
+    feed = {
+        "sample": g.standard_normal((2, uc.in_channels, 8, 12)).astype(np.float32),
+        "timestep": np.array(501.0, dtype=np.float32),
+        "encoder_hidden_states": g.standard_normal((2, 77, uc.cross_attention_dim)).astype(np.float32),
+    }
+    kw = {}
+    if uc.time_cond_proj_dim:
+        feed["timestep_cond"] = g.standard_normal((2, uc.time_cond_proj_dim)).astype(np.float32)
+        kw["timestep_cond"] = torch.from_numpy(feed["timestep_cond"])
+    if uc.addition_embed_type == "text_time":
+        n_txt = uc.projection_class_embeddings_input_dim - 6 * uc.addition_time_embed_dim
+        feed["text_embeds"] = g.standard_normal((2, n_txt)).astype(np.float32)
+        feed["time_ids"] = np.array([[64, 96, 0, 0, 64, 96]] * 2, dtype=np.float32)
+        kw["added_cond_kwargs"] = {"text_embeds": torch.from_numpy(feed["text_embeds"]),
+                                   "time_ids": torch.from_numpy(feed["time_ids"])}
     with torch.no_grad():
-        ref = unet(torch.from_numpy(x), torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(ehs))[0].numpy()
-    got = sess("unet").run(None, {"sample": x, "timestep": t, "encoder_hidden_states": ehs})[0]
-    worst["unet"] = float(np.abs(got - ref).max())
+        ref = unet(torch.from_numpy(feed["sample"]), torch.from_numpy(feed["timestep"]),
+                   encoder_hidden_states=torch.from_numpy(feed["encoder_hidden_states"]), **kw)[0].numpy()
+    s = sess("unet")
+    assert sorted(i.name for i in s.get_inputs()) == sorted(feed), [i.name for i in s.get_inputs()]
+    worst["unet"] = float(np.abs(s.run(None, feed)[0] - ref).max())
     vae = AutoencoderKL.from_pretrained(os.path.join(pt, "vae")).eval()
     img = g.uniform(-1, 1, (1, 3, 64, 96)).astype(np.float32)
     lat = g.standard_normal((1, 4, 8, 12)).astype(np.float32)
@@ -335,24 +513,29 @@ def check_graphs(pt, out, tag):
         sys.exit(f"[{tag}] ONNX graphs do not match the PyTorch weights: {bad}")
 
 
-def make_models(cache):
+def make_models(cache, names=None):
     from clip_tokenizer import write_truncated
 
     os.makedirs(cache, exist_ok=True)
-    for name, (builder, out, task, export_as, sched_cfg) in NEW_MODELS.items():
-        tok_dir = os.path.join(cache, f"_tok-{name}")
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        write_truncated(tok_dir, vocab_size=1000, pad_token="<|endoftext|>")
-        pipe = builder(tok_dir)
+    for name, m in NEW_MODELS.items():
+        if names and name not in names:
+            continue
+        tok_dirs = {}
+        for key, pad in m["toks"].items():
+            tok_dirs[key] = os.path.join(cache, f"_{key}-{name}")
+            shutil.rmtree(tok_dirs[key], ignore_errors=True)
+            write_truncated(tok_dirs[key], vocab_size=1000, pad_token=pad)
+        pipe = m["builder"](tok_dirs)
         d = os.path.join(cache, name)
         shutil.rmtree(d, ignore_errors=True)
         pipe.save_pretrained(d, safe_serialization=True)
-        mt.write_json(os.path.join(d, "scheduler", "scheduler_config.json"), sched_cfg)
-        shutil.rmtree(os.path.join(d, "tokenizer"))
-        shutil.copytree(tok_dir, os.path.join(d, "tokenizer"))
-        export_package(name, d, out, task, export_as, sched_cfg, tok_dir, cache)
-        write_readme(name, out)
-        check_graphs(d, out, name)
+        mt.write_json(os.path.join(d, "scheduler", "scheduler_config.json"), m["sched"])
+        for key, tok_dir in tok_dirs.items():
+            shutil.rmtree(os.path.join(d, key))
+            shutil.copytree(tok_dir, os.path.join(d, key))
+        export_package(name, d, m["out"], m, tok_dirs, cache)
+        write_readme(name, m["out"])
+        check_graphs(d, m["out"], name)
 
 
 def base_pt(cache, name):
@@ -449,6 +632,15 @@ PIPE_CLASS = {
     "inpaint": "StableDiffusionInpaintPipeline",
     "ip2p": "StableDiffusionInstructPix2PixPipeline",
     "txt2img": "StableDiffusionPipeline",
+    "lcm": "LatentConsistencyModelPipeline",
+    "sdxl_txt2img": "StableDiffusionXLPipeline",
+    "sdxl_img2img": "StableDiffusionXLImg2ImgPipeline",
+}
+CALLBACK_TENSORS = {
+    # kind: tensors the step-end callback reads (the first is the final-latents source)
+    "lcm": ["denoised", "latents", "w_embedding"],
+    "sdxl_txt2img": ["latents", "add_text_embeds", "add_time_ids"],
+    "sdxl_img2img": ["latents", "add_text_embeds", "add_time_ids"],
 }
 
 
@@ -517,6 +709,17 @@ def golden_cases():
          stage=dict(stage=3, input_from="prog_stage2",
                     upscale="torch.nn.functional.interpolate(latents, scale_factor=2, mode='bilinear', "
                             "align_corners=False)"))
+    # 6. LCM (w-embedding, no CFG batch) and SDXL
+    case("lcm_4", "lcm", "tiny-lcm", "lcm", steps=4, guidance=8.0, seed=900, neg=None)
+    case("lcm_4_x2_96x64", "lcm", "tiny-lcm", "lcm", steps=4, guidance=8.0, seed=901, neg=None, width=96, height=64,
+         num_images=2)
+    case("lcm_2_g2", "lcm", "tiny-lcm", "lcm", steps=2, guidance=2.0, seed=902, neg=None)
+    case("sdxl_euler", "sdxl_txt2img", "tiny-sdxl", "euler", steps=8, guidance=5.0, seed=1000)
+    case("sdxl_euler_noneg_96x64", "sdxl_txt2img", "tiny-sdxl", "euler", steps=8, guidance=5.0, seed=1001, neg=None,
+         width=96, height=64)
+    case("sdxl_euler_a_x2", "sdxl_txt2img", "tiny-sdxl", "euler_a", steps=8, guidance=5.0, seed=1002, num_images=2)
+    case("sdxl_i2i_euler_s06", "sdxl_img2img", "tiny-sdxl", "euler", steps=10, guidance=5.0, seed=1003,
+         strength=0.6, image=im64)
     return C
 
 
@@ -595,28 +798,31 @@ def run_case(pipe, c, output_type="pil", gold_dir=GOLD):
 
     steps_t = []
     captured = {}
+    kind = c["kind"]
+    names = CALLBACK_TENSORS.get(kind, ["latents"])
 
     def cb(p, i, t, kw):
         steps_t.append(float(t))
-        captured["latents"] = kw["latents"].detach().clone()
+        captured["latents"] = kw[names[0]].detach().clone()
+        for k in names[1:]:
+            captured.setdefault(k, kw[k].detach().clone())
         return kw
 
     kwargs = dict(
         prompt=c["prompt"],
-        negative_prompt=c["negative_prompt"],
         num_inference_steps=c["steps"],
         guidance_scale=c["guidance_scale"],
         num_images_per_prompt=c["num_images"],
-        eta=c["eta"],
         generator=torch.Generator("cpu").manual_seed(c["seed"]),
         output_type=output_type,
         callback_on_step_end=cb,
-        callback_on_step_end_tensor_inputs=["latents"],
+        callback_on_step_end_tensor_inputs=names,
     )
-    kind = c["kind"]
-    if kind == "txt2img":
+    if kind != "lcm":  # LatentConsistencyModelPipeline has neither
+        kwargs.update(negative_prompt=c["negative_prompt"], eta=c["eta"])
+    if kind in ("txt2img", "lcm", "sdxl_txt2img"):
         kwargs.update(width=c["width"], height=c["height"])
-    if kind in ("img2img", "inpaint"):
+    if kind in ("img2img", "inpaint", "sdxl_img2img"):
         kwargs["strength"] = c["strength"]
     if c["image"]:
         kwargs["image"] = load_image(c["image"])
@@ -632,6 +838,7 @@ def run_case(pipe, c, output_type="pil", gold_dir=GOLD):
             out = pipe(**kwargs)
     finally:
         cap.close()
+    cap.t.update({f"cb_{k}": captured[k] for k in names[1:]})
     return out, captured["latents"].float().numpy(), steps_t, rng.summary(), cap.t
 
 
@@ -653,6 +860,10 @@ def debug_tensors(c, t, uses_cfg):
         out["masked_image_latents"] = mil[:n]
     if "prepare_image_latents" in t:
         out["image_latents"] = t["prepare_image_latents"][:n]
+    for k, name in (("cb_w_embedding", "timestep_cond"), ("cb_add_text_embeds", "text_embeds"),
+                    ("cb_add_time_ids", "time_ids")):
+        if k in t:
+            out[name] = t[k]  # the full UNet-batch tensor (CFG order [uncond, cond] where CFG is on)
     return {k: v.detach().float().numpy() for k, v in out.items()}
 
 
@@ -680,7 +891,8 @@ def pt_factory(cache):
             bases[model] = cls.from_pretrained(d)
         base = bases[model]
         cls = getattr(diffusers, PIPE_CLASS[kind])
-        p = base if type(base) is cls else cls(**base.components)
+        extra = {"add_watermarker": False} if "XL" in cls.__name__ else {}
+        p = base if type(base) is cls else cls(**base.components, **extra)
         p.set_progress_bar_config(disable=True)
         p._edit_base_sched = dict(base.scheduler.config)
         return p
@@ -695,6 +907,8 @@ def set_scheduler(pipe, sched):
 
 
 def uses_cfg(c):
+    if c["kind"] == "lcm":
+        return False
     if c["kind"] == "ip2p":
         return c["guidance_scale"] > 1.0 and c["image_guidance_scale"] >= 1.0
     return c["guidance_scale"] > 1.0
@@ -837,7 +1051,20 @@ DESCRIPTION = (
     "PROGRESSIVE (prog_stage1..3): stage 1 StableDiffusionPipeline 176x224 output_type='latent'; stage k>1 "
     "image_latents_in = interpolate(previous stage's latents, upscale) (file given), passed as image= to "
     "StableDiffusionImg2ImgPipeline with output_type='latent' (stage 2) or decoded (stage 3); width/height are "
-    "informative (8 * latent size)."
+    "informative (8 * latent size). "
+    "LCM (LatentConsistencyModelPipeline, pipeline_latent_consistency_text2img.py:848-909): no CFG batch and no "
+    "negative prompt; tensors.timestep_cond = UNet input timestep_cond = get_guidance_scale_embedding(w = "
+    "guidance_scale - 1, dim 32) (w*1000; emb = exp(arange(16) * -log(10000)/15); [sin(w*emb), cos(w*emb)]); "
+    "RNG: noise [n,4,h,w] * init_noise_sigma, then one [n,4,h,w] draw in every LCMScheduler.step except the last "
+    "(scheduling_lcm.py:618-619); the step returns (prev_sample, denoised) and latents = the LAST step's denoised "
+    "(what is decoded), not prev_sample. "
+    "SDXL (StableDiffusionXLPipeline / StableDiffusionXLImg2ImgPipeline): encoder_hidden_states = cat(te1 "
+    "hidden_states[-2], te2 hidden_states[-2], dim=-1), text_embeds = te2 text_embeds (pooled, projected), time_ids "
+    "= [height, width, 0, 0, height, width] (original size, crop top-left, target size; float32); "
+    "tensors.text_embeds / tensors.time_ids are the full UNet-batch tensors [uncond..., cond...]; "
+    "with negative_prompt None "
+    "(force_zeros_for_empty_prompt) the uncond prompt embeddings AND pooled embeddings are zeros "
+    "(pipeline_stable_diffusion_xl.py:422-425); RNG order as txt2img / img2img above; VAE scaling 0.13025."
 )
 
 
@@ -848,9 +1075,12 @@ DESCRIPTION = (
 def ort_factory():
     import diffusers
     from optimum.onnxruntime import (
+        ORTLatentConsistencyModelPipeline,
         ORTStableDiffusionImg2ImgPipeline,
         ORTStableDiffusionInpaintPipeline,
         ORTStableDiffusionPipeline,
+        ORTStableDiffusionXLImg2ImgPipeline,
+        ORTStableDiffusionXLPipeline,
     )
     from optimum.onnxruntime.modeling_diffusion import ORTDiffusionPipeline
 
@@ -864,6 +1094,9 @@ def ort_factory():
         "img2img": ORTStableDiffusionImg2ImgPipeline,
         "inpaint": ORTStableDiffusionInpaintPipeline,
         "ip2p": ORTStableDiffusionInstructPix2PixPipeline,
+        "lcm": ORTLatentConsistencyModelPipeline,
+        "sdxl_txt2img": ORTStableDiffusionXLPipeline,
+        "sdxl_img2img": ORTStableDiffusionXLImg2ImgPipeline,
     }
 
     def factory(kind, model):
@@ -907,6 +1140,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=["models", "images", "goldens", "parity"])
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "diffgentor-edit-pt"))
+    ap.add_argument("--package", nargs="*", choices=list(NEW_MODELS),
+                    help="with 'models': (re)make only these packages (default: all)")
     a = ap.parse_args()
     check_versions()
     import torch
@@ -916,7 +1151,7 @@ def main():
     steps = a.only or ["models", "images", "goldens", "parity"]
     os.chdir(ROOT)
     if "models" in steps:
-        make_models(a.cache)
+        make_models(a.cache, a.package)
     if "images" in steps:
         make_images()
     if "goldens" in steps:
