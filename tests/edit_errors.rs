@@ -149,9 +149,30 @@ fn families_not_run_yet_are_named() {
     let index = dir.join("model_index.json");
     let text = fs::read_to_string(&index)
         .unwrap()
-        .replace("StableDiffusionPipeline", "StableDiffusionXLPipeline");
+        .replace("StableDiffusionPipeline", "FluxPipeline");
     fs::write(&index, text).unwrap();
-    let err = Pipeline::load(common::runtime(), &dir).expect_err("SDXL is not run yet");
+    let err = Pipeline::load(common::runtime(), &dir).expect_err("FLUX is not run yet");
     assert_eq!(err.code(), ErrorCode::Unsupported);
-    assert!(err.to_string().contains("SDXL"), "{err}");
+    assert!(err.to_string().contains("FLUX"), "{err}");
+}
+
+#[test]
+fn sdxl_needs_its_second_encoder_and_refuses_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::copy_model("tiny-sdxl", tmp.path());
+    fs::remove_dir_all(dir.join("tokenizer_2")).unwrap();
+    let err = Pipeline::load(common::runtime(), &dir).expect_err("tokenizer_2 is required");
+    assert_eq!(err.code(), ErrorCode::Model);
+    assert!(
+        err.to_string()
+            .contains("missing component folder(s): tokenizer_2"),
+        "{err}"
+    );
+
+    let sdxl = common::pipeline("tiny-sdxl");
+    let mut r = edit_request();
+    r.mask = Some(image(64, 64, 255));
+    let err = err_on(&sdxl, &r);
+    assert_eq!(err.code(), ErrorCode::Unsupported, "{err}");
+    assert!(err.to_string().contains("inpainting with SDXL"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! Parity of image editing with diffusers' PyTorch pipelines: img2img, inpainting with a 9-channel
-//! UNet and by latent blending, InstructPix2Pix, LCM-distilled text-to-image, and a 3-stage
-//! progressive plan. Goldens come from
+//! UNet and by latent blending, InstructPix2Pix, LCM-distilled text-to-image, SDXL text-to-image
+//! and img2img, and a 3-stage progressive plan. Goldens come from
 //! models/make_edit.py (tests/golden/edit/manifest.json describes each case and its RNG draws).
 mod common;
 
@@ -65,9 +65,11 @@ fn every_edit_case_matches_diffusers() {
     let cases: Vec<Value> = manifest_cases()
         .into_iter()
         .filter(|c| c["progressive"].is_null())
-        .filter(|c| ["img2img", "inpaint", "ip2p", "lcm"].contains(&c["kind"].as_str().unwrap()))
         .collect();
-    assert!(cases.len() >= 25, "img2img, inpaint, ip2p and LCM cases");
+    assert!(
+        cases.len() >= 30,
+        "img2img, inpaint, ip2p, LCM and SDXL cases"
+    );
     let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
     let mut failures = Vec::new();
     for case in &cases {

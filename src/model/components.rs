@@ -54,11 +54,16 @@ fn is(info: Option<&TensorInfo>, dtypes: &[ElementType], ranks: &[usize]) -> boo
     info.is_some_and(|i| dtypes.contains(&i.dtype) && ranks.contains(&i.rank()))
 }
 
-/// CLIP text encoder: `input_ids` (int32 or int64 [batch, seq]) -> `last_hidden_state`.
+/// CLIP text encoder: `input_ids` (int32 or int64 [batch, seq]) -> `last_hidden_state`, plus the
+/// per-layer `hidden_states.N` and the projected `text_embeds` when the export has them (SDXL).
 #[derive(Debug)]
 pub struct TextEncoder {
     pub graph: Graph,
     pub ids_dtype: ElementType,
+    /// The output holding the penultimate layer (diffusers' `hidden_states[-2]`), if exported.
+    pub penultimate: Option<String>,
+    /// Whether the graph outputs the pooled, projected `text_embeds` (CLIPTextModelWithProjection).
+    pub has_text_embeds: bool,
 }
 
 impl TextEncoder {
@@ -74,7 +79,22 @@ impl TextEncoder {
             ));
         }
         let ids_dtype = ids.map_or(ElementType::I64, |i| i.dtype);
-        Ok(TextEncoder { graph, ids_dtype })
+        // hidden_states.0 is the embedding output and hidden_states.L the last layer, so [-2] is L-1.
+        let last_layer = graph
+            .outputs()
+            .iter()
+            .filter_map(|o| o.name.strip_prefix("hidden_states.")?.parse::<usize>().ok())
+            .max();
+        let penultimate = last_layer
+            .filter(|&l| l > 0)
+            .map(|l| format!("hidden_states.{}", l - 1));
+        let has_text_embeds = is(graph.output("text_embeds"), &[ElementType::F32], &[2]);
+        Ok(TextEncoder {
+            graph,
+            ids_dtype,
+            penultimate,
+            has_text_embeds,
+        })
     }
 }
 
@@ -86,6 +106,9 @@ pub struct Unet {
     pub timestep: TimestepKind,
     /// Width of the guidance-scale embedding an LCM-distilled UNet takes as `timestep_cond`.
     pub timestep_cond: Option<usize>,
+    /// SDXL's added conditioning: the width of `time_ids` (6; 5 on refiners) when the UNet takes
+    /// `text_embeds` and `time_ids`.
+    pub time_ids: Option<usize>,
 }
 
 impl Unet {
@@ -113,11 +136,31 @@ impl Unet {
                 }
             },
         };
+        let time_ids = match (graph.input("text_embeds"), graph.input("time_ids")) {
+            (None, None) => None,
+            (Some(embeds), Some(ids)) => match ids.shape.as_slice() {
+                [_, width] if *width > 0 && embeds.rank() == 2 => Some(*width as usize),
+                _ => {
+                    return Err(mismatch(
+                        &graph,
+                        "text_embeds: float32[b, dim], time_ids: float32[b, 5 or 6]",
+                    ))
+                }
+            },
+            _ => {
+                return Err(mismatch(
+                    &graph,
+                    "both text_embeds and time_ids, or neither",
+                ))
+            }
+        };
         let known = [
             "sample",
             "timestep",
             "encoder_hidden_states",
             "timestep_cond",
+            "text_embeds",
+            "time_ids",
         ];
         let extra: Vec<&str> = graph
             .inputs()
@@ -130,10 +173,10 @@ impl Unet {
                 graph,
                 timestep,
                 timestep_cond,
+                time_ids,
             }),
             Some(_) if sample_ok => Err(Error::Unsupported(format!(
-                "{}: UNet inputs [{}] need a pipeline this version does not run yet \
-                 (SDXL text_embeds/time_ids are planned)",
+                "{}: UNet inputs [{}] need a pipeline this version does not run yet",
                 graph.path().display(),
                 extra.join(", ")
             ))),

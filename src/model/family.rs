@@ -14,6 +14,8 @@ pub enum Family {
     Inpaint,
     /// InstructPix2Pix: 8 input channels (latents, source-image latents), text and image guidance.
     InstructPix2Pix,
+    /// SDXL: two text encoders (penultimate hidden states, pooled `text_embeds`) and `time_ids`.
+    Sdxl,
 }
 
 impl fmt::Display for Family {
@@ -22,16 +24,13 @@ impl fmt::Display for Family {
             Family::StableDiffusion => "stable-diffusion",
             Family::Inpaint => "stable-diffusion-inpaint",
             Family::InstructPix2Pix => "instruct-pix2pix",
+            Family::Sdxl => "stable-diffusion-xl",
         })
     }
 }
 
 /// diffusers pipeline classes of families that are recognised but not run by this version.
-const NOT_YET: &[(&str, &str)] = &[
-    ("StableDiffusionXL", "SDXL"),
-    ("StableDiffusion3", "SD3"),
-    ("Flux", "FLUX"),
-];
+const NOT_YET: &[(&str, &str)] = &[("StableDiffusion3", "SD3"), ("Flux", "FLUX")];
 
 impl Family {
     /// Detects the family from `_class_name` and the UNet's `in_channels`, as diffusers would pick
@@ -39,11 +38,20 @@ impl Family {
     pub fn detect(class_name: &str, unet_config: &Value) -> Result<Family> {
         if let Some((_, family)) = NOT_YET.iter().find(|(p, _)| class_name.starts_with(p)) {
             return Err(Error::Unsupported(format!(
-                "{class_name} is a {family} package; this version runs SD 1.x/2.x, inpainting and \
-                 InstructPix2Pix packages"
+                "{class_name} is a {family} package; this version runs SD 1.x/2.x, SDXL, inpainting \
+                 and InstructPix2Pix packages"
             )));
         }
         let channels = unet_config.get("in_channels").and_then(Value::as_u64);
+        if class_name.starts_with("StableDiffusionXL") {
+            return match channels {
+                None | Some(4) => Ok(Family::Sdxl),
+                Some(c) => Err(Error::Unsupported(format!(
+                    "{class_name} with a UNet of {c} input channels (SDXL inpainting or editing) \
+                     is not run yet; SDXL text-to-image and img2img are"
+                ))),
+            };
+        }
         match channels {
             None | Some(4) if !class_name.contains("InstructPix2Pix") => {
                 Ok(Family::StableDiffusion)
@@ -61,7 +69,7 @@ impl Family {
     /// Channels the UNet takes besides the latents it denoises.
     pub fn extra_channels(self, latent_channels: usize) -> usize {
         match self {
-            Family::StableDiffusion => 0,
+            Family::StableDiffusion | Family::Sdxl => 0,
             Family::Inpaint => latent_channels + 1,
             Family::InstructPix2Pix => latent_channels,
         }
@@ -107,6 +115,12 @@ mod tests {
                 json!({"in_channels": 8}),
                 Family::InstructPix2Pix,
             ),
+            (
+                "StableDiffusionXLPipeline",
+                json!({"in_channels": 4}),
+                Family::Sdxl,
+            ),
+            ("StableDiffusionXLImg2ImgPipeline", json!({}), Family::Sdxl),
         ];
         for (class, config, want) in cases {
             assert_eq!(
@@ -120,7 +134,10 @@ mod tests {
     #[test]
     fn unknown_and_later_families_are_unsupported() {
         for (class, config) in [
-            ("StableDiffusionXLPipeline", json!({"in_channels": 4})),
+            (
+                "StableDiffusionXLInpaintPipeline",
+                json!({"in_channels": 9}),
+            ),
             ("StableDiffusion3Pipeline", json!({})),
             ("FluxPipeline", json!({})),
             ("StableDiffusionPipeline", json!({"in_channels": 7})),

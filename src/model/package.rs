@@ -20,6 +20,9 @@ pub struct ModelPackage {
     /// Spatial downsampling of the VAE: 2^(number of VAE blocks - 1).
     pub vae_scale_factor: u32,
     pub family: Family,
+    /// SDXL: a missing negative prompt means zero embeddings rather than encoding "" (diffusers'
+    /// `force_zeros_for_empty_prompt`, true unless model_index.json says otherwise).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 /// Components a text-to-image package must have, as folder names.
@@ -30,6 +33,8 @@ const REQUIRED: &[&str] = &[
     "tokenizer",
     "scheduler",
 ];
+/// What SDXL packages have besides.
+const REQUIRED_SDXL: &[&str] = &["text_encoder_2", "tokenizer_2"];
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
@@ -55,8 +60,16 @@ impl ModelPackage {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::model(dir.join("model_index.json"), "has no `_class_name`"))?
             .to_string();
+        let unet_config = read_json(&dir.join("unet/config.json"))?;
+        let family = Family::detect(&class_name, &unet_config)?;
+        let extra = if family == Family::Sdxl {
+            REQUIRED_SDXL
+        } else {
+            &[]
+        };
         let missing: Vec<&str> = REQUIRED
             .iter()
+            .chain(extra)
             .copied()
             .filter(|c| !dir.join(c).is_dir())
             .collect();
@@ -67,8 +80,6 @@ impl ModelPackage {
             ));
         }
         let scheduler_config = read_json(&dir.join("scheduler/scheduler_config.json"))?;
-        let unet_config = read_json(&dir.join("unet/config.json"))?;
-        let family = Family::detect(&class_name, &unet_config)?;
         let vae_config = read_json(&dir.join("vae_decoder/config.json"))?;
         let blocks = vae_config
             .get("block_out_channels")
@@ -95,6 +106,10 @@ impl ModelPackage {
             vae_config,
             vae_scale_factor: 1 << (blocks - 1),
             family,
+            force_zeros_for_empty_prompt: index
+                .get("force_zeros_for_empty_prompt")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
         })
     }
 

@@ -18,6 +18,8 @@ pub(crate) struct Step<'a> {
     pub unet: &'a Unet,
     /// encoder_hidden_states for the whole UNet batch.
     pub cond: &'a ArrayD<f32>,
+    /// SDXL's `text_embeds` and `time_ids`.
+    pub added: Option<(&'a ArrayD<f32>, &'a ArrayD<f32>)>,
     /// The guidance-scale embedding of LCM-distilled UNets.
     pub timestep_cond: Option<&'a ArrayD<f32>>,
     pub guidance: Guidance,
@@ -72,6 +74,10 @@ pub(crate) fn denoise(
             ("timestep", timestep.input()),
             ("encoder_hidden_states", Input::F32(step.cond.view())),
         ];
+        if let Some((text_embeds, time_ids)) = step.added {
+            inputs.push(("text_embeds", Input::F32(text_embeds.view())));
+            inputs.push(("time_ids", Input::F32(time_ids.view())));
+        }
         if let Some(cond) = step.timestep_cond {
             inputs.push(("timestep_cond", Input::F32(cond.view())));
         }

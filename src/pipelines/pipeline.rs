@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ndarray::{concatenate, s, Array2, ArrayD, Axis, Ix3};
+use ndarray::{concatenate, Array2, ArrayD, Axis};
 use serde_json::Value;
 
 use super::denoise::{denoise, Step};
@@ -205,7 +205,7 @@ impl Pipeline {
     fn schedule(&self, request: &Request, task: Task) -> Result<(Box<dyn Scheduler>, usize)> {
         let mut scheduler = self.scheduler_for(request)?;
         scheduler.set_timesteps(request.steps)?;
-        let Some(strength) = task.strength(request) else {
+        let Some(strength) = task.strength(self.model.package.family, request) else {
             return Ok((scheduler, 0));
         };
         let steps = request.steps;
@@ -274,13 +274,19 @@ impl Pipeline {
             noise.as_mut(),
         )?;
         timings.ort_run += ort;
-        let timestep_cond = model.unet.timestep_cond.map(|dim| {
-            let batch = guidance.groups() * request.num_images;
-            scale_embedding(request.guidance_scale - 1.0, dim, batch).into_dyn()
-        });
+        let batch = guidance.groups() * request.num_images;
+        let added = match (model.unet.time_ids, &cond.pooled) {
+            (Some(w), Some(pooled)) => Some((pooled, time_ids(w, (width, height), batch)?)),
+            _ => None,
+        };
+        let timestep_cond = model
+            .unet
+            .timestep_cond
+            .map(|dim| scale_embedding(request.guidance_scale - 1.0, dim, batch).into_dyn());
         let step = Step {
             unet: &model.unet,
-            cond: &cond,
+            cond: &cond.hidden,
+            added: added.as_ref().map(|(pooled, ids)| (*pooled, ids)),
             timestep_cond: timestep_cond.as_ref(),
             guidance,
             extra: extra.as_ref(),
@@ -356,61 +362,126 @@ impl Pipeline {
         Ok(schedulers::create(request.scheduler.as_deref(), &config)?)
     }
 
-    /// Tokenizes and encodes the prompts into the UNet's `encoder_hidden_states`: one group of
-    /// `num_images` rows per guidance group, in the order [`Guidance::texts`] gives.
+    /// Tokenizes and encodes the prompts: one group of `num_images` rows per guidance group, in the
+    /// order [`Guidance::texts`] gives. SDXL concatenates the penultimate layers of both encoders
+    /// and takes the second one's pooled `text_embeds`, as diffusers' `encode_prompt` does.
     fn encode_prompts(
         &self,
         request: &Request,
         guidance: Guidance,
         timings: &mut Timings,
-    ) -> Result<ArrayD<f32>> {
-        let started = Instant::now();
-        let tokenizer = &self.model.tokenizer;
+    ) -> Result<Conditioning> {
+        let model = &self.model;
+        let package = &model.package;
+        let sdxl = package.family == Family::Sdxl;
         let groups = guidance.texts();
+        let wants_negative = groups.contains(&Text::Negative);
+        // SDXL zeroes the unconditional embeddings when no negative prompt is given.
+        let zero_negative = sdxl
+            && wants_negative
+            && request.negative_prompt.is_none()
+            && package.force_zeros_for_empty_prompt;
         // Each distinct text is encoded once: row 0 the prompt, row 1 the negative prompt.
         let mut texts = vec![request.prompt.as_str()];
-        if groups.contains(&Text::Negative) {
+        if wants_negative && !zero_negative {
             texts.push(request.negative_prompt.as_deref().unwrap_or(""));
         }
-        let mut ids = Vec::with_capacity(texts.len() * tokenizer.max_length());
-        for text in &texts {
-            ids.extend(tokenizer.encode(text)?);
-        }
-        let ids = Array2::from_shape_vec((texts.len(), tokenizer.max_length()), ids)
-            .map_err(|e| Error::InvalidArg(format!("tokenizer output: {e}")))?
-            .into_dyn();
-        timings.tokenize += started.elapsed();
-
-        let started = Instant::now();
-        let encoder = &self.model.text_encoder;
-        let ids32;
-        let input = match encoder.ids_dtype {
-            ElementType::I32 => {
-                ids32 = ids.mapv(|v| v as i32);
-                Input::I32(ids32.view())
+        let encoders = std::iter::once((&model.tokenizer, &model.text_encoder))
+            .chain(model.second_encoder.as_ref().map(|(t, e)| (t, e)));
+        let (mut hidden_parts, mut pooled) = (Vec::new(), None);
+        for (tokenizer, encoder) in encoders {
+            let started = Instant::now();
+            let mut ids = Vec::with_capacity(texts.len() * tokenizer.max_length());
+            for text in &texts {
+                ids.extend(tokenizer.encode(text)?);
             }
-            _ => Input::I64(ids.view()),
-        };
-        let (hidden, ort) = encoder
-            .graph
-            .run(&[("input_ids", input)], "last_hidden_state")?;
-        timings.ort_run += ort;
-        let hidden = hidden
-            .into_dimensionality::<Ix3>()
-            .map_err(|e| Error::backend("text_encoder", format!("last_hidden_state: {e}")))?;
-        let n = request.num_images;
-        let rows: Vec<_> = groups
+            let ids = Array2::from_shape_vec((texts.len(), tokenizer.max_length()), ids)
+                .map_err(|e| Error::InvalidArg(format!("tokenizer output: {e}")))?
+                .into_dyn();
+            timings.tokenize += started.elapsed();
+
+            let started = Instant::now();
+            let hidden_name =
+                match (sdxl, &encoder.penultimate) {
+                    (false, _) => "last_hidden_state",
+                    (true, Some(name)) => name.as_str(),
+                    (true, None) => return Err(Error::model(
+                        encoder.graph.path(),
+                        "has no hidden_states.N outputs; SDXL conditions on the penultimate layer",
+                    )),
+                };
+            let mut names = vec![hidden_name];
+            if sdxl && encoder.has_text_embeds {
+                names.push("text_embeds");
+            }
+            let ids32;
+            let input = match encoder.ids_dtype {
+                ElementType::I32 => {
+                    ids32 = ids.mapv(|v| v as i32);
+                    Input::I32(ids32.view())
+                }
+                _ => Input::I64(ids.view()),
+            };
+            let (mut outputs, ort) = encoder.graph.run_outputs(&[("input_ids", input)], &names)?;
+            timings.ort_run += ort;
+            if names.len() == 2 {
+                pooled = outputs.pop();
+            }
+            hidden_parts.extend(outputs.pop());
+            timings.text_encode += started.elapsed();
+        }
+        if sdxl && pooled.is_none() {
+            return Err(Error::model(
+                package.component("text_encoder_2"),
+                "has no `text_embeds` output (SDXL needs CLIPTextModelWithProjection's)",
+            ));
+        }
+        let views: Vec<_> = hidden_parts
             .iter()
-            .map(|t| usize::from(*t == Text::Negative))
-            .flat_map(|r| std::iter::repeat_n(r, n))
-            .map(|r| hidden.slice(s![r..r + 1, .., ..]))
+            .map(|h: &ArrayD<f32>| h.view())
             .collect();
-        let embeddings = concatenate(Axis(0), &rows)
-            .map_err(|e| Error::backend("text_encoder", e))?
-            .into_dyn();
-        timings.text_encode += started.elapsed();
-        Ok(embeddings)
+        let hidden = concatenate(Axis(2), &views)
+            .map_err(|e| Error::backend("text_encoder", format!("hidden states: {e}")))?;
+        let n = request.num_images;
+        let spread = |encoded: &ArrayD<f32>| -> Result<ArrayD<f32>> {
+            let row = |r: usize| encoded.index_axis(Axis(0), r).insert_axis(Axis(0));
+            let zeros = ArrayD::zeros(row(0).shape());
+            let rows: Vec<_> = groups
+                .iter()
+                .flat_map(|t| std::iter::repeat_n(*t, n))
+                .map(|t| match t {
+                    Text::Prompt => row(0),
+                    Text::Negative if zero_negative => zeros.view(),
+                    Text::Negative => row(1),
+                })
+                .collect();
+            concatenate(Axis(0), &rows).map_err(|e| Error::backend("text_encoder", e))
+        };
+        Ok(Conditioning {
+            hidden: spread(&hidden)?,
+            pooled: pooled.as_ref().map(spread).transpose()?,
+        })
     }
+}
+
+/// What the UNet is conditioned on, one row per item of its batch.
+struct Conditioning {
+    /// `encoder_hidden_states`.
+    hidden: ArrayD<f32>,
+    /// SDXL's pooled `text_embeds`.
+    pooled: Option<ArrayD<f32>>,
+}
+
+/// SDXL's `time_ids` rows: original size, crop top-left, target size, as diffusers fills them
+/// when none are given ((h, w), (0, 0), (h, w)).
+fn time_ids(width: usize, (w, h): (u32, u32), batch: usize) -> Result<ArrayD<f32>> {
+    if width != 6 {
+        return Err(Error::Unsupported(format!(
+            "UNet time_ids of width {width} (SDXL refiner aesthetic-score conditioning) is not run yet"
+        )));
+    }
+    let row = [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32];
+    Ok(Array2::from_shape_fn((batch, 6), |(_, j)| row[j]).into_dyn())
 }
 
 /// Turns per-stage step numbers into request-wide progress and forwards them to the caller.

@@ -167,6 +167,22 @@ impl Graph {
         inputs: &[(&str, Input<'_>)],
         output: &str,
     ) -> Result<(ArrayD<f32>, Duration)> {
+        let (mut arrays, elapsed) = self.run_outputs(inputs, &[output])?;
+        let array = arrays.pop().ok_or_else(|| {
+            Error::backend(
+                &self.component,
+                format!("graph produced no output `{output}`"),
+            )
+        })?;
+        Ok((array, elapsed))
+    }
+
+    /// Runs the graph once and returns the named float32 outputs in the order asked for.
+    pub fn run_outputs(
+        &self,
+        inputs: &[(&str, Input<'_>)],
+        names: &[&str],
+    ) -> Result<(Vec<ArrayD<f32>>, Duration)> {
         let fail = |e: ort::Error| Error::backend(&self.component, e);
         let mut values = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
@@ -184,16 +200,21 @@ impl Graph {
         let started = Instant::now();
         let outputs = session.run(values).map_err(fail)?;
         let elapsed = started.elapsed();
-        let value = outputs.get(output).ok_or_else(|| {
-            Error::backend(
-                &self.component,
-                format!("graph produced no output named `{output}`"),
-            )
-        })?;
-        let array = value
-            .try_extract_array::<f32>()
-            .map_err(|e| Error::backend(&self.component, format!("output `{output}`: {e}")))?
-            .to_owned();
-        Ok((array, elapsed))
+        let arrays = names
+            .iter()
+            .map(|name| {
+                let value = outputs.get(*name).ok_or_else(|| {
+                    Error::backend(
+                        &self.component,
+                        format!("graph produced no output named `{name}`"),
+                    )
+                })?;
+                Ok(value
+                    .try_extract_array::<f32>()
+                    .map_err(|e| Error::backend(&self.component, format!("output `{name}`: {e}")))?
+                    .to_owned())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((arrays, elapsed))
     }
 }

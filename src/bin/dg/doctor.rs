@@ -70,8 +70,10 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     println!("  scheduler {}", scheduler.name());
     println!("  tokenizer max length {}", model.tokenizer.max_length());
     let encoder = model.vae_encoder.as_ref().map(|e| &e.graph);
+    let second = model.second_encoder.as_ref().map(|(_, e)| &e.graph);
     let graphs = [
         Some(&model.text_encoder.graph),
+        second,
         Some(&model.unet.graph),
         Some(&model.vae_decoder.graph),
         encoder,
