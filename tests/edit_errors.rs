@@ -149,11 +149,15 @@ fn families_not_run_yet_are_named() {
     let index = dir.join("model_index.json");
     let text = fs::read_to_string(&index)
         .unwrap()
-        .replace("StableDiffusionPipeline", "FluxPipeline");
+        .replace("StableDiffusionPipeline", "FluxControlPipeline");
     fs::write(&index, text).unwrap();
-    let err = Pipeline::load(common::runtime(), &dir).expect_err("FLUX is not run yet");
+    let err = Pipeline::load(common::runtime(), &dir).expect_err("FLUX control is not run yet");
     assert_eq!(err.code(), ErrorCode::Unsupported);
-    assert!(err.to_string().contains("FLUX"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("FluxControlPipeline is not run yet"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -174,5 +178,9 @@ fn sdxl_needs_its_second_encoder_and_refuses_masks() {
     r.mask = Some(image(64, 64, 255));
     let err = err_on(&sdxl, &r);
     assert_eq!(err.code(), ErrorCode::Unsupported, "{err}");
-    assert!(err.to_string().contains("inpainting with SDXL"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("inpainting with stable-diffusion-xl"),
+        "{err}"
+    );
 }

@@ -82,7 +82,7 @@ fn text_encoder_with_int32_input_ids() {
     let pipeline = load(&dir);
     assert_eq!(pipeline.model().text_encoder.ids_dtype, ElementType::I32);
     assert_eq!(
-        pipeline.model().unet.timestep,
+        pipeline.model().denoiser.unet().unwrap().timestep,
         TimestepKind {
             dtype: ElementType::F32,
             shape: TimestepShape::Scalar
@@ -97,7 +97,7 @@ fn unet_with_int64_batch_timestep() {
     let dir = package_with(tmp.path(), "unet", "unet_timestep_int64_batch.onnx");
     let pipeline = load(&dir);
     assert_eq!(
-        pipeline.model().unet.timestep,
+        pipeline.model().denoiser.unet().unwrap().timestep,
         TimestepKind {
             dtype: ElementType::I64,
             shape: TimestepShape::Batch
@@ -117,7 +117,7 @@ fn unet_with_float_batch_timestep() {
     let dir = package_with(tmp.path(), "unet", "unet_timestep_float_batch.onnx");
     let pipeline = load(&dir);
     assert_eq!(
-        pipeline.model().unet.timestep,
+        pipeline.model().denoiser.unet().unwrap().timestep,
         TimestepKind {
             dtype: ElementType::F32,
             shape: TimestepShape::Batch
@@ -161,7 +161,11 @@ fn unet_with_scalar_and_single_timesteps() {
     ] {
         let dir = package_with(&tmp.path().join(&name[..name.len() - 5]), "unet", name);
         let pipeline = load(&dir);
-        assert_eq!(pipeline.model().unet.timestep, kind, "{name}");
+        assert_eq!(
+            pipeline.model().denoiser.unet().unwrap().timestep,
+            kind,
+            "{name}"
+        );
         outputs.push(generate_all(&pipeline));
     }
     for out in &outputs[0] {

@@ -227,3 +227,97 @@ impl VaeEncoder {
         Ok(VaeEncoder { graph })
     }
 }
+
+/// Which transformer pipeline a `transformer/` graph belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransformerKind {
+    /// SD3 MMDiT: `hidden_states` [b, c, h, w], `timestep` [b] in 0..1000.
+    Sd3,
+    /// FLUX: packed `hidden_states` [b, hw/4, 4c], `timestep` [b] in 0..1, `img_ids`, `txt_ids`.
+    Flux,
+}
+
+/// The SD3 / FLUX denoiser: `hidden_states`, `encoder_hidden_states`, `pooled_projections`,
+/// `timestep` (+ FLUX's `img_ids`, `txt_ids` and optional `guidance`) -> `out_hidden_states`.
+#[derive(Debug)]
+pub struct Transformer {
+    pub graph: Graph,
+    pub kind: TransformerKind,
+    /// Element type of FLUX's `img_ids`/`txt_ids` (exports differ: float32 or int64).
+    pub ids_dtype: ElementType,
+    /// FLUX-dev style guidance distillation: the graph takes the guidance scale as `guidance`.
+    pub guidance: bool,
+}
+
+impl Transformer {
+    pub fn new(graph: Graph, kind: TransformerKind) -> Result<Transformer> {
+        let f32_rank =
+            |name: &str, rank: usize| is(graph.input(name), &[ElementType::F32], &[rank]);
+        let mut ok = f32_rank("encoder_hidden_states", 3)
+            && f32_rank("pooled_projections", 2)
+            && f32_rank("timestep", 1)
+            && graph.output("out_hidden_states").is_some();
+        let mut known = vec![
+            "hidden_states",
+            "encoder_hidden_states",
+            "pooled_projections",
+            "timestep",
+        ];
+        let ids_dtype = graph.input("img_ids").map_or(ElementType::F32, |i| i.dtype);
+        let expected = match kind {
+            TransformerKind::Sd3 => {
+                ok &= f32_rank("hidden_states", 4);
+                "hidden_states: float32[b, c, h, w], encoder_hidden_states, pooled_projections, \
+                 timestep: float32[b] -> out_hidden_states"
+            }
+            TransformerKind::Flux => {
+                let ids = [ElementType::F32, ElementType::I64];
+                ok &= f32_rank("hidden_states", 3)
+                    && is(graph.input("img_ids"), &ids, &[2])
+                    && is(graph.input("txt_ids"), &[ids_dtype], &[2]);
+                known.extend(["img_ids", "txt_ids", "guidance"]);
+                "hidden_states: float32[b, seq, 4c], encoder_hidden_states, pooled_projections, \
+                 timestep: float32[b], img_ids, txt_ids: [seq, 3] (+ guidance: float32[b]) \
+                 -> out_hidden_states"
+            }
+        };
+        let guidance = f32_rank("guidance", 1);
+        let unknown = graph
+            .inputs()
+            .iter()
+            .any(|i| !known.contains(&i.name.as_str()));
+        if !ok || unknown {
+            return Err(mismatch(&graph, expected));
+        }
+        Ok(Transformer {
+            graph,
+            kind,
+            ids_dtype,
+            guidance,
+        })
+    }
+}
+
+/// The network that predicts noise (or velocity) at every step.
+#[derive(Debug)]
+pub enum Denoiser {
+    Unet(Unet),
+    Transformer(Transformer),
+}
+
+impl Denoiser {
+    pub fn graph(&self) -> &Graph {
+        match self {
+            Denoiser::Unet(u) => &u.graph,
+            Denoiser::Transformer(t) => &t.graph,
+        }
+    }
+
+    /// The UNet, for the families that have one.
+    pub fn unet(&self) -> Option<&Unet> {
+        match self {
+            Denoiser::Unet(u) => Some(u),
+            Denoiser::Transformer(_) => None,
+        }
+    }
+}

@@ -16,6 +16,10 @@ pub enum Family {
     InstructPix2Pix,
     /// SDXL: two text encoders (penultimate hidden states, pooled `text_embeds`) and `time_ids`.
     Sdxl,
+    /// SD3: an MMDiT transformer over CLIP-L + CLIP-G + (optional) T5 embeddings, flow matching.
+    Sd3,
+    /// FLUX: a transformer over packed 2x2 latents, CLIP-L pooled + T5 embeddings, flow matching.
+    Flux,
 }
 
 impl fmt::Display for Family {
@@ -25,22 +29,45 @@ impl fmt::Display for Family {
             Family::Inpaint => "stable-diffusion-inpaint",
             Family::InstructPix2Pix => "instruct-pix2pix",
             Family::Sdxl => "stable-diffusion-xl",
+            Family::Sd3 => "stable-diffusion-3",
+            Family::Flux => "flux",
         })
     }
 }
 
-/// diffusers pipeline classes of families that are recognised but not run by this version.
-const NOT_YET: &[(&str, &str)] = &[("StableDiffusion3", "SD3"), ("Flux", "FLUX")];
-
 impl Family {
+    /// The folder of the denoiser: `transformer` for SD3 and FLUX, `unet` for the rest.
+    pub fn denoiser_folder(class_name: &str) -> &'static str {
+        if class_name.starts_with("StableDiffusion3") || class_name.starts_with("Flux") {
+            "transformer"
+        } else {
+            "unet"
+        }
+    }
+
+    /// Whether the family denoises with flow matching (SD3, FLUX).
+    pub fn is_flow(self) -> bool {
+        matches!(self, Family::Sd3 | Family::Flux)
+    }
+
     /// Detects the family from `_class_name` and the UNet's `in_channels`, as diffusers would pick
     /// the pipeline: the channel count decides between plain, inpainting and pix2pix UNets.
     pub fn detect(class_name: &str, unet_config: &Value) -> Result<Family> {
-        if let Some((_, family)) = NOT_YET.iter().find(|(p, _)| class_name.starts_with(p)) {
-            return Err(Error::Unsupported(format!(
-                "{class_name} is a {family} package; this version runs SD 1.x/2.x, SDXL, inpainting \
-                 and InstructPix2Pix packages"
-            )));
+        for (prefix, family) in [("StableDiffusion3", Family::Sd3), ("Flux", Family::Flux)] {
+            if !class_name.starts_with(prefix) {
+                continue;
+            }
+            // Their inpainting/control variants take extra inputs this version does not build.
+            let plain = ["Pipeline", "Img2ImgPipeline"]
+                .iter()
+                .any(|suffix| class_name == format!("{prefix}{suffix}"));
+            return if plain {
+                Ok(family)
+            } else {
+                Err(Error::Unsupported(format!(
+                    "{class_name} is not run yet; {family} text-to-image and img2img packages are"
+                )))
+            };
         }
         let channels = unet_config.get("in_channels").and_then(Value::as_u64);
         if class_name.starts_with("StableDiffusionXL") {
@@ -69,7 +96,7 @@ impl Family {
     /// Channels the UNet takes besides the latents it denoises.
     pub fn extra_channels(self, latent_channels: usize) -> usize {
         match self {
-            Family::StableDiffusion | Family::Sdxl => 0,
+            Family::StableDiffusion | Family::Sdxl | Family::Sd3 | Family::Flux => 0,
             Family::Inpaint => latent_channels + 1,
             Family::InstructPix2Pix => latent_channels,
         }
@@ -121,6 +148,16 @@ mod tests {
                 Family::Sdxl,
             ),
             ("StableDiffusionXLImg2ImgPipeline", json!({}), Family::Sdxl),
+            (
+                "StableDiffusion3Pipeline",
+                json!({"in_channels": 16}),
+                Family::Sd3,
+            ),
+            (
+                "FluxImg2ImgPipeline",
+                json!({"in_channels": 64}),
+                Family::Flux,
+            ),
         ];
         for (class, config, want) in cases {
             assert_eq!(
@@ -138,8 +175,8 @@ mod tests {
                 "StableDiffusionXLInpaintPipeline",
                 json!({"in_channels": 9}),
             ),
-            ("StableDiffusion3Pipeline", json!({})),
-            ("FluxPipeline", json!({})),
+            ("StableDiffusion3InpaintPipeline", json!({})),
+            ("FluxControlPipeline", json!({})),
             ("StableDiffusionPipeline", json!({"in_channels": 7})),
             (
                 "StableDiffusionInstructPix2PixPipeline",

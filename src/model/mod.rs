@@ -2,13 +2,18 @@
 mod components;
 mod family;
 mod package;
+mod t5_tokenizer;
 pub mod tokenizer;
 
 use std::sync::Arc;
 
-pub use components::{TextEncoder, TimestepKind, TimestepShape, Unet, VaeDecoder, VaeEncoder};
+pub use components::{
+    Denoiser, TextEncoder, TimestepKind, TimestepShape, Transformer, TransformerKind, Unet,
+    VaeDecoder, VaeEncoder,
+};
 pub use family::Family;
 pub use package::ModelPackage;
+pub use t5_tokenizer::T5Tokenizer;
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -20,9 +25,11 @@ pub struct LoadedModel {
     pub package: ModelPackage,
     pub tokenizer: Tokenizer,
     pub text_encoder: TextEncoder,
-    /// SDXL's second tokenizer and text encoder (CLIP-G with projection).
+    /// The second CLIP tokenizer and text encoder (CLIP-G with projection) of SDXL and SD3.
     pub second_encoder: Option<(Tokenizer, TextEncoder)>,
-    pub unet: Unet,
+    /// The T5 tokenizer and encoder of SD3 (optional there) and FLUX.
+    pub t5: Option<(T5Tokenizer, TextEncoder)>,
+    pub denoiser: Denoiser,
     pub vae_decoder: VaeDecoder,
     /// Present when the package has one; image inputs (img2img, inpainting, editing) need it.
     pub vae_encoder: Option<VaeEncoder>,
@@ -35,27 +42,50 @@ impl LoadedModel {
         let tokenizer = Tokenizer::from_dir(&package.component("tokenizer"))?;
         let graph = |name: &str| runtime.load_graph(name, &package.graph_path(name));
         let text_encoder = TextEncoder::new(graph("text_encoder")?)?;
-        let second_encoder = if package.family == Family::Sdxl {
-            Some((
+        let family = package.family;
+        let second_encoder = match family {
+            Family::Sdxl | Family::Sd3 => Some((
                 Tokenizer::from_dir(&package.component("tokenizer_2"))?,
                 TextEncoder::new(graph("text_encoder_2")?)?,
-            ))
-        } else {
-            None
+            )),
+            _ => None,
         };
-        let unet = Unet::new(graph("unet")?)?;
-        if unet.time_ids.is_some() != (package.family == Family::Sdxl) {
-            return Err(Error::Unsupported(format!(
-                "{}: a {} package whose UNet {} SDXL's text_embeds/time_ids inputs",
-                package.dir.display(),
-                package.family,
-                if unet.time_ids.is_some() {
-                    "has"
-                } else {
-                    "lacks"
+        let t5_folders = match family {
+            Family::Sd3 if package.component("text_encoder_3").is_dir() => {
+                Some(("tokenizer_3", "text_encoder_3"))
+            }
+            Family::Flux => Some(("tokenizer_2", "text_encoder_2")),
+            _ => None,
+        };
+        let t5 = match t5_folders {
+            Some((tokenizer, encoder)) => Some((
+                T5Tokenizer::from_dir(&package.component(tokenizer))?,
+                TextEncoder::new(graph(encoder)?)?,
+            )),
+            None => None,
+        };
+        let denoiser =
+            match family {
+                Family::Sd3 => Denoiser::Transformer(Transformer::new(
+                    graph("transformer")?,
+                    TransformerKind::Sd3,
+                )?),
+                Family::Flux => Denoiser::Transformer(Transformer::new(
+                    graph("transformer")?,
+                    TransformerKind::Flux,
+                )?),
+                _ => {
+                    let unet = Unet::new(graph("unet")?)?;
+                    if unet.time_ids.is_some() != (family == Family::Sdxl) {
+                        return Err(Error::Unsupported(format!(
+                        "{}: a {family} package whose UNet {} SDXL's text_embeds/time_ids inputs",
+                        package.dir.display(),
+                        if unet.time_ids.is_some() { "has" } else { "lacks" }
+                    )));
+                    }
+                    Denoiser::Unet(unet)
                 }
-            )));
-        }
+            };
         let vae_decoder = VaeDecoder::new(graph("vae_decoder")?)?;
         let vae_encoder = if package.has_vae_encoder() {
             Some(VaeEncoder::new(graph("vae_encoder")?)?)
@@ -67,7 +97,8 @@ impl LoadedModel {
             tokenizer,
             text_encoder,
             second_encoder,
-            unet,
+            t5,
+            denoiser,
             vae_decoder,
             vae_encoder,
         })

@@ -15,7 +15,8 @@ pub struct ModelPackage {
     /// `_class_name` from model_index.json (e.g. `StableDiffusionPipeline`).
     pub class_name: String,
     pub scheduler_config: Value,
-    pub unet_config: Value,
+    /// config.json of the denoiser (`unet/`, or `transformer/` for SD3 and FLUX).
+    pub denoiser_config: Value,
     pub vae_config: Value,
     /// Spatial downsampling of the VAE: 2^(number of VAE blocks - 1).
     pub vae_scale_factor: u32,
@@ -25,16 +26,39 @@ pub struct ModelPackage {
     pub force_zeros_for_empty_prompt: bool,
 }
 
-/// Components a text-to-image package must have, as folder names.
-const REQUIRED: &[&str] = &[
-    "text_encoder",
-    "unet",
-    "vae_decoder",
-    "tokenizer",
-    "scheduler",
-];
-/// What SDXL packages have besides.
-const REQUIRED_SDXL: &[&str] = &["text_encoder_2", "tokenizer_2"];
+/// Component folders a package of each family must have (SD3's T5 is optional, as in diffusers).
+fn required(family: Family) -> &'static [&'static str] {
+    const SD: &[&str] = &[
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "vae_decoder",
+        "scheduler",
+    ];
+    const SDXL: &[&str] = &[
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "unet",
+        "vae_decoder",
+        "scheduler",
+    ];
+    const FLOW: &[&str] = &[
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "transformer",
+        "vae_decoder",
+        "scheduler",
+    ];
+    match family {
+        Family::StableDiffusion | Family::Inpaint | Family::InstructPix2Pix => SD,
+        Family::Sdxl => SDXL,
+        Family::Sd3 | Family::Flux => FLOW,
+    }
+}
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
@@ -60,16 +84,16 @@ impl ModelPackage {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::model(dir.join("model_index.json"), "has no `_class_name`"))?
             .to_string();
-        let unet_config = read_json(&dir.join("unet/config.json"))?;
-        let family = Family::detect(&class_name, &unet_config)?;
-        let extra = if family == Family::Sdxl {
-            REQUIRED_SDXL
+        let denoiser = Family::denoiser_folder(&class_name);
+        let config_path = dir.join(denoiser).join("config.json");
+        let denoiser_config = if dir.join(denoiser).is_dir() {
+            read_json(&config_path)?
         } else {
-            &[]
+            Value::Null // reported below with every other missing folder
         };
-        let missing: Vec<&str> = REQUIRED
+        let family = Family::detect(&class_name, &denoiser_config)?;
+        let missing: Vec<&str> = required(family)
             .iter()
-            .chain(extra)
             .copied()
             .filter(|c| !dir.join(c).is_dir())
             .collect();
@@ -102,7 +126,7 @@ impl ModelPackage {
             name,
             class_name,
             scheduler_config,
-            unet_config,
+            denoiser_config,
             vae_config,
             vae_scale_factor: 1 << (blocks - 1),
             family,
@@ -125,10 +149,17 @@ impl ModelPackage {
         config.get(key).and_then(Value::as_f64)
     }
 
-    /// Default image side: UNet `sample_size` x VAE factor, as diffusers computes it.
+    /// Default image side: the denoiser's `sample_size` x VAE factor, as diffusers computes it
+    /// (FLUX's transformer has none: its pipeline uses 128).
     pub fn default_size(&self) -> Option<(u32, u32)> {
         let side = |v: &Value| v.as_u64().and_then(|s| u32::try_from(s).ok());
-        let (h, w) = match self.unet_config.get("sample_size")? {
+        let flux_default = Value::from(128);
+        let sample_size = match self.denoiser_config.get("sample_size") {
+            Some(v) => v,
+            None if self.family == Family::Flux => &flux_default,
+            None => return None,
+        };
+        let (h, w) = match sample_size {
             Value::Array(hw) if hw.len() == 2 => (side(&hw[0])?, side(&hw[1])?),
             v => (side(v)?, side(v)?),
         };

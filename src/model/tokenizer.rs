@@ -94,7 +94,7 @@ pub enum TokenizerError {
 
 type Result<T, E = TokenizerError> = std::result::Result<T, E>;
 
-fn invalid(path: &Path, reason: impl Into<String>) -> TokenizerError {
+pub(super) fn invalid(path: &Path, reason: impl Into<String>) -> TokenizerError {
     let (path, reason) = (path.to_path_buf(), reason.into());
     TokenizerError::Invalid { path, reason }
 }
@@ -308,7 +308,7 @@ fn token_content(v: &Value) -> Option<String> {
     }
 }
 
-fn read_text(path: &Path) -> Result<String> {
+pub(super) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
         path: path.to_path_buf(),
         source,

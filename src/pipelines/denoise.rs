@@ -1,4 +1,4 @@
-//! The denoising loop shared by every task: UNet batch in, guided prediction, scheduler step.
+//! The denoising loop shared by every task: denoiser batch in, guided prediction, scheduler step.
 use std::time::Instant;
 
 use ndarray::{s, ArrayD, Axis};
@@ -8,20 +8,16 @@ use super::pipeline::Timings;
 use super::prepare::Blend;
 use super::request::Request;
 use crate::error::{Error, Result};
-use crate::model::{TimestepKind, TimestepShape, Unet};
+use crate::model::{Denoiser, TimestepShape, TransformerKind};
 use crate::rng::NoiseSource;
 use crate::runtime::{ElementType, Input};
 use crate::schedulers::Scheduler;
 
 /// What stays fixed over the steps of one pass.
 pub(crate) struct Step<'a> {
-    pub unet: &'a Unet,
-    /// encoder_hidden_states for the whole UNet batch.
-    pub cond: &'a ArrayD<f32>,
-    /// SDXL's `text_embeds` and `time_ids`.
-    pub added: Option<(&'a ArrayD<f32>, &'a ArrayD<f32>)>,
-    /// The guidance-scale embedding of LCM-distilled UNets.
-    pub timestep_cond: Option<&'a ArrayD<f32>>,
+    pub denoiser: &'a Denoiser,
+    /// Inputs that are the same at every step (text embeddings, SDXL's time ids, FLUX's ids...).
+    pub fixed: Vec<(&'static str, Tensor)>,
     pub guidance: Guidance,
     /// Conditioning channels appended after the scaled latents (inpainting, InstructPix2Pix).
     pub extra: Option<&'a ArrayD<f32>>,
@@ -30,8 +26,8 @@ pub(crate) struct Step<'a> {
     pub cancel: &'a Request,
 }
 
-/// Runs the steps `start..` of `scheduler` over `latents` ([n, c, h, w]) in place; `progress` is
-/// called after each step and cancels the pass by returning `false`.
+/// Runs the steps `start..` of `scheduler` over `latents` (first axis: images) in place;
+/// `progress` is called after each step and cancels the pass by returning `false`.
 pub(crate) fn denoise(
     step: &Step<'_>,
     scheduler: &mut dyn Scheduler,
@@ -41,47 +37,54 @@ pub(crate) fn denoise(
     timings: &mut Timings,
     progress: &mut dyn FnMut() -> bool,
 ) -> Result<()> {
-    let shape = latents.shape().to_vec();
-    let (n, c) = (shape[0], shape[1]);
-    let groups = step.guidance.groups();
-    let batch = groups * n;
-    let extra_channels = step.extra.map_or(0, |e| e.shape()[1]);
+    let n = latents.shape()[0];
+    let batch = step.guidance.groups() * n;
     // One buffer for the whole pass: the conditioning channels are written once.
-    let mut model_input = ArrayD::<f32>::zeros(vec![batch, c + extra_channels, shape[2], shape[3]]);
+    let mut shape = latents.shape().to_vec();
+    shape[0] = batch;
+    let c = shape[1];
     if let Some(extra) = step.extra {
-        if extra.shape()[0] != batch {
+        if extra.shape()[0] != batch || shape.len() != 4 {
             return Err(Error::InvalidArg(format!(
-                "conditioning batch {} does not match the UNet batch {batch}",
-                extra.shape()[0]
+                "conditioning {:?} does not fit the denoiser batch {shape:?}",
+                extra.shape()
             )));
         }
+        shape[1] += extra.shape()[1];
+    }
+    let mut model_input = ArrayD::<f32>::zeros(shape);
+    if let Some(extra) = step.extra {
         model_input.slice_mut(s![.., c.., .., ..]).assign(extra);
     }
+    let (sample_name, output_name) = match step.denoiser {
+        Denoiser::Unet(_) => ("sample", "out_sample"),
+        Denoiser::Transformer(_) => ("hidden_states", "out_hidden_states"),
+    };
     let timesteps = scheduler.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate().skip(start) {
         step.cancel.check_cancelled()?;
         let started = Instant::now();
         {
-            let mut latent_part = model_input.slice_mut(s![.., ..c, .., ..]);
+            let mut latent_part = match step.extra {
+                Some(_) => model_input.slice_mut(s![.., ..c, .., ..]).into_dyn(),
+                None => model_input.view_mut(),
+            };
             for mut group in latent_part.axis_chunks_iter_mut(Axis(0), n) {
                 group.assign(&*latents);
             }
-            scheduler.scale_model_input(latent_part.into_dyn(), i);
+            scheduler.scale_model_input(latent_part, i);
         }
-        let timestep = TimestepTensor::new(step.unet.timestep, batch, t);
+        let timestep = timestep_tensor(step.denoiser, batch, t);
         let mut inputs = vec![
-            ("sample", Input::F32(model_input.view())),
+            (sample_name, Input::F32(model_input.view())),
             ("timestep", timestep.input()),
-            ("encoder_hidden_states", Input::F32(step.cond.view())),
         ];
-        if let Some((text_embeds, time_ids)) = step.added {
-            inputs.push(("text_embeds", Input::F32(text_embeds.view())));
-            inputs.push(("time_ids", Input::F32(time_ids.view())));
-        }
-        if let Some(cond) = step.timestep_cond {
-            inputs.push(("timestep_cond", Input::F32(cond.view())));
-        }
-        let (mut prediction, ort) = step.unet.graph.run(&inputs, "out_sample")?;
+        inputs.extend(
+            step.fixed
+                .iter()
+                .map(|(name, tensor)| (*name, tensor.input())),
+        );
+        let (mut prediction, ort) = step.denoiser.graph().run(&inputs, output_name)?;
         timings.ort_run += ort;
         let guided = step.guidance.combine(&mut prediction);
         scheduler.step(guided, i, latents.view_mut(), noise)?;
@@ -96,29 +99,49 @@ pub(crate) fn denoise(
     Ok(())
 }
 
-/// The timestep in the element type and rank the UNet graph declares.
-enum TimestepTensor {
+/// The timestep as the denoiser takes it: in the UNet's declared type and rank; `[batch]` for
+/// transformers, divided by 1000 for FLUX (as FluxPipeline passes `t / 1000`).
+fn timestep_tensor(denoiser: &Denoiser, batch: usize, t: f32) -> Tensor {
+    match denoiser {
+        Denoiser::Unet(unet) => {
+            let shape = match unet.timestep.shape {
+                TimestepShape::Scalar => vec![],
+                TimestepShape::Single => vec![1],
+                TimestepShape::Batch => vec![batch],
+            };
+            match unet.timestep.dtype {
+                ElementType::I64 => Tensor::I64(ArrayD::from_elem(shape, t as i64)),
+                _ => Tensor::F32(ArrayD::from_elem(shape, t)),
+            }
+        }
+        Denoiser::Transformer(transformer) => {
+            let t = match transformer.kind {
+                TransformerKind::Sd3 => t,
+                TransformerKind::Flux => t / 1000.0,
+            };
+            Tensor::F32(ArrayD::from_elem(vec![batch], t))
+        }
+    }
+}
+
+/// An owned denoiser input of one of the element types graphs take.
+pub(crate) enum Tensor {
     F32(ArrayD<f32>),
     I64(ArrayD<i64>),
 }
 
-impl TimestepTensor {
-    fn new(kind: TimestepKind, batch: usize, t: f32) -> TimestepTensor {
-        let shape = match kind.shape {
-            TimestepShape::Scalar => vec![],
-            TimestepShape::Single => vec![1],
-            TimestepShape::Batch => vec![batch],
-        };
-        match kind.dtype {
-            ElementType::I64 => TimestepTensor::I64(ArrayD::from_elem(shape, t as i64)),
-            _ => TimestepTensor::F32(ArrayD::from_elem(shape, t)),
+impl Tensor {
+    fn input(&self) -> Input<'_> {
+        match self {
+            Tensor::F32(a) => Input::F32(a.view()),
+            Tensor::I64(a) => Input::I64(a.view()),
         }
     }
 
-    fn input(&self) -> Input<'_> {
+    pub(crate) fn shape(&self) -> &[usize] {
         match self {
-            TimestepTensor::F32(a) => Input::F32(a.view()),
-            TimestepTensor::I64(a) => Input::I64(a.view()),
+            Tensor::F32(a) => a.shape(),
+            Tensor::I64(a) => a.shape(),
         }
     }
 }

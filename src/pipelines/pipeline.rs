@@ -3,11 +3,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ndarray::{concatenate, Array2, ArrayD, Axis};
+use ndarray::ArrayD;
 use serde_json::Value;
 
-use super::denoise::{denoise, Step};
-use super::guidance::{scale_embedding, Guidance, Text};
+use super::conditioning::{self, time_ids, Conditioning};
+use super::denoise::{denoise, Step, Tensor};
+use super::flux;
+use super::guidance::{scale_embedding, Guidance};
 use super::plan::Plan;
 use super::prepare::{prepare, Pass, Prepared, Task};
 use super::request::{check_size, Progress, Request};
@@ -15,9 +17,9 @@ use super::resample::resize;
 use super::vae;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::model::{Family, LoadedModel};
+use crate::model::{Denoiser, Family, LoadedModel, TransformerKind};
 use crate::rng;
-use crate::runtime::{ElementType, Input, Runtime};
+use crate::runtime::{ElementType, Runtime};
 use crate::schedulers::{self, Scheduler};
 
 /// Where the time of one request went. `ort_run` is the sum of all ONNX Runtime run calls.
@@ -176,7 +178,11 @@ impl Pipeline {
         let last = stages.len() - 1;
         for (i, mut stage) in stages.into_iter().enumerate() {
             if let Some(prev) = previous.take() {
-                check_size(stage.width.unwrap_or(0), stage.height.unwrap_or(0), factor)?;
+                check_size(
+                    stage.width.unwrap_or(0),
+                    stage.height.unwrap_or(0),
+                    self.size_multiple(),
+                )?;
                 let latents = prev
                     .latents
                     .into_dimensionality()
@@ -196,24 +202,61 @@ impl Pipeline {
     /// How many denoising steps a single-stage request runs (strength truncates the schedule).
     fn steps_to_run(&self, request: &Request) -> Result<usize> {
         let task = Task::of(self.model.package.family, request)?;
-        let (scheduler, start) = self.schedule(request, task)?;
+        let size = self.output_size(request)?;
+        let (scheduler, start) = self.schedule(request, task, size)?;
         Ok(scheduler.timesteps().len() - start)
     }
 
     /// Builds the request's scheduler and the index of the first step to run: diffusers'
-    /// `get_timesteps`, `t_start = steps - min(int(steps * strength), steps)`, times the order.
-    fn schedule(&self, request: &Request, task: Task) -> Result<(Box<dyn Scheduler>, usize)> {
+    /// `get_timesteps`, `t_start = steps - min(int(steps * strength), steps)` (SD3 and FLUX:
+    /// `int(steps - min(steps * strength, steps))`), times the scheduler's order.
+    fn schedule(
+        &self,
+        request: &Request,
+        task: Task,
+        (width, height): (u32, u32),
+    ) -> Result<(Box<dyn Scheduler>, usize)> {
+        let package = &self.model.package;
         let mut scheduler = self.scheduler_for(request)?;
-        scheduler.set_timesteps(request.steps)?;
-        let Some(strength) = task.strength(self.model.package.family, request) else {
+        let steps = request.steps;
+        let config = &package.scheduler_config;
+        let dynamic = config
+            .get("use_dynamic_shifting")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let tokens = |patch: u32| {
+            let f = package.vae_scale_factor * patch;
+            ((height / f) * (width / f)) as usize
+        };
+        match package.family {
+            Family::Flux => {
+                // FluxPipeline's own schedule: sigmas linspace(1, 1/n, n), shifted by mu.
+                let sigmas = flux::linspace(1.0, 1.0 / steps as f64, steps);
+                let mu = dynamic.then(|| flux::shift_mu(config, tokens(2)));
+                scheduler.set_custom_sigmas(&sigmas, mu)?;
+            }
+            Family::Sd3 if dynamic => {
+                let patch = package
+                    .denoiser_config
+                    .get("patch_size")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2) as u32;
+                scheduler.set_timesteps_with_mu(steps, flux::shift_mu(config, tokens(patch)))?;
+            }
+            _ => scheduler.set_timesteps(steps)?,
+        }
+        let Some(strength) = task.strength(package.family, request) else {
             return Ok((scheduler, 0));
         };
-        let steps = request.steps;
-        let init = ((steps as f64 * strength) as usize).min(steps);
-        let start = (steps - init) * scheduler.order();
+        let skipped = if package.family.is_flow() {
+            (steps as f64 - (steps as f64 * strength).min(steps as f64)).max(0.0) as usize
+        } else {
+            steps - ((steps as f64 * strength) as usize).min(steps)
+        };
+        let start = skipped * scheduler.order();
         // diffusers refuses this too; PNDM's schedule has one entry more than steps, so the
         // length of the truncated schedule alone would let 0 requested steps through.
-        if init == 0 || start >= scheduler.timesteps().len() {
+        if skipped >= steps || start >= scheduler.timesteps().len() {
             return Err(Error::InvalidArg(format!(
                 "strength {strength} with {steps} steps leaves no denoising step to run \
                  (steps x strength must be at least 1)"
@@ -234,7 +277,8 @@ impl Pipeline {
         let family = model.package.family;
         let task = Task::of(family, request)?;
         let (width, height) = self.output_size(request)?;
-        let (mut scheduler, start) = self.schedule(request, task)?;
+        let (mut scheduler, start) = self.schedule(request, task, (width, height))?;
+        let unet = model.denoiser.unet();
         let guidance = match family {
             Family::InstructPix2Pix
                 if request.guidance_scale > 1.0 && request.image_guidance_scale >= 1.0 =>
@@ -244,15 +288,16 @@ impl Pipeline {
                     image: request.image_guidance_scale,
                 }
             }
-            Family::InstructPix2Pix => Guidance::None,
+            // FLUX takes the scale as an input of a guidance-distilled transformer.
+            Family::InstructPix2Pix | Family::Flux => Guidance::None,
             // LCM-distilled UNets take the scale as an embedding instead of a CFG batch.
-            _ if model.unet.timestep_cond.is_some() => Guidance::None,
+            _ if unet.is_some_and(|u| u.timestep_cond.is_some()) => Guidance::None,
             _ if request.uses_guidance() => Guidance::Cfg {
                 scale: request.guidance_scale,
             },
             _ => Guidance::None,
         };
-        let cond = self.encode_prompts(request, guidance, timings)?;
+        let cond = conditioning::encode(model, request, guidance, timings)?;
         let seed = request.seed.unwrap_or_else(clock_seed);
         let mut noise = rng::generator(request.rng, seed);
         let Prepared {
@@ -275,24 +320,20 @@ impl Pipeline {
         )?;
         timings.ort_run += ort;
         let batch = guidance.groups() * request.num_images;
-        let added = match (model.unet.time_ids, &cond.pooled) {
-            (Some(w), Some(pooled)) => Some((pooled, time_ids(w, (width, height), batch)?)),
-            _ => None,
-        };
-        let timestep_cond = model
-            .unet
-            .timestep_cond
-            .map(|dim| scale_embedding(request.guidance_scale - 1.0, dim, batch).into_dyn());
+        let fixed = self.fixed_inputs(request, cond, guidance, &latents, (width, height))?;
+        let packed = family == Family::Flux;
+        if packed {
+            latents = flux::pack(as_4d(&latents)?.view()).into_dyn();
+        }
         let step = Step {
-            unet: &model.unet,
-            cond: &cond.hidden,
-            added: added.as_ref().map(|(pooled, ids)| (*pooled, ids)),
-            timestep_cond: timestep_cond.as_ref(),
+            denoiser: &model.denoiser,
+            fixed,
             guidance,
             extra: extra.as_ref(),
             blend: blend.as_ref(),
             cancel: request,
         };
+        debug_assert_eq!(step.guidance.groups() * request.num_images, batch);
         denoise(
             &step,
             scheduler.as_mut(),
@@ -303,6 +344,14 @@ impl Pipeline {
             &mut || reporter.report(),
         )?;
         request.check_cancelled()?;
+        if packed {
+            let factor = model.package.vae_scale_factor;
+            let (h, w) = ((height / factor) as usize, (width / factor) as usize);
+            let tokens = latents
+                .into_dimensionality()
+                .map_err(|e| Error::backend("transformer", e))?;
+            latents = flux::unpack(tokens.view(), h, w).into_dyn();
+        }
 
         let images = if decode {
             let started = Instant::now();
@@ -322,6 +371,54 @@ impl Pipeline {
             scheduler: scheduler.name().to_string(),
             timings: Timings::default(),
         })
+    }
+
+    /// The denoiser inputs that are the same at every step, by graph input name.
+    fn fixed_inputs(
+        &self,
+        request: &Request,
+        cond: Conditioning,
+        guidance: Guidance,
+        latents: &ArrayD<f32>,
+        size: (u32, u32),
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let batch = guidance.groups() * request.num_images;
+        let Conditioning { hidden, pooled } = cond;
+        let mut fixed = vec![("encoder_hidden_states", Tensor::F32(hidden))];
+        match &self.model.denoiser {
+            Denoiser::Unet(unet) => {
+                if let (Some(width), Some(pooled)) = (unet.time_ids, pooled) {
+                    fixed.push(("text_embeds", Tensor::F32(pooled)));
+                    fixed.push(("time_ids", Tensor::F32(time_ids(width, size, batch)?)));
+                }
+                if let Some(dim) = unet.timestep_cond {
+                    let w = request.guidance_scale - 1.0;
+                    let embedding = scale_embedding(w, dim, batch).into_dyn();
+                    fixed.push(("timestep_cond", Tensor::F32(embedding)));
+                }
+            }
+            Denoiser::Transformer(transformer) => {
+                let pooled = pooled.ok_or_else(|| {
+                    Error::backend("text_encoder", "no pooled embeddings for the transformer")
+                })?;
+                fixed.push(("pooled_projections", Tensor::F32(pooled)));
+                if transformer.kind == TransformerKind::Flux {
+                    let (h, w) = (latents.shape()[2], latents.shape()[3]);
+                    let text_len = fixed[0].1.shape()[1];
+                    let ids = |a: ndarray::Array2<f32>| match transformer.ids_dtype {
+                        ElementType::I64 => Tensor::I64(a.mapv(|v| v as i64).into_dyn()),
+                        _ => Tensor::F32(a.into_dyn()),
+                    };
+                    fixed.push(("img_ids", ids(flux::image_ids(h, w))));
+                    fixed.push(("txt_ids", ids(ndarray::Array2::zeros((text_len, 3)))));
+                    if transformer.guidance {
+                        let g = ArrayD::from_elem(vec![batch], request.guidance_scale);
+                        fixed.push(("guidance", Tensor::F32(g)));
+                    }
+                }
+            }
+        }
+        Ok(fixed)
     }
 
     /// The request's size, else its init image's or init latents', else the package default;
@@ -345,8 +442,17 @@ impl Pipeline {
                 (w.unwrap_or(dw), h.unwrap_or(dh))
             }
         };
-        check_size(width, height, factor)?;
+        check_size(width, height, self.size_multiple())?;
         Ok((width, height))
+    }
+
+    /// What output sizes must be a multiple of: the VAE factor, twice it for FLUX's 2x2 packing.
+    fn size_multiple(&self) -> u32 {
+        let package = &self.model.package;
+        match package.family {
+            Family::Flux => package.vae_scale_factor * 2,
+            _ => package.vae_scale_factor,
+        }
     }
 
     /// The package's scheduler config with the request's overrides merged over it, as diffusers'
@@ -361,127 +467,6 @@ impl Pipeline {
         }
         Ok(schedulers::create(request.scheduler.as_deref(), &config)?)
     }
-
-    /// Tokenizes and encodes the prompts: one group of `num_images` rows per guidance group, in the
-    /// order [`Guidance::texts`] gives. SDXL concatenates the penultimate layers of both encoders
-    /// and takes the second one's pooled `text_embeds`, as diffusers' `encode_prompt` does.
-    fn encode_prompts(
-        &self,
-        request: &Request,
-        guidance: Guidance,
-        timings: &mut Timings,
-    ) -> Result<Conditioning> {
-        let model = &self.model;
-        let package = &model.package;
-        let sdxl = package.family == Family::Sdxl;
-        let groups = guidance.texts();
-        let wants_negative = groups.contains(&Text::Negative);
-        // SDXL zeroes the unconditional embeddings when no negative prompt is given.
-        let zero_negative = sdxl
-            && wants_negative
-            && request.negative_prompt.is_none()
-            && package.force_zeros_for_empty_prompt;
-        // Each distinct text is encoded once: row 0 the prompt, row 1 the negative prompt.
-        let mut texts = vec![request.prompt.as_str()];
-        if wants_negative && !zero_negative {
-            texts.push(request.negative_prompt.as_deref().unwrap_or(""));
-        }
-        let encoders = std::iter::once((&model.tokenizer, &model.text_encoder))
-            .chain(model.second_encoder.as_ref().map(|(t, e)| (t, e)));
-        let (mut hidden_parts, mut pooled) = (Vec::new(), None);
-        for (tokenizer, encoder) in encoders {
-            let started = Instant::now();
-            let mut ids = Vec::with_capacity(texts.len() * tokenizer.max_length());
-            for text in &texts {
-                ids.extend(tokenizer.encode(text)?);
-            }
-            let ids = Array2::from_shape_vec((texts.len(), tokenizer.max_length()), ids)
-                .map_err(|e| Error::InvalidArg(format!("tokenizer output: {e}")))?
-                .into_dyn();
-            timings.tokenize += started.elapsed();
-
-            let started = Instant::now();
-            let hidden_name =
-                match (sdxl, &encoder.penultimate) {
-                    (false, _) => "last_hidden_state",
-                    (true, Some(name)) => name.as_str(),
-                    (true, None) => return Err(Error::model(
-                        encoder.graph.path(),
-                        "has no hidden_states.N outputs; SDXL conditions on the penultimate layer",
-                    )),
-                };
-            let mut names = vec![hidden_name];
-            if sdxl && encoder.has_text_embeds {
-                names.push("text_embeds");
-            }
-            let ids32;
-            let input = match encoder.ids_dtype {
-                ElementType::I32 => {
-                    ids32 = ids.mapv(|v| v as i32);
-                    Input::I32(ids32.view())
-                }
-                _ => Input::I64(ids.view()),
-            };
-            let (mut outputs, ort) = encoder.graph.run_outputs(&[("input_ids", input)], &names)?;
-            timings.ort_run += ort;
-            if names.len() == 2 {
-                pooled = outputs.pop();
-            }
-            hidden_parts.extend(outputs.pop());
-            timings.text_encode += started.elapsed();
-        }
-        if sdxl && pooled.is_none() {
-            return Err(Error::model(
-                package.component("text_encoder_2"),
-                "has no `text_embeds` output (SDXL needs CLIPTextModelWithProjection's)",
-            ));
-        }
-        let views: Vec<_> = hidden_parts
-            .iter()
-            .map(|h: &ArrayD<f32>| h.view())
-            .collect();
-        let hidden = concatenate(Axis(2), &views)
-            .map_err(|e| Error::backend("text_encoder", format!("hidden states: {e}")))?;
-        let n = request.num_images;
-        let spread = |encoded: &ArrayD<f32>| -> Result<ArrayD<f32>> {
-            let row = |r: usize| encoded.index_axis(Axis(0), r).insert_axis(Axis(0));
-            let zeros = ArrayD::zeros(row(0).shape());
-            let rows: Vec<_> = groups
-                .iter()
-                .flat_map(|t| std::iter::repeat_n(*t, n))
-                .map(|t| match t {
-                    Text::Prompt => row(0),
-                    Text::Negative if zero_negative => zeros.view(),
-                    Text::Negative => row(1),
-                })
-                .collect();
-            concatenate(Axis(0), &rows).map_err(|e| Error::backend("text_encoder", e))
-        };
-        Ok(Conditioning {
-            hidden: spread(&hidden)?,
-            pooled: pooled.as_ref().map(spread).transpose()?,
-        })
-    }
-}
-
-/// What the UNet is conditioned on, one row per item of its batch.
-struct Conditioning {
-    /// `encoder_hidden_states`.
-    hidden: ArrayD<f32>,
-    /// SDXL's pooled `text_embeds`.
-    pooled: Option<ArrayD<f32>>,
-}
-
-/// SDXL's `time_ids` rows: original size, crop top-left, target size, as diffusers fills them
-/// when none are given ((h, w), (0, 0), (h, w)).
-fn time_ids(width: usize, (w, h): (u32, u32), batch: usize) -> Result<ArrayD<f32>> {
-    if width != 6 {
-        return Err(Error::Unsupported(format!(
-            "UNet time_ids of width {width} (SDXL refiner aesthetic-score conditioning) is not run yet"
-        )));
-    }
-    let row = [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32];
-    Ok(Array2::from_shape_fn((batch, 6), |(_, j)| row[j]).into_dyn())
 }
 
 /// Turns per-stage step numbers into request-wide progress and forwards them to the caller.
@@ -511,6 +496,14 @@ impl<'a> Reporter<'a> {
             elapsed: self.started.elapsed(),
         })
     }
+}
+
+/// Latents as the 4-d [n, c, h, w] array every family starts from.
+fn as_4d(latents: &ArrayD<f32>) -> Result<ndarray::Array4<f32>> {
+    latents
+        .clone()
+        .into_dimensionality()
+        .map_err(|e| Error::InvalidArg(format!("latents must be [n, c, h, w]: {e}")))
 }
 
 /// A seed for requests that did not give one; reported back so the image can be reproduced.

@@ -30,35 +30,36 @@ impl Task {
     pub(crate) fn of(family: Family, request: &Request) -> Result<Task> {
         let has_image = request.init_image.is_some() || request.init_latents.is_some();
         let has_mask = request.mask.is_some();
-        let task =
-            match family {
-                Family::Sdxl if has_mask => return Err(Error::Unsupported(
-                    "inpainting with SDXL packages is not run yet (text-to-image and img2img are)"
-                        .into(),
-                )),
-                Family::Sdxl if has_image => Task::Img2Img,
-                Family::Sdxl => Task::Text,
-                Family::StableDiffusion if has_mask => Task::InpaintBlend,
-                Family::StableDiffusion if has_image => Task::Img2Img,
-                Family::StableDiffusion => Task::Text,
-                Family::Inpaint if request.init_image.is_some() && has_mask => Task::InpaintUnet,
-                Family::Inpaint => {
-                    return Err(Error::InvalidArg(
-                        "this is an inpainting model: it needs an init image and a mask".into(),
-                    ))
-                }
-                Family::InstructPix2Pix if has_mask => {
-                    return Err(Error::InvalidArg(
-                        "InstructPix2Pix edits the whole image and takes no mask".into(),
-                    ))
-                }
-                Family::InstructPix2Pix if has_image => Task::Pix2Pix,
-                Family::InstructPix2Pix => {
-                    return Err(Error::InvalidArg(
-                        "this is an InstructPix2Pix model: it needs the image to edit".into(),
-                    ))
-                }
-            };
+        let task = match family {
+            Family::Sdxl | Family::Sd3 | Family::Flux if has_mask => {
+                return Err(Error::Unsupported(format!(
+                    "inpainting with {family} packages is not run yet \
+                         (text-to-image and img2img are)"
+                )))
+            }
+            Family::Sdxl | Family::Sd3 | Family::Flux if has_image => Task::Img2Img,
+            Family::Sdxl | Family::Sd3 | Family::Flux => Task::Text,
+            Family::StableDiffusion if has_mask => Task::InpaintBlend,
+            Family::StableDiffusion if has_image => Task::Img2Img,
+            Family::StableDiffusion => Task::Text,
+            Family::Inpaint if request.init_image.is_some() && has_mask => Task::InpaintUnet,
+            Family::Inpaint => {
+                return Err(Error::InvalidArg(
+                    "this is an inpainting model: it needs an init image and a mask".into(),
+                ))
+            }
+            Family::InstructPix2Pix if has_mask => {
+                return Err(Error::InvalidArg(
+                    "InstructPix2Pix edits the whole image and takes no mask".into(),
+                ))
+            }
+            Family::InstructPix2Pix if has_image => Task::Pix2Pix,
+            Family::InstructPix2Pix => {
+                return Err(Error::InvalidArg(
+                    "this is an InstructPix2Pix model: it needs the image to edit".into(),
+                ))
+            }
+        };
         if request.strength.is_some() && matches!(task, Task::Text | Task::Pix2Pix) {
             return Err(Error::InvalidArg(match task {
                 Task::Text => "strength needs an init image to apply to".into(),
@@ -73,10 +74,14 @@ impl Task {
         Ok(task)
     }
 
-    /// The strength the task runs with (diffusers' defaults: img2img 0.8, 0.3 for SDXL;
-    /// inpainting 1.0).
+    /// The strength the task runs with (diffusers' defaults: img2img 0.8, 0.3 for SDXL, 0.6 for
+    /// SD3 and FLUX; inpainting 1.0).
     pub(crate) fn strength(self, family: Family, request: &Request) -> Option<f64> {
-        let img2img = if family == Family::Sdxl { 0.3 } else { 0.8 };
+        let img2img = match family {
+            Family::Sdxl => 0.3,
+            Family::Sd3 | Family::Flux => 0.6,
+            _ => 0.8,
+        };
         match self {
             Task::Img2Img => Some(request.strength.unwrap_or(img2img)),
             Task::InpaintUnet | Task::InpaintBlend => Some(request.strength.unwrap_or(1.0)),

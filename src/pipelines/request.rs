@@ -60,6 +60,8 @@ pub struct Request {
     pub image_guidance_scale: f32,
     /// Progressive generation: stages run in order, each over the upscaled latents of the last.
     pub plan: Option<Plan>,
+    /// T5 token count of SD3 and FLUX prompts (`None`: diffusers' 256 for SD3, 512 for FLUX).
+    pub max_sequence_length: Option<usize>,
 }
 
 /// A flag another thread can raise to stop a running request (cheap to clone, shared state).
@@ -103,6 +105,7 @@ impl Default for Request {
             strength: None,
             image_guidance_scale: 1.5,
             plan: None,
+            max_sequence_length: None,
         }
     }
 }
@@ -130,7 +133,7 @@ impl Request {
     ///
     /// Keys: `prompt`, `negative_prompt`, `steps`, `guidance_scale`, `width`, `height`, `seed`,
     /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), `strength`,
-    /// `image_guidance_scale`, `plan` (plan JSON), and `scheduler.<key>` for a
+    /// `image_guidance_scale`, `plan` (plan JSON), `max_sequence_length`, and `scheduler.<key>` for a
     /// diffusers scheduler_config override (value parsed as JSON, else taken as a string). Only the
     /// value's syntax is checked here; ranges are checked when the request runs.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -149,6 +152,7 @@ impl Request {
             "strength" => self.strength = Some(parse_value(key, value)?),
             "image_guidance_scale" => self.image_guidance_scale = parse_value(key, value)?,
             "plan" => self.plan = Some(Plan::from_json(value)?),
+            "max_sequence_length" => self.max_sequence_length = Some(parse_value(key, value)?),
             _ => match key.strip_prefix("scheduler.") {
                 Some(name) if !name.is_empty() => {
                     let parsed = serde_json::from_str(value)
@@ -159,7 +163,8 @@ impl Request {
                     return Err(Error::InvalidArg(format!(
                         "unknown parameter `{key}` (expected prompt, negative_prompt, steps, \
                          guidance_scale, width, height, seed, num_images, scheduler, eta, rng, \
-                         strength, image_guidance_scale, plan or scheduler.<diffusers config key>)"
+                         strength, image_guidance_scale, plan, max_sequence_length or \
+                         scheduler.<diffusers config key>)"
                     )))
                 }
             },

@@ -71,10 +71,12 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     println!("  tokenizer max length {}", model.tokenizer.max_length());
     let encoder = model.vae_encoder.as_ref().map(|e| &e.graph);
     let second = model.second_encoder.as_ref().map(|(_, e)| &e.graph);
+    let t5 = model.t5.as_ref().map(|(_, e)| &e.graph);
     let graphs = [
         Some(&model.text_encoder.graph),
         second,
-        Some(&model.unet.graph),
+        t5,
+        Some(model.denoiser.graph()),
         Some(&model.vae_decoder.graph),
         encoder,
     ];
