@@ -65,6 +65,9 @@ pub struct RequestArgs {
     /// Also write the final latents (before VAE decoding) as .npy.
     #[arg(long, value_name = "FILE.npy")]
     save_latents: Option<PathBuf>,
+    /// T5 tokens of SD3 and FLUX prompts (default: 256 for SD3, 512 for FLUX, as diffusers).
+    #[arg(long, value_name = "N")]
+    max_sequence_length: Option<usize>,
     /// Progressive generation: a JSON plan of stages (docs/models.md), each img2img over the
     /// upscaled latents of the one before.
     #[arg(long, value_name = "FILE.json")]
@@ -143,6 +146,7 @@ impl RequestArgs {
         if let Some(path) = &args.latents {
             request.latents = Some(npy::read_f32(path)?);
         }
+        request.max_sequence_length = args.max_sequence_length;
         if let Some(path) = &args.plan {
             request.plan = Some(Plan::load(path)?);
         }
