@@ -17,6 +17,10 @@ Steps (default: models images goldens parity, in this order):
              ORTStableDiffusionPipeline, and an ORTDiffusionPipeline subclass for InstructPix2Pix, which optimum
              lacks) on the exported graphs with the goldens' inputs; prints max abs latent difference per case
              (not written anywhere)
+The flow-matching packages models/tiny-sd3 and models/tiny-flux are defined in make_flow.py ('models' here remakes
+them too; --package selects); their goldens (kinds sd3_txt2img, sd3_img2img, flux_txt2img, flux_img2img) and ORT
+parity (ORTStableDiffusion3Pipeline, ORTStableDiffusion3Img2ImgPipeline, ORTFluxPipeline and an ORTDiffusionPipeline
+subclass for FluxImg2ImgPipeline, which optimum lacks) are part of the steps below.
 The PyTorch pipelines are kept in a cache dir (default /tmp/diffgentor-edit-pt). tiny-sd and tiny-sd2-v are
 rebuilt there with make_tiny.py's own builders (same seeds) and checked against the committed ONNX graphs
 before any golden is made, so the goldens belong to the committed packages.
@@ -78,7 +82,20 @@ PKG = {
     "tiny-ip2p": OUT_IP2P,
     "tiny-lcm": OUT_LCM,
     "tiny-sdxl": OUT_SDXL,
+    "tiny-sd3": os.path.join(ROOT, "models", "tiny-sd3"),
+    "tiny-flux": os.path.join(ROOT, "models", "tiny-flux"),
 }
+FLOW_KINDS = ("sd3_txt2img", "sd3_img2img", "flux_txt2img", "flux_img2img")
+
+
+def _flow():
+    import make_flow  # imported lazily: make_flow imports this module
+
+    return make_flow
+
+
+def _schedulers():
+    return {**mt.SCHEDULERS, **_flow().SCHEDULERS}
 
 # timbrooks/instruct-pix2pix scheduler/scheduler_config.json (keys it omits, e.g. timestep_spacing, take
 # EulerAncestralDiscreteScheduler's defaults: timestep_spacing "linspace").
@@ -542,7 +559,7 @@ def base_pt(cache, name):
     """PyTorch copy of a committed package: the new ones come from 'models'; tiny-sd / tiny-sd2-v are rebuilt
     with make_tiny.py's builders (deterministic) and checked against the committed graphs."""
     d = os.path.join(cache, name)
-    if name in NEW_MODELS:
+    if name in NEW_MODELS or name in _flow().FLOW_MODELS:
         if not os.path.isdir(d):
             sys.exit(f"{d} missing: run the 'models' step first")
         return d
@@ -635,6 +652,10 @@ PIPE_CLASS = {
     "lcm": "LatentConsistencyModelPipeline",
     "sdxl_txt2img": "StableDiffusionXLPipeline",
     "sdxl_img2img": "StableDiffusionXLImg2ImgPipeline",
+    "sd3_txt2img": "StableDiffusion3Pipeline",
+    "sd3_img2img": "StableDiffusion3Img2ImgPipeline",
+    "flux_txt2img": "FluxPipeline",
+    "flux_img2img": "FluxImg2ImgPipeline",
 }
 CALLBACK_TENSORS = {
     # kind: tensors the step-end callback reads (the first is the final-latents source)
@@ -646,15 +667,16 @@ CALLBACK_TENSORS = {
 
 def golden_cases():
     C = []
+    scheds = _schedulers()
 
     def case(name, kind, model, sched, steps=8, guidance=7.5, seed=0, width=64, height=64, num_images=1,
              eta=0.0, prompt=PROMPT, neg=NEG, strength=None, image=None, mask=None, image_guidance=None,
-             latents_in=None, stage=None):
+             latents_in=None, stage=None, **extra):
         C.append(dict(name=name, kind=kind, model=model, pipeline=PIPE_CLASS[kind], scheduler=sched,
-                      scheduler_overrides=mt.SCHEDULERS[sched][1], prompt=prompt, negative_prompt=neg, steps=steps,
+                      scheduler_overrides=scheds[sched][1], prompt=prompt, negative_prompt=neg, steps=steps,
                       guidance_scale=guidance, image_guidance_scale=image_guidance, strength=strength, seed=seed,
                       width=width, height=height, num_images=num_images, eta=eta, image=image, mask_image=mask,
-                      image_latents_in=latents_in, progressive=stage))
+                      image_latents_in=latents_in, progressive=stage, **extra))
 
     im64, im96 = "image_64x64.png", "image_96x64.png"
     m64, m96 = "mask_64x64.png", "mask_96x64_soft.png"
@@ -720,6 +742,8 @@ def golden_cases():
     case("sdxl_euler_a_x2", "sdxl_txt2img", "tiny-sdxl", "euler_a", steps=8, guidance=5.0, seed=1002, num_images=2)
     case("sdxl_i2i_euler_s06", "sdxl_img2img", "tiny-sdxl", "euler", steps=10, guidance=5.0, seed=1003,
          strength=0.6, image=im64)
+    # 7. SD3 and FLUX (flow matching; make_flow.py)
+    _flow().cases(case, PROMPT, NEG)
     return C
 
 
@@ -796,6 +820,8 @@ def run_case(pipe, c, output_type="pil", gold_dir=GOLD):
     import numpy as np
     import torch
 
+    if c["kind"] in FLOW_KINDS:
+        return _flow().run_case(pipe, c, output_type, load_image, RngLog)
     steps_t = []
     captured = {}
     kind = c["kind"]
@@ -871,11 +897,16 @@ def make_pipes(cache, factory):
     """factory(kind, model_name) -> pipeline; cached per (kind, model)."""
     pipes = {}
 
-    def get(kind, model):
-        if (kind, model) not in pipes:
-            pipes[(kind, model)] = factory(kind, model)
-        return pipes[(kind, model)]
+    def get(kind, model, variant=None):
+        if (kind, model, variant) not in pipes:
+            pipes[(kind, model, variant)] = factory(kind, model, variant)
+        return pipes[(kind, model, variant)]
     return get
+
+
+def variant(c):
+    """'no-t5': the SD3 case runs without text_encoder_3 / tokenizer_3."""
+    return "no-t5" if c.get("text_encoder_3") is False else None
 
 
 def pt_factory(cache):
@@ -883,7 +914,7 @@ def pt_factory(cache):
 
     bases = {}
 
-    def factory(kind, model):
+    def factory(kind, model, variant=None):
         if model not in bases:
             d = base_pt(cache, model)
             with open(os.path.join(d, "model_index.json")) as f:
@@ -892,7 +923,10 @@ def pt_factory(cache):
         base = bases[model]
         cls = getattr(diffusers, PIPE_CLASS[kind])
         extra = {"add_watermarker": False} if "XL" in cls.__name__ else {}
-        p = base if type(base) is cls else cls(**base.components, **extra)
+        comps = dict(base.components)
+        if variant == "no-t5":
+            comps.update(text_encoder_3=None, tokenizer_3=None)
+        p = base if type(base) is cls and not variant else cls(**comps, **extra)
         p.set_progress_bar_config(disable=True)
         p._edit_base_sched = dict(base.scheduler.config)
         return p
@@ -902,11 +936,13 @@ def pt_factory(cache):
 def set_scheduler(pipe, sched):
     import diffusers
 
-    cls_name, over = mt.SCHEDULERS[sched]
+    cls_name, over = _schedulers()[sched]
     pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe._edit_base_sched, **over)
 
 
 def uses_cfg(c):
+    if c["kind"] in FLOW_KINDS:
+        return _flow().uses_cfg(c)
     if c["kind"] == "lcm":
         return False
     if c["kind"] == "ip2p":
@@ -931,7 +967,7 @@ def make_goldens(cache):
     manifest = []
     outputs = {}
     for c in golden_cases():
-        pipe = get(c["kind"], c["model"])
+        pipe = get(c["kind"], c["model"], variant(c))
         set_scheduler(pipe, c["scheduler"])
         st = c["progressive"]
         if st and st["stage"] > 1:
@@ -958,7 +994,13 @@ def make_goldens(cache):
         lfn = f"{c['name']}.latents.npy"
         np.save(os.path.join(GOLD, lfn), lat.astype(np.float32))
         extra = {}
-        for k, v in debug_tensors(c, t, uses_cfg(c)).items():
+        info = {}
+        if c["kind"] in FLOW_KINDS:
+            tensors, info = _flow().debug_tensors(c, t)
+            info["input_ids"] = _flow().input_ids(base_pt(cache, c["model"]), c)
+        else:
+            tensors = debug_tensors(c, t, uses_cfg(c))
+        for k, v in tensors.items():
             fn = f"{c['name']}.{k}.npy"
             np.save(os.path.join(GOLD, fn), v.astype(np.float32))
             extra[k] = fn
@@ -976,13 +1018,14 @@ def make_goldens(cache):
             latents=lfn,
             latents_shape=list(lat.shape),
             tensors=extra,
+            **info,
         )
         manifest.append(entry)
         print(f"golden {c['name']:30s} {c['scheduler']:8s} t={ts[:3]}..({len(ts)}) latents {lat.shape} "
               f"[{lat.min():.3f}, {lat.max():.3f}] rng "
               f"{[(r['by'].split(':')[1], r['shape'], r['count']) for r in rng]}")
     mt.write_json(os.path.join(GOLD, "manifest.json"), {
-        "description": DESCRIPTION,
+        "description": DESCRIPTION + " " + _flow().DESCRIPTION,
         "versions": {k: version(k) for k in PINS},
         "inputs": {fn: {"kind": k, "width": w, "height": h} for fn, (k, w, h) in IMAGES.items()},
         "cases": manifest,
@@ -1097,10 +1140,14 @@ def ort_factory():
         "lcm": ORTLatentConsistencyModelPipeline,
         "sdxl_txt2img": ORTStableDiffusionXLPipeline,
         "sdxl_img2img": ORTStableDiffusionXLImg2ImgPipeline,
+        **_flow().ort_classes(),
     }
 
-    def factory(kind, model):
-        p = classes[kind].from_pretrained(PKG[model], provider="CPUExecutionProvider")
+    def factory(kind, model, variant=None):
+        d = PKG[model]
+        if variant == "no-t5":
+            d = _flow().package_without_t5(d, os.path.join(tempfile.gettempdir(), "diffgentor-edit-ort"))
+        p = classes[kind].from_pretrained(d, provider="CPUExecutionProvider")
         p.set_progress_bar_config(disable=True)
         p._edit_base_sched = dict(p.scheduler.config)
         return p
@@ -1116,7 +1163,7 @@ def parity():
     get = make_pipes(None, ort_factory())
     worst = 0.0
     for c in man["cases"]:
-        pipe = get(c["kind"], c["model"])
+        pipe = get(c["kind"], c["model"], variant(c))
         set_scheduler(pipe, c["scheduler"])
         assert type(pipe.scheduler).__name__ == c["scheduler_class"]
         final = bool(c["png"])
@@ -1140,9 +1187,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=["models", "images", "goldens", "parity"])
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "diffgentor-edit-pt"))
-    ap.add_argument("--package", nargs="*", choices=list(NEW_MODELS),
+    ap.add_argument("--package", nargs="*", choices=list(NEW_MODELS) + ["tiny-sd3", "tiny-flux"],
                     help="with 'models': (re)make only these packages (default: all)")
     a = ap.parse_args()
+    sys.modules.setdefault("make_edit", sys.modules[__name__])  # make_flow's `import make_edit` gets this module
     check_versions()
     import torch
 
@@ -1151,7 +1199,10 @@ def main():
     steps = a.only or ["models", "images", "goldens", "parity"]
     os.chdir(ROOT)
     if "models" in steps:
-        make_models(a.cache, a.package)
+        if not a.package or set(a.package) & set(NEW_MODELS):
+            make_models(a.cache, [n for n in a.package or NEW_MODELS if n in NEW_MODELS])
+        if not a.package or set(a.package) & set(_flow().FLOW_MODELS):
+            _flow().make_models(a.cache, [n for n in a.package or _flow().FLOW_MODELS if n in _flow().FLOW_MODELS])
     if "images" in steps:
         make_images()
     if "goldens" in steps:
