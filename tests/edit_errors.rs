@@ -184,3 +184,34 @@ fn sdxl_needs_its_second_encoder_and_refuses_masks() {
         "{err}"
     );
 }
+
+#[test]
+fn flux_packs_2x2_latents_so_sizes_are_multiples_of_16() {
+    let flux = common::pipeline("tiny-flux");
+    let mut r = Request::new("x");
+    r.steps = 2;
+    (r.width, r.height) = (Some(72), Some(64));
+    assert_invalid(
+        &err_on(&flux, &r),
+        "width 72 must be a positive multiple of the VAE factor 16",
+    );
+    let mut r = edit_request();
+    r.mask = Some(image(64, 64, 255));
+    let err = err_on(&flux, &r);
+    assert_eq!(err.code(), ErrorCode::Unsupported, "{err}");
+
+    // A plan upscales FLUX's unpacked latents between stages.
+    let mut r = Request::new("a red fox");
+    r.seed = Some(3);
+    r.max_sequence_length = Some(32);
+    r.plan = Some(
+        Plan::from_json(
+            r#"{"stages": [{"width": 64, "height": 64, "steps": 2},
+                           {"width": 128, "height": 96, "steps": 4, "strength": 0.5}]}"#,
+        )
+        .unwrap(),
+    );
+    let out = flux.generate(&r).unwrap();
+    assert_eq!((out.images[0].width, out.images[0].height), (128, 96));
+    assert_eq!(out.latents.shape(), &[1, 16, 12, 16]);
+}

@@ -1,5 +1,5 @@
 //! CLIP tokenizer vs transformers' slow `CLIPTokenizer` goldens (tests/golden/tokenizer), plus
-//! the tokenizer.json path and loading errors.
+//! the tokenizer.json path and loading errors, and the T5 tokenizer of SD3/FLUX packages.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,11 @@ const GOLDEN: &str = concat!(
 const FULL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/clip-tokenizer");
 const TINY_SD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-sd/tokenizer");
 const TINY_SD2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-sd2-v/tokenizer");
+const T5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-sd3/tokenizer_3");
+const T5_GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/tokenizer/t5_prompts.json"
+);
 const TINY_JSON: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/data/tiny-tokenizer-json"
@@ -252,4 +257,31 @@ fn model_max_length_from_config() {
         fs::write(d.join("tokenizer_config.json"), cfg).expect("write");
     });
     assert!(load_err(dir.path()).contains("model_max_length"));
+}
+
+/// The T5 tokenizer of the SD3/FLUX packages against transformers' T5TokenizerFast, padded and
+/// truncated as the pipelines call it (goldens from models/make_flow.py).
+#[test]
+fn golden_t5_padded_and_truncated() {
+    let golden: Value = serde_json::from_str(&fs::read_to_string(T5_GOLDEN).unwrap()).unwrap();
+    let tok = diffgentor::model::T5Tokenizer::from_dir(Path::new(T5)).unwrap();
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 50);
+    let mut mismatches = Vec::new();
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        for (key, length) in [("max16", 16), ("max64", 64)] {
+            let want: Vec<i64> = case[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let got = tok.encode(prompt, length).unwrap();
+            if got != want {
+                mismatches.push(format!("{prompt:?} at {length}: {got:?} != {want:?}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// [n, c, h, w] -> [n, (h/2)(w/2), 4c]: diffusers' `_pack_latents` (view, permute(0,2,4,1,3,5),
 /// reshape), so token (i, j) holds channel-major 2x2 patches.
-pub(crate) fn pack(latents: ArrayView4<'_, f32>) -> Array3<f32> {
+pub fn pack(latents: ArrayView4<'_, f32>) -> Array3<f32> {
     let (n, c, h, w) = latents.dim();
     let (h2, w2) = (h / 2, w / 2);
     Array3::from_shape_fn((n, h2 * w2, c * 4), |(b, token, k)| {
@@ -16,7 +16,7 @@ pub(crate) fn pack(latents: ArrayView4<'_, f32>) -> Array3<f32> {
 }
 
 /// The inverse of [`pack`] for latents of `height` x `width` (latent pixels).
-pub(crate) fn unpack(packed: ArrayView3<'_, f32>, height: usize, width: usize) -> Array4<f32> {
+pub fn unpack(packed: ArrayView3<'_, f32>, height: usize, width: usize) -> Array4<f32> {
     let (n, _, k) = packed.dim();
     let w2 = width / 2;
     Array4::from_shape_fn((n, k / 4, height, width), |(b, ch, y, x)| {

@@ -1,7 +1,7 @@
 //! Pipelines compose components into a diffusion run; the only place that knows the order of one.
 mod conditioning;
 mod denoise;
-mod flux;
+pub mod flux;
 mod guidance;
 mod inputs;
 mod pipeline;
