@@ -80,7 +80,10 @@ fn text_encoder_with_int32_input_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = package_with(tmp.path(), "text_encoder", "text_encoder_ids_int32.onnx");
     let pipeline = load(&dir);
-    assert_eq!(pipeline.model().text_encoder.ids_dtype, ElementType::I32);
+    assert_eq!(
+        pipeline.model().text_encoder.as_ref().unwrap().1.ids_dtype,
+        ElementType::I32
+    );
     assert_eq!(
         pipeline.model().denoiser.unet().unwrap().timestep,
         TimestepKind {
@@ -103,7 +106,10 @@ fn unet_with_int64_batch_timestep() {
             shape: TimestepShape::Batch
         }
     );
-    assert_eq!(pipeline.model().text_encoder.ids_dtype, ElementType::I64);
+    assert_eq!(
+        pipeline.model().text_encoder.as_ref().unwrap().1.ids_dtype,
+        ElementType::I64
+    );
     assert_same(
         "int64[batch] timestep",
         reference(),

@@ -23,8 +23,8 @@ use crate::runtime::Runtime;
 #[derive(Debug)]
 pub struct LoadedModel {
     pub package: ModelPackage,
-    pub tokenizer: Tokenizer,
-    pub text_encoder: TextEncoder,
+    /// The (first) CLIP tokenizer and text encoder; only SDXL refiners lack it.
+    pub text_encoder: Option<(Tokenizer, TextEncoder)>,
     /// The second CLIP tokenizer and text encoder (CLIP-G with projection) of SDXL and SD3.
     pub second_encoder: Option<(Tokenizer, TextEncoder)>,
     /// The T5 tokenizer and encoder of SD3 (optional there) and FLUX.
@@ -39,10 +39,16 @@ impl LoadedModel {
     /// Opens the package and builds one session per component on `runtime`.
     pub fn load(runtime: &Arc<Runtime>, dir: &std::path::Path) -> Result<LoadedModel> {
         let package = ModelPackage::open(dir)?;
-        let tokenizer = Tokenizer::from_dir(&package.component("tokenizer"))?;
         let graph = |name: &str| runtime.load_graph(name, &package.graph_path(name));
-        let text_encoder = TextEncoder::new(graph("text_encoder")?)?;
         let family = package.family;
+        let text_encoder = if package.component("text_encoder").is_dir() {
+            Some((
+                Tokenizer::from_dir(&package.component("tokenizer"))?,
+                TextEncoder::new(graph("text_encoder")?)?,
+            ))
+        } else {
+            None
+        };
         let second_encoder = match family {
             Family::Sdxl | Family::Sd3 => Some((
                 Tokenizer::from_dir(&package.component("tokenizer_2"))?,
@@ -94,7 +100,6 @@ impl LoadedModel {
         };
         Ok(LoadedModel {
             package,
-            tokenizer,
             text_encoder,
             second_encoder,
             t5,

@@ -26,7 +26,8 @@ pub struct ModelPackage {
     pub force_zeros_for_empty_prompt: bool,
 }
 
-/// Component folders a package of each family must have (SD3's T5 is optional, as in diffusers).
+/// Component folders a package of each family must have (SD3's T5 and the first text encoder of
+/// SDXL are optional, as in diffusers).
 fn required(family: Family) -> &'static [&'static str] {
     const SD: &[&str] = &[
         "text_encoder",
@@ -35,9 +36,8 @@ fn required(family: Family) -> &'static [&'static str] {
         "vae_decoder",
         "scheduler",
     ];
+    // SDXL refiners have only the second text encoder.
     const SDXL: &[&str] = &[
-        "text_encoder",
-        "tokenizer",
         "text_encoder_2",
         "tokenizer_2",
         "unet",

@@ -52,21 +52,34 @@ pub(crate) fn encode(
         texts: &texts,
         timings,
     };
-    let clip = |run: &mut Runner<'_, '_>| run.clip(&model.tokenizer, &model.text_encoder, family);
+    let first = || {
+        model
+            .text_encoder
+            .as_ref()
+            .map(|(t, e)| (t, e))
+            .ok_or_else(|| Error::model(package.component("text_encoder"), "is missing"))
+    };
     let (hidden, pooled) = match family {
         Family::StableDiffusion | Family::Inpaint | Family::InstructPix2Pix => {
-            let ids = run.clip_ids(&model.tokenizer)?;
-            let hidden = run.outputs(&model.text_encoder, ids, &["last_hidden_state"])?;
+            let (tokenizer, encoder) = first()?;
+            let ids = run.clip_ids(tokenizer)?;
+            let hidden = run.outputs(encoder, ids, &["last_hidden_state"])?;
             (one(hidden)?, None)
         }
         Family::Sdxl => {
-            let (first, _) = clip(&mut run)?;
+            // Refiners have only the second encoder; its hidden states then stand alone.
+            let mut parts = Vec::new();
+            if let Some((tokenizer, encoder)) = &model.text_encoder {
+                parts.push(run.clip(tokenizer, encoder, family)?.0);
+            }
             let (tokenizer, encoder) = second(model)?;
-            let (second, pooled) = run.clip(tokenizer, encoder, family)?;
-            (join(&[first, second], 2)?, pooled)
+            let (hidden, pooled) = run.clip(tokenizer, encoder, family)?;
+            parts.push(hidden);
+            (join(&parts, 2)?, pooled)
         }
         Family::Sd3 => {
-            let (first, pooled_l) = clip(&mut run)?;
+            let (tokenizer, encoder) = first()?;
+            let (first, pooled_l) = run.clip(tokenizer, encoder, family)?;
             let (tokenizer, encoder) = second(model)?;
             let (second, pooled_g) = run.clip(tokenizer, encoder, family)?;
             let clip_hidden = join(&[first, second], 2)?;
@@ -99,8 +112,9 @@ pub(crate) fn encode(
             (join(&[padded, t5], 1)?, pooled)
         }
         Family::Flux => {
-            let ids = run.clip_ids(&model.tokenizer)?;
-            let pooled = run.outputs(&model.text_encoder, ids, &["pooler_output"])?;
+            let (tokenizer, encoder) = first()?;
+            let ids = run.clip_ids(tokenizer)?;
+            let pooled = run.outputs(encoder, ids, &["pooler_output"])?;
             let (tokenizer, encoder) = model
                 .t5
                 .as_ref()
@@ -256,14 +270,33 @@ fn joint_width(model: &LoadedModel) -> Result<usize> {
         })
 }
 
-/// SDXL's `time_ids` rows: original size, crop top-left, target size, as diffusers fills them
-/// when none are given ((h, w), (0, 0), (h, w)).
-pub(crate) fn time_ids(width: usize, (w, h): (u32, u32), batch: usize) -> Result<ArrayD<f32>> {
-    if width != 6 {
-        return Err(Error::Unsupported(format!(
-            "UNet time_ids of width {width} (SDXL refiner aesthetic-score conditioning) is not run yet"
-        )));
+/// SDXL's `time_ids` rows, as diffusers' `_get_add_time_ids` fills them when none are given:
+/// original size (h, w), crop top-left (0, 0), then the target size (h, w), or, on refiners
+/// (5 values), the aesthetic score (the negative score for unconditional rows).
+pub(crate) fn time_ids(
+    width: usize,
+    (w, h): (u32, u32),
+    guidance: Guidance,
+    request: &Request,
+) -> Result<ArrayD<f32>> {
+    let (h, w) = (h as f32, w as f32);
+    let row = |text: Text| match (width, text) {
+        (6, _) => Ok(vec![h, w, 0.0, 0.0, h, w]),
+        (5, Text::Prompt) => Ok(vec![h, w, 0.0, 0.0, request.aesthetic_score]),
+        (5, Text::Negative) => Ok(vec![h, w, 0.0, 0.0, request.negative_aesthetic_score]),
+        _ => Err(Error::Unsupported(format!(
+            "UNet time_ids of width {width} (SDXL takes 6, its refiner 5)"
+        ))),
+    };
+    let n = request.num_images;
+    let mut rows = Vec::with_capacity(guidance.groups() * n * width);
+    for text in guidance.texts() {
+        let values = row(*text)?;
+        for _ in 0..n {
+            rows.extend_from_slice(&values);
+        }
     }
-    let row = [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32];
-    Ok(Array2::from_shape_fn((batch, 6), |(_, j)| row[j]).into_dyn())
+    Array2::from_shape_vec((guidance.groups() * n, width), rows)
+        .map(|a| a.into_dyn())
+        .map_err(|e| Error::InvalidArg(format!("time_ids: {e}")))
 }

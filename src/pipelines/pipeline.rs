@@ -389,7 +389,8 @@ impl Pipeline {
             Denoiser::Unet(unet) => {
                 if let (Some(width), Some(pooled)) = (unet.time_ids, pooled) {
                     fixed.push(("text_embeds", Tensor::F32(pooled)));
-                    fixed.push(("time_ids", Tensor::F32(time_ids(width, size, batch)?)));
+                    let ids = time_ids(width, size, guidance, request)?;
+                    fixed.push(("time_ids", Tensor::F32(ids)));
                 }
                 if let Some(dim) = unet.timestep_cond {
                     let w = request.guidance_scale - 1.0;

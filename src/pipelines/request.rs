@@ -60,6 +60,9 @@ pub struct Request {
     pub image_guidance_scale: f32,
     /// Progressive generation: stages run in order, each over the upscaled latents of the last.
     pub plan: Option<Plan>,
+    /// SDXL refiners' aesthetic-score conditioning (diffusers' defaults 6.0 and 2.5).
+    pub aesthetic_score: f32,
+    pub negative_aesthetic_score: f32,
     /// T5 token count of SD3 and FLUX prompts (`None`: diffusers' 256 for SD3, 512 for FLUX).
     pub max_sequence_length: Option<usize>,
 }
@@ -106,6 +109,8 @@ impl Default for Request {
             image_guidance_scale: 1.5,
             plan: None,
             max_sequence_length: None,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
         }
     }
 }
@@ -133,7 +138,8 @@ impl Request {
     ///
     /// Keys: `prompt`, `negative_prompt`, `steps`, `guidance_scale`, `width`, `height`, `seed`,
     /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), `strength`,
-    /// `image_guidance_scale`, `plan` (plan JSON), `max_sequence_length`, and `scheduler.<key>` for a
+    /// `image_guidance_scale`, `plan` (plan JSON), `max_sequence_length`, `aesthetic_score`,
+    /// `negative_aesthetic_score`, and `scheduler.<key>` for a
     /// diffusers scheduler_config override (value parsed as JSON, else taken as a string). Only the
     /// value's syntax is checked here; ranges are checked when the request runs.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -153,6 +159,8 @@ impl Request {
             "image_guidance_scale" => self.image_guidance_scale = parse_value(key, value)?,
             "plan" => self.plan = Some(Plan::from_json(value)?),
             "max_sequence_length" => self.max_sequence_length = Some(parse_value(key, value)?),
+            "aesthetic_score" => self.aesthetic_score = parse_value(key, value)?,
+            "negative_aesthetic_score" => self.negative_aesthetic_score = parse_value(key, value)?,
             _ => match key.strip_prefix("scheduler.") {
                 Some(name) if !name.is_empty() => {
                     let parsed = serde_json::from_str(value)
@@ -163,7 +171,8 @@ impl Request {
                     return Err(Error::InvalidArg(format!(
                         "unknown parameter `{key}` (expected prompt, negative_prompt, steps, \
                          guidance_scale, width, height, seed, num_images, scheduler, eta, rng, \
-                         strength, image_guidance_scale, plan, max_sequence_length or \
+                         strength, image_guidance_scale, plan, max_sequence_length, \
+                         aesthetic_score, negative_aesthetic_score or \
                          scheduler.<diffusers config key>)"
                     )))
                 }

@@ -68,12 +68,14 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     }
     let scheduler = schedulers::create(None, &package.scheduler_config)?;
     println!("  scheduler {}", scheduler.name());
-    println!("  tokenizer max length {}", model.tokenizer.max_length());
+    if let Some((tokenizer, _)) = &model.text_encoder {
+        println!("  tokenizer max length {}", tokenizer.max_length());
+    }
     let encoder = model.vae_encoder.as_ref().map(|e| &e.graph);
     let second = model.second_encoder.as_ref().map(|(_, e)| &e.graph);
     let t5 = model.t5.as_ref().map(|(_, e)| &e.graph);
     let graphs = [
-        Some(&model.text_encoder.graph),
+        model.text_encoder.as_ref().map(|(_, e)| &e.graph),
         second,
         t5,
         Some(model.denoiser.graph()),
