@@ -7,12 +7,15 @@ Steps (default: models images goldens parity, in this order):
              models/tiny-sd-inpaint (StableDiffusionInpaintPipeline, UNet in_channels 9, --task inpainting) and
              models/tiny-ip2p (StableDiffusionInstructPix2PixPipeline, UNet in_channels 8, exported as a
              StableDiffusionPipeline with --task text-to-image, then model_index.json _class_name set back),
+             models/tiny-lcm, models/tiny-sdxl and models/tiny-sdxl-refiner (StableDiffusionXLImg2ImgPipeline
+             without text_encoder / tokenizer, requires_aesthetics_score, --task image-to-image),
              prune, write README.md with graph I/O; check every graph against PyTorch on random inputs
   images     tests/golden/edit/*.png synthetic inputs (RGB8 gradients + shapes, L masks, white = repaint)
   goldens    tests/golden/edit/: PyTorch outputs of StableDiffusionImg2ImgPipeline (tiny-sd, tiny-sd2-v),
              StableDiffusionInpaintPipeline (tiny-sd-inpaint: 9-channel UNet; tiny-sd: 4-channel latent blend),
-             StableDiffusionInstructPix2PixPipeline (tiny-ip2p) and a 3-stage progressive plan
-             (txt2img -> latent 2x upscale -> img2img -> latent 2x upscale -> img2img) + manifest.json
+             StableDiffusionInstructPix2PixPipeline (tiny-ip2p), a 3-stage progressive plan
+             (txt2img -> latent 2x upscale -> img2img -> latent 2x upscale -> img2img), LCM, SDXL and the
+             SDXL refiner (kind sdxl_refiner_img2img) + manifest.json
   parity     run optimum's ORT pipelines (ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionInpaintPipeline,
              ORTStableDiffusionPipeline, and an ORTDiffusionPipeline subclass for InstructPix2Pix, which optimum
              lacks) on the exported graphs with the goldens' inputs; prints max abs latent difference per case
@@ -51,6 +54,12 @@ Exported graph I/O (observed, opset 18, all float32 unless noted; also in each p
                              (te hidden_states.1 ++ te2 hidden_states.1), text_embeds [batch, 16],
                              time_ids [batch, 6] -> out_sample [batch, 4, h, w]
     vae_decoder / vae_encoder as above (scaling factor 0.13025 applied outside)
+  tiny-sdxl-refiner: no text_encoder / tokenizer; text_encoder_2 and the VAE have tiny-sdxl's weights:
+    text_encoder_2/model.onnx as in tiny-sdxl
+    unet/model.onnx          sample [batch, 4, h, w], timestep float32 [], encoder_hidden_states [batch, seq, 16]
+                             (te2 hidden_states.1 alone), text_embeds [batch, 16],
+                             time_ids [batch, 5] (orig h, orig w, crop top, crop left, aesthetic score)
+                             -> out_sample [batch, 4, h, w]
 """
 
 import argparse
@@ -74,6 +83,7 @@ OUT_INPAINT = os.path.join(ROOT, "models", "tiny-sd-inpaint")
 OUT_IP2P = os.path.join(ROOT, "models", "tiny-ip2p")
 OUT_LCM = os.path.join(ROOT, "models", "tiny-lcm")
 OUT_SDXL = os.path.join(ROOT, "models", "tiny-sdxl")
+OUT_SDXL_REFINER = os.path.join(ROOT, "models", "tiny-sdxl-refiner")
 GOLD = os.path.join(ROOT, "tests", "golden", "edit")
 PKG = {
     "tiny-sd": mt.OUT_SD,
@@ -82,6 +92,7 @@ PKG = {
     "tiny-ip2p": OUT_IP2P,
     "tiny-lcm": OUT_LCM,
     "tiny-sdxl": OUT_SDXL,
+    "tiny-sdxl-refiner": OUT_SDXL_REFINER,
     "tiny-sd3": os.path.join(ROOT, "models", "tiny-sd3"),
     "tiny-flux": os.path.join(ROOT, "models", "tiny-flux"),
 }
@@ -155,6 +166,9 @@ SDXL_SCHEDULER = {
     "trained_betas": None,
     "use_karras_sigmas": False,
 }
+# stabilityai/stable-diffusion-xl-refiner-1.0 scheduler/scheduler_config.json: the same keys and values as the
+# base's (EulerDiscreteScheduler, diffusers 0.19.0.dev0, leading spacing, steps_offset 1).
+SDXL_REFINER_SCHEDULER = dict(SDXL_SCHEDULER)
 
 PROMPT = mt.PROMPT
 NEG = mt.NEG
@@ -290,16 +304,24 @@ def build_lcm(toks):
     )
 
 
+def _sdxl_vae():
+    return _vae(40, channels=(8, 8, 8, 8), groups=4, scaling_factor=0.13025, force_upcast=True,
+                mid_block_add_attention=False)
+
+
+def _sdxl_text_encoder_2():
+    return _text_encoder(41, hidden=16, act="gelu", projection_dim=16)
+
+
 def build_sdxl(toks):
     """SDXL-base style: CLIPTextModel + CLIPTextModelWithProjection (penultimate hidden states concatenated,
     pooled text_embeds of encoder 2), UNet with addition_embed_type text_time, VAE scaling 0.13025, Euler."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     return StableDiffusionXLPipeline(
-        vae=_vae(40, channels=(8, 8, 8, 8), groups=4, scaling_factor=0.13025, force_upcast=True,
-                 mid_block_add_attention=False),
+        vae=_sdxl_vae(),
         text_encoder=_text_encoder(40, hidden=16),
-        text_encoder_2=_text_encoder(41, hidden=16, act="gelu", projection_dim=16),
+        text_encoder_2=_sdxl_text_encoder_2(),
         tokenizer=_tok(toks), tokenizer_2=_tok(toks, "tokenizer_2"),
         unet=_unet(40, 4, channels=(8, 16), groups=4, cross_attention_dim=32, attention_head_dim=(2, 4),
                    down=NO_ATTN_DOWN, up=NO_ATTN_UP,
@@ -307,6 +329,30 @@ def build_sdxl(toks):
                    projection_class_embeddings_input_dim=6 * 8 + 16),
         scheduler=EulerDiscreteScheduler.from_config(dict(SDXL_SCHEDULER)),
         image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=True, add_watermarker=False,
+    )
+
+
+def build_sdxl_refiner(toks):
+    """SDXL-refiner style (stabilityai/stable-diffusion-xl-refiner-1.0): no text_encoder / tokenizer; the UNet's
+    cross_attention_dim is text_encoder_2's hidden size and its text_time embedding takes 5 time ids (original
+    size, crop top-left, aesthetic score): projection_class_embeddings_input_dim = 5 * 8 + 16.
+    requires_aesthetics_score true, force_zeros_for_empty_prompt false (model_index of the real refiner).
+    text_encoder_2 and the VAE are tiny-sdxl's (same builders and seeds, so the same weights), as the real
+    refiner shares OpenCLIP ViT-bigG and the SDXL VAE with the base."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=_sdxl_vae(),
+        text_encoder=None,
+        text_encoder_2=_sdxl_text_encoder_2(),
+        tokenizer=None, tokenizer_2=_tok(toks, "tokenizer_2"),
+        unet=_unet(70, 4, channels=(8, 16), groups=4, cross_attention_dim=16, attention_head_dim=(2, 4),
+                   down=NO_ATTN_DOWN, up=NO_ATTN_UP,
+                   use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                   projection_class_embeddings_input_dim=5 * 8 + 16),
+        scheduler=EulerDiscreteScheduler.from_config(dict(SDXL_REFINER_SCHEDULER)),
+        image_encoder=None, feature_extractor=None, requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False, add_watermarker=False,
     )
 
 
@@ -321,6 +367,8 @@ NEW_MODELS = {
                      sched=LCM_SCHEDULER, toks={"tokenizer": "<|endoftext|>"}),
     "tiny-sdxl": dict(builder=build_sdxl, out=OUT_SDXL, task="text-to-image", export_as=None,
                       sched=SDXL_SCHEDULER, toks={"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}),
+    "tiny-sdxl-refiner": dict(builder=build_sdxl_refiner, out=OUT_SDXL_REFINER, task="image-to-image",
+                              export_as=None, sched=SDXL_REFINER_SCHEDULER, toks={"tokenizer_2": "!"}),
 }
 
 KEEP_FILES = set(mt.KEEP_FILES)
@@ -356,8 +404,10 @@ def export_package(name, src, out, m, tok_dirs, cache):
     subprocess.run([cli, "export", "onnx", "--model", src, "--task", m["task"], tmp_out], check=True)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    # a component saved as [null, null] (the refiner's text_encoder / tokenizer) is absent
     keep = {k for k in KEEP_FILES
-            if k == "model_index.json" or ("vae" if k.startswith("vae_") else k.split("/")[0]) in mi}
+            if k == "model_index.json"
+            or (mi.get("vae" if k.startswith("vae_") else k.split("/")[0]) or [None])[0] is not None}
     for root, _, files in os.walk(tmp_out):
         for fn in files:
             rel = os.path.relpath(os.path.join(root, fn), tmp_out).replace(os.sep, "/")
@@ -424,6 +474,27 @@ README_NOTES = {
         "(size budget: at this scale the graphs' node overhead, not the weights, dominates the file size).",
         "scheduler/scheduler_config.json is stabilityai/stable-diffusion-xl-base-1.0's (EulerDiscreteScheduler,",
         "timestep_spacing leading, steps_offset 1).",
+    ],
+    "tiny-sdxl-refiner": [
+        "SDXL-refiner layout (stabilityai/stable-diffusion-xl-refiner-1.0): model_index.json has `text_encoder` and",
+        "`tokenizer` [null, null] (absent), `requires_aesthetics_score: true`, `force_zeros_for_empty_prompt:",
+        "false`. text_encoder_2, tokenizer_2, the VAE graphs and the scheduler config are tiny-sdxl's (same",
+        "weights; the files are byte-identical), as the real refiner shares them with the base. Only tokenizer_2",
+        "(pads with \"!\", id 0, like the real SDXL) / text_encoder_2 encode, and they get `prompt` (prompt_2 is",
+        "ignored when text_encoder is absent). The UNet's `encoder_hidden_states` [batch, 77, 16] is text_encoder_2's",
+        "`hidden_states.1` (the penultimate layer, hidden_states[-2]) ALONE (no concatenation);",
+        "`text_embeds` [batch, 16] is text_encoder_2's pooled, projected `text_embeds`; `time_ids` [batch, 5] =",
+        "(original_height, original_width, crop_top, crop_left, aesthetic_score) as float32, i.e. the 8x latent",
+        "size of the input image, 0, 0 and aesthetic_score (default 6.0) for the prompt rows,",
+        "negative_aesthetic_score (default 2.5) for the negative rows (no target size). The UNet's",
+        "`projection_class_embeddings_input_dim` is 5 * addition_time_embed_dim 8 + 16 = 56.",
+        "With force_zeros_for_empty_prompt false, classifier-free guidance without a negative prompt ENCODES the",
+        "empty string \"\" (bos, eos, then \"!\" padding) with text_encoder_2 for the unconditional embeddings and",
+        "pooled embeddings (no zeros). VAE scaling factor 0.13025 (force_upcast true). optimum labels",
+        "text_encoder_2's `text_embeds` dims [batch_size, sequence_length]; the real shape is [batch, 16].",
+        "The UNet has cross-attention only in its mid block and the VAE has no mid-block attention (size budget).",
+        "scheduler/scheduler_config.json is stabilityai/stable-diffusion-xl-refiner-1.0's (EulerDiscreteScheduler,",
+        "timestep_spacing leading, steps_offset 1; the same as the base's).",
     ],
 }
 
@@ -505,9 +576,12 @@ def check_graphs(pt, out, tag):
         feed["timestep_cond"] = g.standard_normal((2, uc.time_cond_proj_dim)).astype(np.float32)
         kw["timestep_cond"] = torch.from_numpy(feed["timestep_cond"])
     if uc.addition_embed_type == "text_time":
-        n_txt = uc.projection_class_embeddings_input_dim - 6 * uc.addition_time_embed_dim
+        with open(os.path.join(pt, "model_index.json")) as f:
+            aesthetic = json.load(f).get("requires_aesthetics_score", False)
+        ids = [64, 96, 0, 0, 6.0] if aesthetic else [64, 96, 0, 0, 64, 96]
+        n_txt = uc.projection_class_embeddings_input_dim - len(ids) * uc.addition_time_embed_dim
         feed["text_embeds"] = g.standard_normal((2, n_txt)).astype(np.float32)
-        feed["time_ids"] = np.array([[64, 96, 0, 0, 64, 96]] * 2, dtype=np.float32)
+        feed["time_ids"] = np.array([ids] * 2, dtype=np.float32)
         kw["added_cond_kwargs"] = {"text_embeds": torch.from_numpy(feed["text_embeds"]),
                                    "time_ids": torch.from_numpy(feed["time_ids"])}
     with torch.no_grad():
@@ -652,6 +726,7 @@ PIPE_CLASS = {
     "lcm": "LatentConsistencyModelPipeline",
     "sdxl_txt2img": "StableDiffusionXLPipeline",
     "sdxl_img2img": "StableDiffusionXLImg2ImgPipeline",
+    "sdxl_refiner_img2img": "StableDiffusionXLImg2ImgPipeline",
     "sd3_txt2img": "StableDiffusion3Pipeline",
     "sd3_img2img": "StableDiffusion3Img2ImgPipeline",
     "flux_txt2img": "FluxPipeline",
@@ -662,6 +737,7 @@ CALLBACK_TENSORS = {
     "lcm": ["denoised", "latents", "w_embedding"],
     "sdxl_txt2img": ["latents", "add_text_embeds", "add_time_ids"],
     "sdxl_img2img": ["latents", "add_text_embeds", "add_time_ids"],
+    "sdxl_refiner_img2img": ["latents", "add_text_embeds", "add_time_ids", "prompt_embeds"],
 }
 
 
@@ -744,6 +820,14 @@ def golden_cases():
          strength=0.6, image=im64)
     # 7. SD3 and FLUX (flow matching; make_flow.py)
     _flow().cases(case, PROMPT, NEG)
+    # 8. SDXL refiner (text_encoder_2 only, 5 time ids with the aesthetic score; force_zeros_for_empty_prompt false)
+    rf = dict(aesthetic_score=6.0, negative_aesthetic_score=2.5)  # diffusers' defaults, passed explicitly
+    case("refiner_euler_s03", "sdxl_refiner_img2img", "tiny-sdxl-refiner", "euler", steps=10, guidance=5.0,
+         seed=1100, strength=0.3, image=im64, **rf)
+    case("refiner_euler_a_noneg_x2_96x64", "sdxl_refiner_img2img", "tiny-sdxl-refiner", "euler_a", steps=10,
+         guidance=5.0, seed=1101, strength=0.5, image=im96, neg=None, width=96, height=64, num_images=2, **rf)
+    case("refiner_euler_aes7_neg2_s06", "sdxl_refiner_img2img", "tiny-sdxl-refiner", "euler", steps=8,
+         guidance=5.0, seed=1102, strength=0.6, image=im64, aesthetic_score=7.0, negative_aesthetic_score=2.0)
     return C
 
 
@@ -848,8 +932,10 @@ def run_case(pipe, c, output_type="pil", gold_dir=GOLD):
         kwargs.update(negative_prompt=c["negative_prompt"], eta=c["eta"])
     if kind in ("txt2img", "lcm", "sdxl_txt2img"):
         kwargs.update(width=c["width"], height=c["height"])
-    if kind in ("img2img", "inpaint", "sdxl_img2img"):
+    if kind in ("img2img", "inpaint", "sdxl_img2img", "sdxl_refiner_img2img"):
         kwargs["strength"] = c["strength"]
+    if kind == "sdxl_refiner_img2img":
+        kwargs.update(aesthetic_score=c["aesthetic_score"], negative_aesthetic_score=c["negative_aesthetic_score"])
     if c["image"]:
         kwargs["image"] = load_image(c["image"])
     if c["image_latents_in"]:
@@ -887,7 +973,7 @@ def debug_tensors(c, t, uses_cfg):
     if "prepare_image_latents" in t:
         out["image_latents"] = t["prepare_image_latents"][:n]
     for k, name in (("cb_w_embedding", "timestep_cond"), ("cb_add_text_embeds", "text_embeds"),
-                    ("cb_add_time_ids", "time_ids")):
+                    ("cb_add_time_ids", "time_ids"), ("cb_prompt_embeds", "encoder_hidden_states")):
         if k in t:
             out[name] = t[k]  # the full UNet-batch tensor (CFG order [uncond, cond] where CFG is on)
     return {k: v.detach().float().numpy() for k, v in out.items()}
@@ -1025,7 +1111,7 @@ def make_goldens(cache):
               f"[{lat.min():.3f}, {lat.max():.3f}] rng "
               f"{[(r['by'].split(':')[1], r['shape'], r['count']) for r in rng]}")
     mt.write_json(os.path.join(GOLD, "manifest.json"), {
-        "description": DESCRIPTION + " " + _flow().DESCRIPTION,
+        "description": DESCRIPTION + " " + _flow().DESCRIPTION + " " + REFINER_DESCRIPTION,
         "versions": {k: version(k) for k in PINS},
         "inputs": {fn: {"kind": k, "width": w, "height": h} for fn, (k, w, h) in IMAGES.items()},
         "cases": manifest,
@@ -1110,6 +1196,24 @@ DESCRIPTION = (
     "(pipeline_stable_diffusion_xl.py:422-425); RNG order as txt2img / img2img above; VAE scaling 0.13025."
 )
 
+REFINER_DESCRIPTION = (
+    "SDXL REFINER (kind sdxl_refiner_img2img, StableDiffusionXLImg2ImgPipeline on tiny-sdxl-refiner: no text_encoder "
+    "/ tokenizer, requires_aesthetics_score true, force_zeros_for_empty_prompt false; "
+    "pipeline_stable_diffusion_xl_img2img.py): the pipeline is called with aesthetic_score and "
+    "negative_aesthetic_score from the case (6.0 / 2.5 are diffusers' defaults). Only tokenizer_2 / text_encoder_2 "
+    "run, on `prompt` (:387-399: the tokenizers list is [tokenizer_2], zipped with [prompt, prompt_2]); "
+    "tensors.encoder_hidden_states = the UNet-batch prompt embeddings = text_encoder_2 hidden_states[-2] ALONE "
+    "(:426-437), [negative..., positive...]; text_embeds = text_encoder_2 text_embeds (pooled, projected; :424-427); "
+    "with negative_prompt None and CFG the negative prompt is \"\" ENCODED by text_encoder_2 (:440-495; "
+    "force_zeros_for_empty_prompt false), not zeros. time_ids (_get_add_time_ids, :843-892, the "
+    "requires_aesthetics_score branch :856-860, called at :1316) = "
+    "[orig_h, orig_w, crop_top, crop_left, aesthetic_score] per positive row and [orig_h, orig_w, 0, 0, "
+    "negative_aesthetic_score] per negative row (5 values, no target size; orig = 8 x the image latents' size, "
+    ":1297-1301); tensors.time_ids rows are [negative x n, positive x n] (:1328-1334). "
+    "Image latents, strength truncation and RNG order as SDXL img2img (VAE sample [1,4,h,w], add_noise noise "
+    "[n,4,h,w], euler_a step draws); VAE scaling 0.13025."
+)
+
 
 # --------------------------------------------------------------------------------------------
 # ONNX parity
@@ -1140,6 +1244,7 @@ def ort_factory():
         "lcm": ORTLatentConsistencyModelPipeline,
         "sdxl_txt2img": ORTStableDiffusionXLPipeline,
         "sdxl_img2img": ORTStableDiffusionXLImg2ImgPipeline,
+        "sdxl_refiner_img2img": ORTStableDiffusionXLImg2ImgPipeline,
         **_flow().ort_classes(),
     }
 
