@@ -1,6 +1,6 @@
 //! Parity of image editing with diffusers' PyTorch pipelines: img2img, inpainting with a 9-channel
-//! UNet and by latent blending, InstructPix2Pix, LCM-distilled text-to-image, SDXL text-to-image
-//! and img2img, and a 3-stage progressive plan. Goldens come from
+//! UNet and by latent blending, InstructPix2Pix, LCM-distilled text-to-image, SDXL (base and
+//! refiner), SD3 and FLUX, and a 3-stage progressive plan. Goldens come from
 //! models/make_edit.py (tests/golden/edit/manifest.json describes each case and its RNG draws).
 mod common;
 
@@ -36,6 +36,12 @@ fn request_for(case: &Value) -> Request {
     request.scheduler = case["scheduler_class"].as_str().map(str::to_string);
     request.max_sequence_length = case["max_sequence_length"].as_u64().map(|v| v as usize);
     request.strength = case["strength"].as_f64();
+    if let Some(score) = case["aesthetic_score"].as_f64() {
+        request.aesthetic_score = score as f32;
+    }
+    if let Some(score) = case["negative_aesthetic_score"].as_f64() {
+        request.negative_aesthetic_score = score as f32;
+    }
     if let Some(scale) = case["image_guidance_scale"].as_f64() {
         request.image_guidance_scale = scale as f32;
     }

@@ -65,6 +65,12 @@ pub struct RequestArgs {
     /// Also write the final latents (before VAE decoding) as .npy.
     #[arg(long, value_name = "FILE.npy")]
     save_latents: Option<PathBuf>,
+    /// SDXL refiners' aesthetic score of the prompt.
+    #[arg(long, default_value_t = 6.0)]
+    aesthetic_score: f32,
+    /// SDXL refiners' aesthetic score of the unconditional pass.
+    #[arg(long, default_value_t = 2.5)]
+    negative_aesthetic_score: f32,
     /// T5 tokens of SD3 and FLUX prompts (default: 256 for SD3, 512 for FLUX, as diffusers).
     #[arg(long, value_name = "N")]
     max_sequence_length: Option<usize>,
@@ -147,6 +153,8 @@ impl RequestArgs {
             request.latents = Some(npy::read_f32(path)?);
         }
         request.max_sequence_length = args.max_sequence_length;
+        request.aesthetic_score = args.aesthetic_score;
+        request.negative_aesthetic_score = args.negative_aesthetic_score;
         if let Some(path) = &args.plan {
             request.plan = Some(Plan::load(path)?);
         }
