@@ -275,6 +275,25 @@ dg_error_t *dg_runtime_options_set_tensorrt_engine_cache(dg_runtime_options_t *o
                                                          const char *dir);
 
 /**
+ * Sets any runtime option by string key and value, e.g.
+ * `dg_runtime_options_set(opts, "sessions_per_graph", "2")`.
+ *
+ * Keys: "ort_library" (path; "" clears it), "execution_provider" (as
+ * `dg_runtime_options_set_execution_provider`), "allow_cpu_fallback" (boolean), "intra_threads"
+ * (0 = ONNX Runtime's default), "optimization" ("disable", "basic", "extended", "layout" or "all"),
+ * "no_spinning" (boolean: idle ONNX Runtime threads do not spin-wait), "sessions_per_graph"
+ * (at least 1: sessions per graph, so that many concurrent requests run a graph at once; each holds
+ * its own copy of the weights), "optimized_graph_cache" (directory for ONNX Runtime's optimized
+ * graphs; "" turns it off), "tensorrt_fp16" (boolean) and "tensorrt_engine_cache" (directory).
+ * Booleans are true/false, 1/0, yes/no or on/off. An unknown key is `DG_ERROR_INVALID_ARG` listing
+ * the keys; an unparsable value is `DG_ERROR_INVALID_ARG` naming key and value.
+ *
+ * # Safety
+ * `opts` is NULL or live options; `key` and `value` are NULL or NUL-terminated strings.
+ */
+dg_error_t *dg_runtime_options_set(dg_runtime_options_t *opts, const char *key, const char *value);
+
+/**
  * Loads ONNX Runtime and checks the execution provider; `opts` NULL means defaults. The runtime
  * goes to `*out`; free it with `dg_runtime_free`. ONNX Runtime is loaded once per process: later
  * runtimes share the first library, and naming a different library file is `DG_ERROR_BACKEND`.

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{arg_mut, arg_str, boundary, dg_error_t, out_param, write_out, FfiResult};
-use crate::runtime::TensorRtOptions;
-use crate::{ExecutionProvider, Runtime, RuntimeOptions};
+use crate::runtime::{OptimizationLevel, TensorRtOptions};
+use crate::{Error, ExecutionProvider, Runtime, RuntimeOptions};
 
 /// Options for `dg_runtime_new`: a builder. Not thread-safe: use one from one thread at a time.
 /// `dg_runtime_new` copies it, so it may be freed (or reused) right after.
@@ -24,6 +24,67 @@ impl dg_runtime_options_t {
         }
         options
     }
+
+    /// `dg_runtime_options_set`'s keys, in the order its documentation lists them.
+    const KEYS: &'static str = "ort_library, execution_provider, allow_cpu_fallback, intra_threads, \
+                                optimization, no_spinning, sessions_per_graph, optimized_graph_cache, \
+                                tensorrt_fp16, tensorrt_engine_cache";
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        let o = &mut self.options;
+        match key {
+            "ort_library" => o.ort_library = path(value),
+            "execution_provider" => o.execution_provider = value.parse()?,
+            "allow_cpu_fallback" => o.allow_cpu_fallback = flag(key, value)?,
+            "intra_threads" => {
+                let threads: usize = number(key, value)?;
+                o.intra_threads = (threads > 0).then_some(threads);
+            }
+            "optimization" => o.optimization = value.parse::<OptimizationLevel>()?,
+            "no_spinning" => o.no_spinning = flag(key, value)?,
+            "sessions_per_graph" => match number(key, value)? {
+                0 => {
+                    return Err(Error::InvalidArg(
+                        "sessions_per_graph must be at least 1, got `0`".into(),
+                    ))
+                }
+                n => o.sessions_per_graph = n,
+            },
+            "optimized_graph_cache" => o.optimized_graph_cache = path(value),
+            "tensorrt_fp16" => self.tensorrt.fp16 = flag(key, value)?,
+            "tensorrt_engine_cache" => self.tensorrt.engine_cache_dir = path(value),
+            _ => {
+                return Err(Error::InvalidArg(format!(
+                    "unknown runtime option `{key}` (expected {})",
+                    Self::KEYS
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An empty value clears a path option.
+fn path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| PathBuf::from(value))
+}
+
+fn flag(key: &str, value: &str) -> Result<bool, Error> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::InvalidArg(format!(
+            "runtime option `{key}`: `{value}` is not a boolean (true/false, 1/0, yes/no, on/off)"
+        ))),
+    }
+}
+
+fn number(key: &str, value: &str) -> Result<usize, Error> {
+    value.trim().parse().map_err(|_| {
+        Error::InvalidArg(format!(
+            "runtime option `{key}`: `{value}` is not a non-negative integer"
+        ))
+    })
 }
 
 /// A loaded ONNX Runtime with its execution provider. Thread-safe: share one per process. Pipelines
@@ -163,6 +224,34 @@ pub unsafe extern "C" fn dg_runtime_options_set_tensorrt_engine_cache(
     })
 }
 
+/// Sets any runtime option by string key and value, e.g.
+/// `dg_runtime_options_set(opts, "sessions_per_graph", "2")`.
+///
+/// Keys: "ort_library" (path; "" clears it), "execution_provider" (as
+/// `dg_runtime_options_set_execution_provider`), "allow_cpu_fallback" (boolean), "intra_threads"
+/// (0 = ONNX Runtime's default), "optimization" ("disable", "basic", "extended", "layout" or "all"),
+/// "no_spinning" (boolean: idle ONNX Runtime threads do not spin-wait), "sessions_per_graph"
+/// (at least 1: sessions per graph, so that many concurrent requests run a graph at once; each holds
+/// its own copy of the weights), "optimized_graph_cache" (directory for ONNX Runtime's optimized
+/// graphs; "" turns it off), "tensorrt_fp16" (boolean) and "tensorrt_engine_cache" (directory).
+/// Booleans are true/false, 1/0, yes/no or on/off. An unknown key is `DG_ERROR_INVALID_ARG` listing
+/// the keys; an unparsable value is `DG_ERROR_INVALID_ARG` naming key and value.
+///
+/// # Safety
+/// `opts` is NULL or live options; `key` and `value` are NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn dg_runtime_options_set(
+    opts: *mut dg_runtime_options_t,
+    key: *const c_char,
+    value: *const c_char,
+) -> *mut dg_error_t {
+    with_opts(opts, |o| {
+        let key = arg_str(key, "key")?;
+        let value = arg_str(value, "value")?;
+        Ok(o.set(key, value)?)
+    })
+}
+
 /// Loads ONNX Runtime and checks the execution provider; `opts` NULL means defaults. The runtime
 /// goes to `*out`; free it with `dg_runtime_free`. ONNX Runtime is loaded once per process: later
 /// runtimes share the first library, and naming a different library file is `DG_ERROR_BACKEND`.
@@ -192,4 +281,143 @@ pub unsafe extern "C" fn dg_runtime_new(
 #[no_mangle]
 pub unsafe extern "C" fn dg_runtime_free(rt: *mut dg_runtime_t) {
     super::free_handle(rt)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+    use std::ptr;
+
+    use super::*;
+    use crate::capi::{dg_error_code, dg_error_code_t, dg_error_free, dg_error_message};
+
+    fn options() -> dg_runtime_options_t {
+        dg_runtime_options_t {
+            options: RuntimeOptions::default(),
+            tensorrt: TensorRtOptions::default(),
+        }
+    }
+
+    /// Calls `dg_runtime_options_set` and returns the error's code and message, if any.
+    fn set(
+        o: &mut dg_runtime_options_t,
+        key: &[u8],
+        value: &[u8],
+    ) -> Option<(dg_error_code_t, String)> {
+        let (key, value) = (CString::new(key).ok()?, CString::new(value).ok()?);
+        // SAFETY: `o` is live and both strings are NUL-terminated.
+        let err = unsafe { dg_runtime_options_set(o, key.as_ptr(), value.as_ptr()) };
+        if err.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null error from the call above, freed once.
+        unsafe {
+            let message = std::ffi::CStr::from_ptr(dg_error_message(err))
+                .to_string_lossy()
+                .into_owned();
+            let code = dg_error_code(err);
+            dg_error_free(err);
+            Some((code, message))
+        }
+    }
+
+    #[test]
+    fn every_key_sets_its_option() {
+        let mut o = options();
+        for (key, value) in [
+            ("ort_library", "/opt/ort/libonnxruntime.so"),
+            ("execution_provider", "tensorrt:1"),
+            ("allow_cpu_fallback", "yes"),
+            ("intra_threads", "3"),
+            ("optimization", "extended"),
+            ("no_spinning", "1"),
+            ("sessions_per_graph", "4"),
+            ("optimized_graph_cache", "/var/cache/dg"),
+            ("tensorrt_fp16", "on"),
+            ("tensorrt_engine_cache", "/var/cache/trt"),
+        ] {
+            assert_eq!(set(&mut o, key.as_bytes(), value.as_bytes()), None, "{key}");
+        }
+        let r = o.resolve();
+        assert_eq!(
+            r.ort_library,
+            Some(PathBuf::from("/opt/ort/libonnxruntime.so"))
+        );
+        assert!(r.allow_cpu_fallback && r.no_spinning);
+        assert_eq!(r.intra_threads, Some(3));
+        assert_eq!(r.optimization, OptimizationLevel::Extended);
+        assert_eq!(r.sessions_per_graph, 4);
+        assert_eq!(
+            r.optimized_graph_cache,
+            Some(PathBuf::from("/var/cache/dg"))
+        );
+        assert_eq!(
+            r.execution_provider,
+            ExecutionProvider::TensorRt {
+                device_id: 1,
+                options: TensorRtOptions {
+                    fp16: true,
+                    engine_cache_dir: Some(PathBuf::from("/var/cache/trt")),
+                },
+            }
+        );
+        // 0 threads = ONNX Runtime's default; "" clears a path.
+        assert_eq!(set(&mut o, b"intra_threads", b"0"), None);
+        assert_eq!(set(&mut o, b"optimized_graph_cache", b""), None);
+        let r = o.resolve();
+        assert_eq!((r.intra_threads, r.optimized_graph_cache), (None, None));
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_invalid_arguments() {
+        let mut o = options();
+        let invalid = dg_error_code_t::DG_ERROR_INVALID_ARG;
+        let (code, message) = set(&mut o, b"session_per_graph", b"2").expect("unknown key");
+        assert_eq!(code, invalid);
+        assert!(
+            message.contains("session_per_graph") && message.contains("sessions_per_graph"),
+            "{message}"
+        );
+        for (key, value) in [
+            ("sessions_per_graph", "0"),
+            ("sessions_per_graph", "-1"),
+            ("intra_threads", "many"),
+            ("no_spinning", "maybe"),
+            ("optimization", "max"),
+            ("execution_provider", "gpu"),
+        ] {
+            let (code, message) = set(&mut o, key.as_bytes(), value.as_bytes()).expect(key);
+            assert_eq!(code, invalid, "{key}={value}: {message}");
+            assert!(message.contains(value), "{key}={value}: {message}");
+        }
+        assert_eq!(
+            o.resolve().sessions_per_graph,
+            1,
+            "a rejected value changes nothing"
+        );
+
+        let (code, message) = set(&mut o, b"no_spinning", b"tr\xffue").expect("bad UTF-8");
+        assert_eq!(code, invalid);
+        assert!(
+            message.contains("`value`") && message.contains("offset 2"),
+            "{message}"
+        );
+
+        // SAFETY: NULL handles and strings are checked before use.
+        let err = unsafe { dg_runtime_options_set(ptr::null_mut(), c"k".as_ptr(), c"v".as_ptr()) };
+        // SAFETY: a non-null error, freed once.
+        unsafe {
+            assert_eq!(dg_error_code(err), dg_error_code_t::DG_ERROR_NULL_ARG);
+            dg_error_free(err);
+        }
+        let err = unsafe { dg_runtime_options_set(&mut o, c"k".as_ptr(), ptr::null()) };
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(dg_error_code(err), dg_error_code_t::DG_ERROR_NULL_ARG);
+            assert!(std::ffi::CStr::from_ptr(dg_error_message(err))
+                .to_string_lossy()
+                .contains("`value`"));
+            dg_error_free(err);
+        }
+    }
 }

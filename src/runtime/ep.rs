@@ -76,7 +76,7 @@ impl ExecutionProvider {
     }
 
     /// ORT's CPU wheel does not contain the GPU providers at all; say so plainly before trying.
-    fn check_compiled_in(&self) -> Result<()> {
+    pub(crate) fn check_compiled_in(&self) -> Result<()> {
         let available = super::library::available_providers()?;
         if available.iter().any(|name| name == self.ort_name()) {
             return Ok(());

@@ -1,13 +1,15 @@
 //! One ONNX graph loaded into an ONNX Runtime session, with the I/O signature read from the graph.
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD};
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use super::cache::CacheStatus;
+use super::pool::{Lease, Pool, PoolStats};
+use super::{ExecutionProvider, SessionOrigin, SessionSpec};
 use crate::error::{Error, Result};
 
 /// Element types the pipelines exchange with graphs.
@@ -64,11 +66,35 @@ pub enum Input<'a> {
     I64(ArrayViewD<'a, i64>),
 }
 
-/// A loaded graph. `Session::run` needs exclusive access, so runs on one graph are serialised.
+impl Input<'_> {
+    /// A view of the tensor that ONNX Runtime can read in place.
+    pub(crate) fn value(&self) -> ort::Result<ort::session::SessionInputValue<'_>> {
+        Ok(match self {
+            Input::F32(a) => TensorRef::from_array_view(a.view())?.into(),
+            Input::I32(a) => TensorRef::from_array_view(a.view())?.into(),
+            Input::I64(a) => TensorRef::from_array_view(a.view())?.into(),
+        })
+    }
+}
+
+/// How a graph builds more sessions.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    pub spec: SessionSpec,
+    pub origin: SessionOrigin,
+    /// `RuntimeOptions::sessions_per_graph`.
+    pub limit: usize,
+}
+
+/// A loaded graph with a pool of up to `sessions_per_graph` sessions. `Session::run` needs exclusive
+/// access, so each run takes a session from the pool (building one when all are busy and the limit
+/// allows, else waiting for one).
 pub struct Graph {
     component: String,
     path: PathBuf,
-    session: Mutex<Session>,
+    pool: Pool<Session>,
+    sessions: Sessions,
+    cache: CacheStatus,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
 }
@@ -80,6 +106,8 @@ impl fmt::Debug for Graph {
             .field("path", &self.path)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
+            .field("sessions", &self.pool.stats())
+            .field("cache", &self.cache)
             .finish()
     }
 }
@@ -106,7 +134,13 @@ fn describe(ty: &ValueType, name: &str) -> TensorInfo {
 }
 
 impl Graph {
-    pub(crate) fn new(component: &str, path: &Path, session: Session) -> Graph {
+    pub(crate) fn new(
+        component: &str,
+        path: &Path,
+        session: Session,
+        sessions: Sessions,
+        cache: CacheStatus,
+    ) -> Graph {
         let inputs = session
             .inputs()
             .iter()
@@ -120,10 +154,44 @@ impl Graph {
         Graph {
             component: component.to_string(),
             path: path.to_path_buf(),
-            session: Mutex::new(session),
+            pool: Pool::new(sessions.limit, session),
+            sessions,
+            cache,
             inputs,
             outputs,
         }
+    }
+
+    /// What the optimized-graph cache did when this graph was loaded.
+    pub fn cache_status(&self) -> &CacheStatus {
+        &self.cache
+    }
+
+    /// The graph's session pool right now.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Builds sessions until `count` exist (capped at `sessions_per_graph`), so that the first
+    /// concurrent requests do not pay for building them.
+    pub fn reserve_sessions(&self, count: usize) -> Result<()> {
+        self.pool.reserve(count, || self.new_session())
+    }
+
+    /// The provider this graph's sessions run on.
+    pub(crate) fn provider(&self) -> &ExecutionProvider {
+        &self.sessions.spec.provider
+    }
+
+    /// A session for one run: an idle one, a new one, or the next one returned.
+    pub(crate) fn session(&self) -> Result<Lease<'_, Session>> {
+        self.pool.acquire(|| self.new_session())
+    }
+
+    fn new_session(&self) -> Result<Session> {
+        self.sessions
+            .spec
+            .reopen(&self.component, &self.sessions.origin)
     }
 
     pub fn component(&self) -> &str {
@@ -186,17 +254,9 @@ impl Graph {
         let fail = |e: ort::Error| Error::backend(&self.component, e);
         let mut values = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
-            let value: ort::session::SessionInputValue<'_> = match input {
-                Input::F32(a) => TensorRef::from_array_view(a.view()).map_err(fail)?.into(),
-                Input::I32(a) => TensorRef::from_array_view(a.view()).map_err(fail)?.into(),
-                Input::I64(a) => TensorRef::from_array_view(a.view()).map_err(fail)?.into(),
-            };
-            values.push((*name, value));
+            values.push((*name, input.value().map_err(fail)?));
         }
-        let mut session = self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut session = self.session()?;
         let started = Instant::now();
         let outputs = session.run(values).map_err(fail)?;
         let elapsed = started.elapsed();

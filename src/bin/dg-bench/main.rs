@@ -1,14 +1,15 @@
 //! `dg-bench`: closed-loop load on one shared pipeline; where every millisecond goes.
 mod report;
+mod unet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use diffgentor::runtime::OptimizationLevel;
+use diffgentor::runtime::{Graph, OptimizationLevel};
 use diffgentor::{Error, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
 
 use report::{Report, Sample, Settings};
@@ -41,6 +42,21 @@ struct Args {
     /// Stop ONNX Runtime's idle threads from spin-waiting (helps on shared or busy machines).
     #[arg(long)]
     no_spinning: bool,
+    /// Sessions per graph: concurrent requests run the same graph at once on up to N sessions (each
+    /// holds its own weights). dg-bench builds min(N, concurrency) per graph before measuring.
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Directory for ONNX Runtime's optimized graphs (written on the first load, read on later ones).
+    #[arg(long, value_name = "DIR")]
+    optimized_cache: Option<PathBuf>,
+    /// Measure the UNet alone: each request is --steps UNet runs on the CFG batch with fixed text
+    /// embeddings (no tokenizer, text encoder, scheduler or VAE).
+    #[arg(long)]
+    unet_only: bool,
+    /// With --unet-only: run the steps through an IO binding (embeddings bound once, one reused
+    /// output buffer) instead of plain runs.
+    #[arg(long, requires = "unet_only")]
+    io_binding: bool,
     #[arg(long, default_value_t = 20)]
     steps: usize,
     /// Image size WxH (default: the package's).
@@ -98,8 +114,14 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         intra_threads: args.threads,
         optimization: args.opt_level.parse::<OptimizationLevel>()?,
         no_spinning: args.no_spinning,
+        sessions_per_graph: args.sessions,
+        optimized_graph_cache: args.optimized_cache.clone(),
     })?;
-    let pipeline = Arc::new(Pipeline::load(runtime, &args.model)?);
+    let pipeline = Pipeline::load(runtime, &args.model)?;
+    // Sessions the measured loop would otherwise build on first contention.
+    for graph in graphs(&pipeline) {
+        graph.reserve_sessions(args.concurrency)?;
+    }
     let load = load_started.elapsed();
 
     let mut request = Request::new(args.prompt.clone());
@@ -120,6 +142,13 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         intra_threads: args.threads,
         opt_level: args.opt_level.clone(),
         no_spinning: args.no_spinning,
+        sessions_per_graph: args.sessions,
+        optimized_cache: args
+            .optimized_cache
+            .as_ref()
+            .map(|d| d.display().to_string()),
+        unet_only: args.unet_only,
+        io_binding: args.io_binding,
         steps: args.steps,
         width: request.width.unwrap_or(defaults.width),
         height: request.height.unwrap_or(defaults.height),
@@ -131,20 +160,66 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         guidance_scale: args.guidance,
     };
 
-    for seed in 0..args.warmup as u64 {
-        request.seed = Some(seed);
-        pipeline.generate(&request)?;
+    let work = if args.unet_only {
+        Work::Unet(unet::UnetLoop::new(
+            &pipeline,
+            settings.width,
+            settings.height,
+            args.batch,
+            args.steps,
+            args.guidance > 1.0,
+            args.io_binding,
+        )?)
+    } else {
+        Work::Pipeline(&pipeline, request)
+    };
+    // Warm-up requests run at the measured concurrency, so every session the loop uses has run.
+    if args.warmup > 0 {
+        closed_loop(&work, args.concurrency, args.warmup, 0)?;
     }
-    let (samples, wall) = closed_loop(&pipeline, &request, args.concurrency, args.requests)?;
-    Ok(Report::new(settings, &samples, wall, load))
+    let (samples, wall) = closed_loop(&work, args.concurrency, args.requests, 1000)?;
+    let graphs = graphs(&pipeline).map(report::GraphReport::new).collect();
+    Ok(Report::new(settings, &samples, wall, load, graphs))
 }
 
-/// `concurrency` threads each take the next request number until `requests` are done.
+fn graphs(pipeline: &Pipeline) -> impl Iterator<Item = &Graph> {
+    let model = pipeline.model();
+    [
+        &model.text_encoder.graph,
+        &model.unet.graph,
+        &model.vae_decoder.graph,
+    ]
+    .into_iter()
+}
+
+/// What one measured request does.
+enum Work<'p> {
+    Pipeline(&'p Pipeline, Request),
+    Unet(unet::UnetLoop<'p>),
+}
+
+impl Work<'_> {
+    fn run(&self, seed: u64) -> diffgentor::Result<Sample> {
+        let begun = Instant::now();
+        match self {
+            Work::Pipeline(pipeline, request) => {
+                let mut request = request.clone();
+                request.seed = Some(seed);
+                let output = pipeline.generate(&request)?;
+                Ok(Sample::new(begun.elapsed(), &output))
+            }
+            Work::Unet(unet) => unet.run(seed),
+        }
+    }
+}
+
+/// `concurrency` threads each take the next request number until `requests` are done; request `i`
+/// uses seed `first_seed + i`.
 fn closed_loop(
-    pipeline: &Arc<Pipeline>,
-    request: &Request,
+    work: &Work<'_>,
     concurrency: usize,
     requests: usize,
+    first_seed: u64,
 ) -> diffgentor::Result<(Vec<Sample>, Duration)> {
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::with_capacity(requests));
@@ -153,16 +228,12 @@ fn closed_loop(
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 scope.spawn(|| -> diffgentor::Result<()> {
-                    let mut request = request.clone();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         if index >= requests {
                             return Ok(());
                         }
-                        request.seed = Some(1000 + index as u64);
-                        let begun = Instant::now();
-                        let output = pipeline.generate(&request)?;
-                        let sample = Sample::new(begun.elapsed(), &output);
+                        let sample = work.run(first_seed + index as u64)?;
                         samples
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

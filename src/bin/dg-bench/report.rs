@@ -1,6 +1,7 @@
 //! What dg-bench measured, as a table for people and JSON for tools (schema: docs/performance.md).
 use std::time::Duration;
 
+use diffgentor::runtime::Graph;
 use diffgentor::Output;
 use serde::Serialize;
 
@@ -28,6 +29,61 @@ impl Sample {
             ort_run: t.ort_run,
         }
     }
+
+    /// A request that ran only denoising steps (`--unet-only`).
+    pub fn from_steps(
+        latency: Duration,
+        images: usize,
+        steps: Vec<Duration>,
+        ort_run: Duration,
+    ) -> Sample {
+        Sample {
+            latency,
+            images,
+            tokenize: Duration::ZERO,
+            text_encode: Duration::ZERO,
+            steps,
+            decode: Duration::ZERO,
+            ort_run,
+        }
+    }
+}
+
+/// One graph's sessions and optimized-graph cache outcome after the run.
+#[derive(Serialize)]
+pub struct GraphReport {
+    component: String,
+    /// Sessions built (at most `sessions_per_graph`).
+    sessions: usize,
+    /// Most sessions running at once.
+    peak_in_use: usize,
+    /// Runs that waited for a busy session.
+    waits: u64,
+    /// off, hit, written, replaced or write-failed.
+    cache: String,
+    /// Why the cache entry was replaced or could not be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_note: Option<String>,
+}
+
+impl GraphReport {
+    pub fn new(graph: &Graph) -> GraphReport {
+        let stats = graph.pool_stats();
+        let status = graph.cache_status();
+        let note = match status {
+            diffgentor::runtime::CacheStatus::Replaced { reason }
+            | diffgentor::runtime::CacheStatus::WriteFailed { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        GraphReport {
+            component: graph.component().to_string(),
+            sessions: stats.sessions,
+            peak_in_use: stats.peak_in_use,
+            waits: stats.waits,
+            cache: status.label().to_string(),
+            cache_note: note,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -38,6 +94,10 @@ pub struct Settings {
     pub intra_threads: Option<usize>,
     pub opt_level: String,
     pub no_spinning: bool,
+    pub sessions_per_graph: usize,
+    pub optimized_cache: Option<String>,
+    pub unet_only: bool,
+    pub io_binding: bool,
     pub steps: usize,
     pub width: u32,
     pub height: u32,
@@ -80,6 +140,8 @@ pub struct Report {
     wall_ms: f64,
     load_ms: f64,
     peak_rss_mb: f64,
+    /// Per graph: sessions built and used, and what the optimized-graph cache did.
+    graphs: Vec<GraphReport>,
     settings: Settings,
 }
 
@@ -108,7 +170,13 @@ fn peak_rss_mb() -> f64 {
 }
 
 impl Report {
-    pub fn new(settings: Settings, samples: &[Sample], wall: Duration, load: Duration) -> Report {
+    pub fn new(
+        settings: Settings,
+        samples: &[Sample],
+        wall: Duration,
+        load: Duration,
+        graphs: Vec<GraphReport>,
+    ) -> Report {
         let n = samples.len().max(1) as f64;
         let mut latencies: Vec<f64> = samples.iter().map(|s| ms(s.latency)).collect();
         latencies.sort_by(f64::total_cmp);
@@ -142,6 +210,7 @@ impl Report {
             wall_ms: ms(wall),
             load_ms: ms(load),
             peak_rss_mb: peak_rss_mb(),
+            graphs,
             settings,
         }
     }
@@ -162,7 +231,7 @@ impl Report {
             (
                 "settings",
                 format!(
-                    "{} {}x{}, {} steps, {}, batch {}, concurrency {}, {} requests (+{} warmup)",
+                    "{} {}x{}, {} steps, {}, batch {}, concurrency {}, {} session(s)/graph, {} requests (+{} warmup){}",
                     s.ep,
                     s.width,
                     s.height,
@@ -170,8 +239,14 @@ impl Report {
                     s.scheduler,
                     s.batch,
                     s.concurrency,
+                    s.sessions_per_graph,
                     s.requests,
-                    s.warmup
+                    s.warmup,
+                    match (s.unet_only, s.io_binding) {
+                        (true, true) => ", UNet only, IO binding",
+                        (true, false) => ", UNet only",
+                        _ => "",
+                    }
                 ),
             ),
             (
@@ -197,6 +272,19 @@ impl Report {
                 ),
             ),
             ("load", format!("{:.1} ms", self.load_ms)),
+            (
+                "graphs",
+                self.graphs
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{} {} session(s), peak {}, cache {}",
+                            g.component, g.sessions, g.peak_in_use, g.cache
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             ("peak rss", format!("{:.1} MiB", self.peak_rss_mb)),
         ];
         rows.iter().map(|(k, v)| format!("{k:<14}{v}\n")).collect()
