@@ -191,11 +191,7 @@ fn a_cached_pipeline_makes_the_same_images() {
         let runtime = cached_runtime(dir.path(), OptimizationLevel::All, 1);
         let pipeline = Pipeline::load(runtime, &common::model_dir("tiny-sd")).expect("pipeline");
         let model = pipeline.model();
-        for graph in [
-            &model.text_encoder.graph,
-            &model.unet.graph,
-            &model.vae_decoder.graph,
-        ] {
+        for graph in model.graphs() {
             assert_eq!(
                 graph.cache_status(),
                 &expected_status,

@@ -142,6 +142,6 @@ fn a_pipeline_with_two_sessions_per_graph_makes_the_same_images() {
             });
         }
     });
-    let unet = pipeline.model().unet.graph.pool_stats();
+    let unet = pipeline.model().denoiser.graph().pool_stats();
     assert!(unet.sessions <= 2 && unet.peak_in_use <= 2, "{unet:?}");
 }

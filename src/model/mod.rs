@@ -17,7 +17,7 @@ pub use t5_tokenizer::T5Tokenizer;
 pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
+use crate::runtime::{Graph, Runtime};
 
 /// A package with its sessions and tokenizer built, ready to run requests.
 #[derive(Debug)]
@@ -36,6 +36,20 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Every loaded graph, text encoders first, then the denoiser and the VAE.
+    pub fn graphs(&self) -> impl Iterator<Item = &Graph> {
+        [
+            self.text_encoder.as_ref().map(|(_, e)| &e.graph),
+            self.second_encoder.as_ref().map(|(_, e)| &e.graph),
+            self.t5.as_ref().map(|(_, e)| &e.graph),
+            Some(self.denoiser.graph()),
+            Some(&self.vae_decoder.graph),
+            self.vae_encoder.as_ref().map(|e| &e.graph),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// Opens the package and builds one session per component on `runtime`.
     pub fn load(runtime: &Arc<Runtime>, dir: &std::path::Path) -> Result<LoadedModel> {
         let package = ModelPackage::open(dir)?;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use diffgentor::runtime::{Graph, OptimizationLevel};
+use diffgentor::runtime::OptimizationLevel;
 use diffgentor::{Error, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
 
 use report::{Report, Sample, Settings};
@@ -119,7 +119,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
     })?;
     let pipeline = Pipeline::load(runtime, &args.model)?;
     // Sessions the measured loop would otherwise build on first contention.
-    for graph in graphs(&pipeline) {
+    for graph in pipeline.model().graphs() {
         graph.reserve_sessions(args.concurrency)?;
     }
     let load = load_started.elapsed();
@@ -171,30 +171,24 @@ fn run(args: Args) -> diffgentor::Result<Report> {
             args.io_binding,
         )?)
     } else {
-        Work::Pipeline(&pipeline, request)
+        Work::Pipeline(&pipeline, Box::new(request))
     };
     // Warm-up requests run at the measured concurrency, so every session the loop uses has run.
     if args.warmup > 0 {
         closed_loop(&work, args.concurrency, args.warmup, 0)?;
     }
     let (samples, wall) = closed_loop(&work, args.concurrency, args.requests, 1000)?;
-    let graphs = graphs(&pipeline).map(report::GraphReport::new).collect();
+    let graphs = pipeline
+        .model()
+        .graphs()
+        .map(report::GraphReport::new)
+        .collect();
     Ok(Report::new(settings, &samples, wall, load, graphs))
-}
-
-fn graphs(pipeline: &Pipeline) -> impl Iterator<Item = &Graph> {
-    let model = pipeline.model();
-    [
-        &model.text_encoder.graph,
-        &model.unet.graph,
-        &model.vae_decoder.graph,
-    ]
-    .into_iter()
 }
 
 /// What one measured request does.
 enum Work<'p> {
-    Pipeline(&'p Pipeline, Request),
+    Pipeline(&'p Pipeline, Box<Request>),
     Unet(unet::UnetLoop<'p>),
 }
 

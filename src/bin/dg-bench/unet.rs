@@ -40,7 +40,11 @@ impl<'p> UnetLoop<'p> {
             (height / factor) as usize,
             (width / factor) as usize,
         ];
-        let graph = &model.unet.graph;
+        let unet = model
+            .denoiser
+            .unet()
+            .ok_or_else(|| Error::Unsupported("--unet-only needs a package with a UNet".into()))?;
+        let graph = &unet.graph;
         let hidden = graph
             .input("encoder_hidden_states")
             .ok_or_else(|| Error::InvalidArg("the UNet has no encoder_hidden_states".into()))?;
@@ -55,10 +59,13 @@ impl<'p> UnetLoop<'p> {
         };
         let seq = fixed(
             hidden.shape.get(1).copied().unwrap_or(-1),
-            model.tokenizer.max_length(),
+            model
+                .text_encoder
+                .as_ref()
+                .map_or(77, |(tokenizer, _)| tokenizer.max_length()),
         );
         let embeddings = rng::generator(RngMode::Fast, 7).randn(&[batch, seq, dim]);
-        let kind = model.unet.timestep;
+        let kind = unet.timestep;
         let timestep_shape = match kind.shape {
             TimestepShape::Scalar => vec![],
             TimestepShape::Single => vec![1],

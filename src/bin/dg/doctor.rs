@@ -71,21 +71,10 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     if let Some((tokenizer, _)) = &model.text_encoder {
         println!("  tokenizer max length {}", tokenizer.max_length());
     }
-    let encoder = model.vae_encoder.as_ref().map(|e| &e.graph);
-    let second = model.second_encoder.as_ref().map(|(_, e)| &e.graph);
-    let t5 = model.t5.as_ref().map(|(_, e)| &e.graph);
-    let graphs = [
-        model.text_encoder.as_ref().map(|(_, e)| &e.graph),
-        second,
-        t5,
-        Some(model.denoiser.graph()),
-        Some(&model.vae_decoder.graph),
-        encoder,
-    ];
-    for graph in graphs.into_iter().flatten() {
+    for graph in model.graphs() {
         println!("  {} {}", graph.component(), graph.signature());
     }
-    if encoder.is_none() {
+    if model.vae_encoder.is_none() {
         println!(
             "  vae_encoder absent: image inputs (img2img, inpainting, editing) are unavailable"
         );
