@@ -78,6 +78,7 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "dg_runtime_options_set_intra_threads": (_H, [_H, c_uint32]),
     "dg_runtime_options_set_tensorrt_fp16": (_H, [_H, c_bool]),
     "dg_runtime_options_set_tensorrt_engine_cache": (_H, [_H, c_char_p]),
+    "dg_runtime_options_set": (_H, [_H, c_char_p, c_char_p]),
     "dg_runtime_new": (_H, [_H, _OUT]),
     "dg_runtime_free": (None, [_H]),
     "dg_params_new": (_H, [_OUT]),
