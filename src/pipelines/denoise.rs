@@ -60,6 +60,14 @@ pub(crate) fn denoise(
         Denoiser::Unet(_) => ("sample", "out_sample"),
         Denoiser::Transformer(_) => ("hidden_states", "out_hidden_states"),
     };
+    // The fixed inputs are bound once (copied to the GPU on CUDA/TensorRT) and ONNX Runtime writes
+    // every step's prediction into one reused buffer.
+    let mut out_shape = latents.shape().to_vec();
+    out_shape[0] = batch;
+    let mut binding = step.denoiser.graph().binding(output_name, &out_shape)?;
+    for (name, tensor) in &step.fixed {
+        binding.fix(name, tensor.input())?;
+    }
     let timesteps = scheduler.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate().skip(start) {
         step.cancel.check_cancelled()?;
@@ -75,18 +83,13 @@ pub(crate) fn denoise(
             scheduler.scale_model_input(latent_part, i);
         }
         let timestep = timestep_tensor(step.denoiser, batch, t);
-        let mut inputs = vec![
+        let (mut prediction, ort) = binding.run(&[
             (sample_name, Input::F32(model_input.view())),
             ("timestep", timestep.input()),
-        ];
-        inputs.extend(
-            step.fixed
-                .iter()
-                .map(|(name, tensor)| (*name, tensor.input())),
-        );
-        let (mut prediction, ort) = step.denoiser.graph().run(&inputs, output_name)?;
+        ])?;
         timings.ort_run += ort;
-        let guided = step.guidance.combine(&mut prediction);
+        step.guidance.combine(prediction.view_mut());
+        let guided = prediction.slice_axis(Axis(0), (0..n).into());
         scheduler.step(guided, i, latents.view_mut(), noise)?;
         if let Some(blend) = step.blend {
             blend.apply(latents, scheduler, i + 1);

@@ -1,5 +1,5 @@
 //! How a batch of UNet predictions becomes one guided prediction per image.
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Zip};
+use ndarray::{Array2, ArrayD, ArrayViewD, ArrayViewMutD, Axis, Zip};
 
 /// Which prompt fills one group of the UNet batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +34,19 @@ impl Guidance {
         self.texts().len()
     }
 
-    /// Combines `prediction` ([groups * n, ...]) in place and returns the guided [n, ...] part.
-    pub(crate) fn combine(self, prediction: &mut ArrayD<f32>) -> ArrayViewD<'_, f32> {
+    /// Combines `prediction` ([groups * n, ...]) in place: its first n rows become the guided
+    /// prediction.
+    pub(crate) fn combine(self, mut prediction: ArrayViewMutD<'_, f32>) {
+        let n = prediction.shape()[0] / self.groups();
         match self {
-            Guidance::None => prediction.view(),
-            Guidance::Cfg { scale } => apply_guidance(prediction, scale),
+            Guidance::None => {}
+            Guidance::Cfg { scale } => {
+                let (mut uncond, text) = prediction.view_mut().split_at(Axis(0), n);
+                Zip::from(&mut uncond)
+                    .and(&text)
+                    .for_each(|u, &t| *u += scale * (t - *u));
+            }
             Guidance::Pix2Pix { text, image } => {
-                let n = prediction.shape()[0] / 3;
                 let (mut cond, rest) = prediction.view_mut().split_at(Axis(0), n);
                 let (with_image, uncond) = rest.split_at(Axis(0), n);
                 // diffusers: uncond + text * (cond - image) + image * (image - uncond), in float32.
@@ -48,7 +54,6 @@ impl Guidance {
                     .and(&with_image)
                     .and(&uncond)
                     .for_each(|c, &i, &u| *c = u + text * (*c - i) + image * (i - u));
-                prediction.slice_axis(Axis(0), (0..n).into())
             }
         }
     }
@@ -73,11 +78,8 @@ pub(crate) fn scale_embedding(w: f32, dim: usize, batch: usize) -> Array2<f32> {
 /// Classifier-free guidance in place, without allocating: `prediction` holds [uncond; text] along
 /// axis 0, and its first half becomes `uncond + scale * (text - uncond)` (diffusers' float32 order).
 pub fn apply_guidance(prediction: &mut ArrayD<f32>, scale: f32) -> ArrayViewD<'_, f32> {
+    Guidance::Cfg { scale }.combine(prediction.view_mut());
     let n = prediction.shape()[0] / 2;
-    let (mut uncond, text) = prediction.view_mut().split_at(Axis(0), n);
-    Zip::from(&mut uncond)
-        .and(&text)
-        .for_each(|u, &t| *u += scale * (t - *u));
     prediction.slice_axis(Axis(0), (0..n).into())
 }
 
@@ -94,22 +96,17 @@ mod tests {
             text: 7.5,
             image: 1.5,
         };
-        let out = g.combine(&mut p);
-        assert_eq!(out.as_slice().unwrap(), &[1.0 + 7.5 * 1.0 + 1.5 * 1.0]);
+        g.combine(p.view_mut());
+        assert_eq!(p[0], 1.0 + 7.5 * 1.0 + 1.5 * 1.0);
     }
 
     #[test]
     fn cfg_and_none() {
         let mut p = arr1(&[1.0f32, 3.0]).into_dyn();
-        assert_eq!(
-            Guidance::Cfg { scale: 2.0 }
-                .combine(&mut p)
-                .as_slice()
-                .unwrap(),
-            &[5.0]
-        );
+        assert_eq!(apply_guidance(&mut p, 2.0).as_slice().unwrap(), &[5.0]);
         let mut p = arr1(&[4.0f32]).into_dyn();
-        assert_eq!(Guidance::None.combine(&mut p).as_slice().unwrap(), &[4.0]);
+        Guidance::None.combine(p.view_mut());
+        assert_eq!(p[0], 4.0);
         assert_eq!(
             Guidance::Pix2Pix {
                 text: 1.0,
