@@ -77,8 +77,6 @@ sys.path.insert(0, HERE)
 import make_tiny as mt  # noqa: E402  (models/ is the script's dir)
 from sd_configs import SD15_SCHEDULER  # noqa: E402
 
-PINS = mt.PINS
-
 OUT_INPAINT = os.path.join(ROOT, "models", "tiny-sd-inpaint")
 OUT_IP2P = os.path.join(ROOT, "models", "tiny-ip2p")
 OUT_LCM = os.path.join(ROOT, "models", "tiny-lcm")
@@ -173,21 +171,6 @@ SDXL_REFINER_SCHEDULER = dict(SDXL_SCHEDULER)
 PROMPT = mt.PROMPT
 NEG = mt.NEG
 IP2P_PROMPT = "turn the sky into a sunset"
-
-
-def check_versions():
-    from importlib.metadata import version
-
-    bad = []
-    for pkg, want in PINS.items():
-        try:
-            have = version(pkg)
-        except Exception:
-            have = None
-        if have != want:
-            bad.append(f"{pkg}: need {want}, have {have}")
-    if bad:
-        sys.exit("make_edit.py refuses to run with other versions:\n  " + "\n  ".join(bad))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1112,7 +1095,7 @@ def make_goldens(cache):
               f"{[(r['by'].split(':')[1], r['shape'], r['count']) for r in rng]}")
     mt.write_json(os.path.join(GOLD, "manifest.json"), {
         "description": DESCRIPTION + " " + _flow().DESCRIPTION + " " + REFINER_DESCRIPTION,
-        "versions": {k: version(k) for k in PINS},
+        "versions": {k: version(k) for k in mt.PINS},
         "inputs": {fn: {"kind": k, "width": w, "height": h} for fn, (k, w, h) in IMAGES.items()},
         "cases": manifest,
     })
@@ -1296,7 +1279,7 @@ def main():
                     help="with 'models': (re)make only these packages (default: all)")
     a = ap.parse_args()
     sys.modules.setdefault("make_edit", sys.modules[__name__])  # make_flow's `import make_edit` gets this module
-    check_versions()
+    mt.check_versions("make_edit.py")
     import torch
 
     torch.manual_seed(0)

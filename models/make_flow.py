@@ -37,7 +37,6 @@ sys.path.insert(0, HERE)
 
 import make_tiny as mt  # noqa: E402  (models/ is the script's dir)
 
-PINS = mt.PINS
 OUT_SD3 = os.path.join(ROOT, "models", "tiny-sd3")
 OUT_FLUX = os.path.join(ROOT, "models", "tiny-flux")
 GOLD_T5 = os.path.join(ROOT, "tests", "golden", "tokenizer", "t5_prompts.json")
@@ -67,21 +66,6 @@ T5_EXTRA_IDS = 100
 T5_PIECES = 1000
 T5_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 CLIP_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def check_versions():
-    from importlib.metadata import version
-
-    bad = []
-    for pkg, want in PINS.items():
-        try:
-            have = version(pkg)
-        except Exception:
-            have = None
-        if have != want:
-            bad.append(f"{pkg}: need {want}, have {have}")
-    if bad:
-        sys.exit("make_flow.py refuses to run with other versions:\n  " + "\n  ".join(bad))
 
 
 # --------------------------------------------------------------------------------------------
@@ -931,7 +915,7 @@ def main():
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "diffgentor-edit-pt"))
     ap.add_argument("--package", nargs="*", choices=list(FLOW_MODELS))
     a = ap.parse_args()
-    check_versions()
+    mt.check_versions("make_flow.py")
     import torch
 
     torch.manual_seed(0)

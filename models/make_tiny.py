@@ -52,7 +52,8 @@ FULL_TOK = os.path.join(ROOT, "tests", "data", "clip-tokenizer")
 from sd_configs import SD2_SCHEDULER, SD15_SCHEDULER  # noqa: E402  (models/ is the script's dir)
 
 
-def check_versions():
+def check_versions(script="make_tiny.py"):
+    """Exits unless the pinned versions are installed; the model scripts all share these pins."""
     from importlib.metadata import version
 
     bad = []
@@ -64,7 +65,7 @@ def check_versions():
         if have != want:
             bad.append(f"{pkg}: need {want}, have {have}")
     if bad:
-        sys.exit("make_tiny.py refuses to run with other versions:\n  " + "\n  ".join(bad))
+        sys.exit(f"{script} refuses to run with other versions:\n  " + "\n  ".join(bad))
 
 
 # --------------------------------------------------------------------------------------------

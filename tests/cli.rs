@@ -34,12 +34,22 @@ fn tiny_sd() -> String {
     common::model_dir("tiny-sd").display().to_string()
 }
 
-/// `dg generate --model models/tiny-sd FLAGS... --output OUTPUT`, FLAGS split on whitespace.
-fn generate(flags: &str, output: &Path) -> Output {
-    let mut args: Vec<String> = vec!["generate".into(), "--model".into(), tiny_sd()];
+/// `dg COMMAND --model MODEL FLAGS... --output OUTPUT`, FLAGS split on whitespace.
+fn run(command: &str, model: &str, flags: &str, output: &Path) -> Output {
+    let mut args: Vec<String> = vec![command.into(), "--model".into(), model.into()];
     args.extend(flags.split_whitespace().map(String::from));
     args.extend(["--output".into(), output.display().to_string()]);
     dg(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `dg generate --model models/tiny-sd FLAGS... --output OUTPUT`.
+fn generate(flags: &str, output: &Path) -> Output {
+    run("generate", &tiny_sd(), flags, output)
+}
+
+/// `dg edit --model models/tiny-sd FLAGS... --output OUTPUT`.
+fn edit(flags: &str, output: &Path) -> Output {
+    run("edit", &tiny_sd(), flags, output)
 }
 
 fn png_text(path: &Path) -> Vec<(String, String)> {
@@ -267,46 +277,20 @@ fn edit_writes_img2img_and_inpainting_results_with_their_parameters() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("i2i.png");
     let image = edit_golden("image_64x64.png");
-    let o = dg(&[
-        "edit",
-        "--model",
-        &tiny_sd(),
-        "--image",
-        &image,
-        "--prompt",
-        "a red fox",
-        "--strength",
-        "0.5",
-        "--steps",
-        "6",
-        "--seed",
-        "3",
-        "--output",
-        &out.display().to_string(),
-    ]);
+    let o = edit(
+        &format!("--image {image} --prompt fox --strength 0.5 --steps 6 --seed 3"),
+        &out,
+    );
     ok(&o);
     let text = png_text(&out);
     assert!(text[0].1.contains("Denoising strength: 0.5"), "{text:?}");
     assert_eq!((Image::load_png(&out).unwrap().width), 64);
 
     let masked = tmp.path().join("inpaint.png");
-    let o = dg(&[
-        "edit",
-        "--model",
-        &common::model_dir("tiny-sd-inpaint").display().to_string(),
-        "--image",
-        &image,
-        "--mask",
-        &edit_golden("mask_64x64.png"),
-        "--prompt",
-        "a red fox",
-        "--steps",
-        "4",
-        "--seed",
-        "3",
-        "--output",
-        &masked.display().to_string(),
-    ]);
+    let inpaint = common::model_dir("tiny-sd-inpaint").display().to_string();
+    let mask = edit_golden("mask_64x64.png");
+    let flags = format!("--image {image} --mask {mask} --prompt fox --steps 4 --seed 3");
+    let o = run("edit", &inpaint, &flags, &masked);
     ok(&o);
     assert!(masked.is_file());
 }
@@ -316,55 +300,15 @@ fn edit_errors_leave_no_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("never.png");
     let image = edit_golden("image_64x64.png");
-    let o = dg(&[
-        "edit",
-        "--model",
-        &tiny_sd(),
-        "--prompt",
-        "x",
-        "--output",
-        &out.display().to_string(),
-    ]);
+    let o = edit("--prompt x", &out);
     assert!(failed(&o).contains("--image"), "a source is required");
-    let o = dg(&[
-        "edit",
-        "--model",
-        &tiny_sd(),
-        "--image",
-        &image,
-        "--prompt",
-        "x",
-        "--strength",
-        "1.5",
-        "--output",
-        &out.display().to_string(),
-    ]);
+    let o = edit(&format!("--image {image} --prompt x --strength 1.5"), &out);
     assert!(failed(&o).contains("strength must be in (0, 1]"));
-    let o = dg(&[
-        "edit",
-        "--model",
-        &tiny_sd(),
-        "--image",
-        &image,
-        "--mask",
-        &edit_golden("mask_96x64_soft.png"),
-        "--prompt",
-        "x",
-        "--output",
-        &out.display().to_string(),
-    ]);
+    let mask = edit_golden("mask_96x64_soft.png");
+    let o = edit(&format!("--image {image} --mask {mask} --prompt x"), &out);
     assert!(failed(&o).contains("mask is 96x64 but the request is 64x64"));
-    let o = dg(&[
-        "edit",
-        "--model",
-        &tiny_sd(),
-        "--image",
-        &tmp.path().join("missing.png").display().to_string(),
-        "--prompt",
-        "x",
-        "--output",
-        &out.display().to_string(),
-    ]);
+    let missing = tmp.path().join("missing.png");
+    let o = edit(&format!("--image {} --prompt x", missing.display()), &out);
     assert!(failed(&o).contains("missing.png"));
     assert!(
         files_in(tmp.path()).is_empty(),
@@ -398,29 +342,14 @@ fn plan_file_equals_the_stages_run_by_hand() {
         &tmp.path().join("s1.png"),
     ));
     let by_hand = tmp.path().join("by-hand.png");
-    ok(&dg(&[
-        "edit",
-        "--model",
-        &tiny_sd(),
-        "--init-latents",
-        &stage1.display().to_string(),
-        "--width",
-        "128",
-        "--height",
-        "128",
-        "--upscale",
-        "bilinear",
-        "--strength",
-        "0.5",
-        "--steps",
-        "4",
-        "--prompt",
-        "fox",
-        "--seed",
-        "9",
-        "--output",
-        &by_hand.display().to_string(),
-    ]));
+    ok(&edit(
+        &format!(
+            "--init-latents {} --width 128 --height 128 --upscale bilinear --strength 0.5 \
+             --steps 4 --prompt fox --seed 9",
+            stage1.display()
+        ),
+        &by_hand,
+    ));
     let (a, b) = (
         Image::load_png(&planned).unwrap(),
         Image::load_png(&by_hand).unwrap(),

@@ -17,21 +17,11 @@ fn golden(file: &str) -> PathBuf {
 }
 
 fn manifest_cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(golden("manifest.json")).expect("manifest.json");
-    let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
-    manifest["cases"].as_array().expect("cases").clone()
+    common::manifest_cases(&golden("manifest.json"))
 }
 
 fn request_for(case: &Value) -> Request {
-    let mut request = Request::new(case["prompt"].as_str().unwrap_or_default());
-    request.negative_prompt = case["negative_prompt"].as_str().map(str::to_string);
-    request.steps = case["steps"].as_u64().unwrap() as usize;
-    request.guidance_scale = case["guidance_scale"].as_f64().unwrap() as f32;
-    request.seed = Some(case["seed"].as_u64().unwrap());
-    request.width = case["width"].as_u64().map(|v| v as u32);
-    request.height = case["height"].as_u64().map(|v| v as u32);
-    request.num_images = case["num_images"].as_u64().unwrap_or(1) as usize;
-    request.eta = case["eta"].as_f64().unwrap_or(0.0) as f32;
+    let mut request = common::golden_request(case);
     // The class name: diffgentor accepts diffusers' names for every scheduler it runs.
     request.scheduler = case["scheduler_class"].as_str().map(str::to_string);
     request.max_sequence_length = case["max_sequence_length"].as_u64().map(|v| v as usize);

@@ -12,25 +12,11 @@ fn golden_dir() -> PathBuf {
 }
 
 fn cases() -> Vec<Value> {
-    let text = std::fs::read_to_string(golden_dir().join("manifest.json")).expect("manifest.json");
-    let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
-    manifest["cases"].as_array().expect("cases").clone()
+    common::manifest_cases(&golden_dir().join("manifest.json"))
 }
 
 fn request_for(case: &Value) -> Request {
-    let mut request = Request::new(case["prompt"].as_str().unwrap_or_default());
-    request.negative_prompt = case["negative_prompt"].as_str().map(str::to_string);
-    request.steps = case["steps"].as_u64().unwrap() as usize;
-    request.guidance_scale = case["guidance_scale"].as_f64().unwrap() as f32;
-    request.seed = Some(case["seed"].as_u64().unwrap());
-    request.width = case["width"].as_u64().map(|v| v as u32);
-    request.height = case["height"].as_u64().map(|v| v as u32);
-    request.num_images = case["num_images"].as_u64().unwrap_or(1) as usize;
-    request.eta = case["eta"].as_f64().unwrap_or(0.0) as f32;
-    request.scheduler = case["scheduler"].as_str().map(str::to_string);
-    if let Some(overrides) = case["scheduler_overrides"].as_object() {
-        request.scheduler_overrides = overrides.clone();
-    }
+    let mut request = common::golden_request(case);
     if let Some(file) = case["latents_in"].as_str() {
         request.latents = Some(npy::read_f32(&golden_dir().join(file)).unwrap());
     }

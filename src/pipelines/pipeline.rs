@@ -91,12 +91,12 @@ impl Pipeline {
         })
     }
 
-    /// UNet `sample_size` x VAE factor, as diffusers computes the default size.
+    /// The denoiser's `sample_size` x VAE factor, as diffusers computes the default size.
     fn default_size(&self) -> Result<(u32, u32)> {
         let package = &self.model.package;
         package.default_size().ok_or_else(|| {
             Error::model(
-                package.component("unet"),
+                package.component(Family::denoiser_folder(&package.class_name)),
                 "config.json has no usable `sample_size`; pass width and height",
             )
         })
@@ -119,9 +119,9 @@ impl Pipeline {
         let mut timings = Timings::default();
         let output = match &request.plan {
             None => {
-                let total = self.steps_to_run(request)?;
-                let mut reporter = Reporter::new(started, total, progress);
-                self.run_stage(request, &mut timings, &mut reporter, true)?
+                let pass = self.resolve(request)?;
+                let mut reporter = Reporter::new(started, pass.steps(), progress);
+                self.run_stage(request, pass, &mut timings, &mut reporter, true)?
             }
             Some(plan) => self.run_plan(request, plan, &mut timings, started, progress)?,
         };
@@ -163,48 +163,52 @@ impl Pipeline {
                 Ok(r)
             })
             .collect::<Result<_>>()?;
-        let mut total = 0;
-        for (i, stage) in stages.iter().enumerate() {
-            let mut probe = stage.clone();
-            if i > 0 {
-                // Only its shape matters for counting steps.
-                probe.init_latents = Some(ArrayD::zeros(vec![0]));
-            }
-            total += self.steps_to_run(&probe)?;
-        }
+        // Every stage is resolved (task, size, schedule) before the first runs, so a bad stage fails
+        // early and progress knows the total.
+        let passes = stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| {
+                let mut probe = stage.clone();
+                if i > 0 {
+                    // Stands for the previous stage's latents: only their presence decides the task.
+                    probe.init_latents = Some(ArrayD::zeros(vec![0]));
+                }
+                self.resolve(&probe)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total = passes.iter().map(Resolved::steps).sum();
         let mut reporter = Reporter::new(started, total, progress);
         let factor = self.model.package.vae_scale_factor;
         let mut previous: Option<Output> = None;
         let last = stages.len() - 1;
-        for (i, mut stage) in stages.into_iter().enumerate() {
+        for (i, (mut stage, pass)) in stages.into_iter().zip(passes).enumerate() {
             if let Some(prev) = previous.take() {
-                check_size(
-                    stage.width.unwrap_or(0),
-                    stage.height.unwrap_or(0),
-                    self.size_multiple(),
-                )?;
                 let latents = prev
                     .latents
                     .into_dimensionality()
                     .map_err(|e| Error::InvalidArg(format!("stage latents: {e}")))?;
-                let (h, w) = (
-                    (stage.height.unwrap_or(0) / factor) as usize,
-                    (stage.width.unwrap_or(0) / factor) as usize,
-                );
+                let (width, height) = pass.size;
+                let (h, w) = ((height / factor) as usize, (width / factor) as usize);
                 let upscaled = resize(latents.view(), h, w, plan.stages[i].upscale);
                 stage.init_latents = Some(upscaled.into_dyn());
             }
-            previous = Some(self.run_stage(&stage, timings, &mut reporter, i == last)?);
+            previous = Some(self.run_stage(&stage, pass, timings, &mut reporter, i == last)?);
         }
         previous.ok_or_else(|| Error::InvalidArg("a plan needs at least one stage".into()))
     }
 
-    /// How many denoising steps a single-stage request runs (strength truncates the schedule).
-    fn steps_to_run(&self, request: &Request) -> Result<usize> {
+    /// Decides what a single-stage request does before anything runs: task, size and schedule.
+    fn resolve(&self, request: &Request) -> Result<Resolved> {
         let task = Task::of(self.model.package.family, request)?;
         let size = self.output_size(request)?;
         let (scheduler, start) = self.schedule(request, task, size)?;
-        Ok(scheduler.timesteps().len() - start)
+        Ok(Resolved {
+            task,
+            size,
+            scheduler,
+            start,
+        })
     }
 
     /// Builds the request's scheduler and the index of the first step to run: diffusers'
@@ -269,15 +273,19 @@ impl Pipeline {
     fn run_stage(
         &self,
         request: &Request,
+        pass: Resolved,
         timings: &mut Timings,
         reporter: &mut Reporter<'_>,
         decode: bool,
     ) -> Result<Output> {
         let model = &self.model;
         let family = model.package.family;
-        let task = Task::of(family, request)?;
-        let (width, height) = self.output_size(request)?;
-        let (mut scheduler, start) = self.schedule(request, task, (width, height))?;
+        let Resolved {
+            task,
+            size: (width, height),
+            mut scheduler,
+            start,
+        } = pass;
         let unet = model.denoiser.unet();
         let guidance = match family {
             Family::InstructPix2Pix
@@ -319,11 +327,10 @@ impl Pipeline {
             noise.as_mut(),
         )?;
         timings.ort_run += ort;
-        let batch = guidance.groups() * request.num_images;
         let fixed = self.fixed_inputs(request, cond, guidance, &latents, (width, height))?;
         let packed = family == Family::Flux;
         if packed {
-            latents = flux::pack(as_4d(&latents)?.view()).into_dyn();
+            latents = flux::pack(as_4d(&latents)?).into_dyn();
         }
         let step = Step {
             denoiser: &model.denoiser,
@@ -333,7 +340,6 @@ impl Pipeline {
             blend: blend.as_ref(),
             cancel: request,
         };
-        debug_assert_eq!(step.guidance.groups() * request.num_images, batch);
         denoise(
             &step,
             scheduler.as_mut(),
@@ -470,6 +476,22 @@ impl Pipeline {
     }
 }
 
+/// A pass decided before it runs.
+struct Resolved {
+    task: Task,
+    size: (u32, u32),
+    scheduler: Box<dyn Scheduler>,
+    /// Index of the first scheduler step to run (strength skips the ones before).
+    start: usize,
+}
+
+impl Resolved {
+    /// Denoiser calls the pass makes.
+    fn steps(&self) -> usize {
+        self.scheduler.timesteps().len() - self.start
+    }
+}
+
 /// Turns per-stage step numbers into request-wide progress and forwards them to the caller.
 struct Reporter<'a> {
     started: Instant,
@@ -499,10 +521,10 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// Latents as the 4-d [n, c, h, w] array every family starts from.
-fn as_4d(latents: &ArrayD<f32>) -> Result<ndarray::Array4<f32>> {
+/// Latents as the 4-d [n, c, h, w] view every family starts from.
+fn as_4d(latents: &ArrayD<f32>) -> Result<ndarray::ArrayView4<'_, f32>> {
     latents
-        .clone()
+        .view()
         .into_dimensionality()
         .map_err(|e| Error::InvalidArg(format!("latents must be [n, c, h, w]: {e}")))
 }

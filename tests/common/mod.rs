@@ -126,3 +126,28 @@ impl std::fmt::Display for Parity {
         )
     }
 }
+
+/// The cases of a golden manifest.json (tests/golden/*/manifest.json).
+pub fn manifest_cases(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
+    manifest["cases"].as_array().expect("cases").clone()
+}
+
+/// The request fields every golden case records, as diffusers was called with them.
+pub fn golden_request(case: &serde_json::Value) -> diffgentor::Request {
+    let mut request = diffgentor::Request::new(case["prompt"].as_str().unwrap_or_default());
+    request.negative_prompt = case["negative_prompt"].as_str().map(str::to_string);
+    request.steps = case["steps"].as_u64().unwrap() as usize;
+    request.guidance_scale = case["guidance_scale"].as_f64().unwrap() as f32;
+    request.seed = Some(case["seed"].as_u64().unwrap());
+    request.width = case["width"].as_u64().map(|v| v as u32);
+    request.height = case["height"].as_u64().map(|v| v as u32);
+    request.num_images = case["num_images"].as_u64().unwrap_or(1) as usize;
+    request.eta = case["eta"].as_f64().unwrap_or(0.0) as f32;
+    request.scheduler = case["scheduler"].as_str().map(str::to_string);
+    if let Some(overrides) = case["scheduler_overrides"].as_object() {
+        request.scheduler_overrides = overrides.clone();
+    }
+    request
+}
