@@ -1,11 +1,20 @@
 //! RGB8 images: conversion from decoded VAE output and PNG files with generation metadata.
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::ArrayView3;
 
 use crate::error::{Error, Result};
+
+/// The largest width or height of an image the library decodes, accepts or generates. Checked
+/// against a PNG's header before any pixel memory is allocated, so a tiny file that claims a huge
+/// size is refused instead of exhausting memory.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The most bytes of one PNG text chunk's value (metadata such as `parameters`); longer values are
+/// cut at a character boundary, so a huge prompt cannot bloat every image written.
+pub const MAX_PNG_TEXT_BYTES: usize = 8192;
 
 /// An 8-bit RGB image, rows top to bottom, no padding (stride = 3 * width).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +59,8 @@ impl Image {
                 "channels must be 1, 3 or 4, got {channels}"
             )));
         }
+        check_side("width", width)?;
+        check_side("height", height)?;
         let (w, h, c) = (width as usize, height as usize, channels as usize);
         let row = w.checked_mul(c).filter(|_| w > 0 && h > 0);
         let needed = row.and_then(|r| stride.checked_mul(h - 1)?.checked_add(r));
@@ -79,7 +90,9 @@ impl Image {
         }
     }
 
-    /// Encodes as PNG with `tEXt` chunks (key, value), e.g. ("parameters", ...).
+    /// Encodes as PNG with text chunks (key, value), e.g. ("parameters", ...): `tEXt` when the
+    /// value is Latin-1, else UTF-8 `iTXt` (as PIL, and so AUTOMATIC1111, writes them); values are
+    /// cut to [`MAX_PNG_TEXT_BYTES`].
     pub fn encode_png(&self, text: &[(&str, &str)]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let png_err = |e: png::EncodingError| Error::InvalidArg(format!("PNG encoding: {e}"));
@@ -88,9 +101,13 @@ impl Image {
             encoder.set_color(png::ColorType::Rgb);
             encoder.set_depth(png::BitDepth::Eight);
             for (key, value) in text {
-                encoder
-                    .add_text_chunk((*key).to_string(), latin1_lossy(value))
-                    .map_err(png_err)?;
+                let value = truncate_utf8(value, MAX_PNG_TEXT_BYTES).to_string();
+                if value.chars().all(|c| (c as u32) < 256) {
+                    encoder.add_text_chunk((*key).to_string(), value)
+                } else {
+                    encoder.add_itxt_chunk((*key).to_string(), value)
+                }
+                .map_err(png_err)?;
             }
             let mut writer = encoder.write_header().map_err(png_err)?;
             writer.write_image_data(&self.pixels).map_err(png_err)?;
@@ -125,7 +142,8 @@ impl Image {
     }
 
     /// Reads a PNG of any colour type as RGB8: palettes and low bit depths are expanded, 16-bit
-    /// samples stripped to 8, grey replicated to RGB and alpha dropped.
+    /// samples stripped to 8, grey replicated to RGB and alpha dropped. Images wider or taller than
+    /// [`MAX_IMAGE_SIDE`] are refused from the header alone.
     pub fn load_png(path: &Path) -> Result<Image> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
         let bad = |e: png::DecodingError| {
@@ -134,6 +152,12 @@ impl Image {
         let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder.read_info().map_err(bad)?;
+        let header = reader.info();
+        let (width, height) = (header.width, header.height);
+        for (name, side) in [("width", width), ("height", height)] {
+            check_side(name, side)
+                .map_err(|e| Error::InvalidArg(format!("{}: {e}", path.display())))?;
+        }
         let size = reader
             .output_buffer_size()
             .ok_or_else(|| Error::InvalidArg(format!("{}: image too large", path.display())))?;
@@ -172,21 +196,40 @@ impl Image {
     }
 }
 
-/// tEXt is Latin-1 only; characters outside it become '?' rather than failing the whole write.
-fn latin1_lossy(s: &str) -> String {
-    s.chars()
-        .map(|c| if (c as u32) < 256 { c } else { '?' })
-        .collect()
+/// Refuses an image side of 0 or above [`MAX_IMAGE_SIDE`], naming the limit.
+fn check_side(name: &str, side: u32) -> Result<()> {
+    if side == 0 || side > MAX_IMAGE_SIDE {
+        return Err(Error::InvalidArg(format!(
+            "image {name} {side} is outside 1..={MAX_IMAGE_SIDE}, the largest image side diffgentor accepts"
+        )));
+    }
+    Ok(())
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    &s[..end]
 }
 
 /// Creates parent directories, writes to a sibling temporary file, then renames it over `path`.
+/// Only a regular file (or nothing) is ever replaced: a directory, FIFO, socket or device at
+/// `path` is refused. A symlink is followed, and the file it points to is replaced atomically, so
+/// the link stays a link (as `cp` and editors that save in place treat it).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = match path.parent() {
+    let target = resolve_output(path)?;
+    let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create directory", parent, e))?;
-    let file_name = path.file_name().ok_or_else(|| {
+    let file_name = target.file_name().ok_or_else(|| {
         Error::InvalidArg(format!("output path {} has no file name", path.display()))
     })?;
     // Unique per process and call, so concurrent writers of the same path never share a temp file.
@@ -199,11 +242,69 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
+        .and_then(|_| std::fs::rename(&tmp, &target));
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot write", path, e)
     })
+}
+
+/// The path an output is renamed onto: `path` itself, or for a symlink the file it finally points
+/// to (which may not exist yet). Anything there that is not a regular file is an error.
+fn resolve_output(path: &Path) -> Result<PathBuf> {
+    let mut target = path.to_path_buf();
+    // A bounded walk, like the kernel's own limit on nested links, so a link loop is an error.
+    for _ in 0..40 {
+        let meta = match std::fs::symlink_metadata(&target) {
+            Ok(meta) => meta,
+            // Nothing there (or a parent that is no directory, which creating it will report).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(target)
+            }
+            Err(e) => return Err(Error::io("cannot inspect", path, e)),
+        };
+        let kind = meta.file_type();
+        if kind.is_file() {
+            return Ok(target);
+        }
+        if !kind.is_symlink() {
+            return Err(Error::InvalidArg(format!(
+                "output path {} is {}, not a regular file: refusing to replace it",
+                path.display(),
+                describe_file_type(kind)
+            )));
+        }
+        let link =
+            std::fs::read_link(&target).map_err(|e| Error::io("cannot read link", path, e))?;
+        target = match target.parent() {
+            Some(dir) if link.is_relative() => dir.join(link),
+            _ => link,
+        };
+    }
+    Err(Error::InvalidArg(format!(
+        "output path {} is a symlink that resolves through too many links",
+        path.display()
+    )))
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,16 @@ pub fn ort_library() -> Option<PathBuf> {
     bundled.is_file().then_some(bundled)
 }
 
+/// Runs the `dg` binary with `args`, pointing it at the bundled ONNX Runtime.
+pub fn dg(args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dg"));
+    cmd.args(args);
+    if let Some(lib) = ort_library() {
+        cmd.env("DG_ORT_DYLIB_PATH", lib);
+    }
+    cmd.output().expect("dg runs")
+}
+
 pub fn runtime() -> Arc<Runtime> {
     static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
     RUNTIME
