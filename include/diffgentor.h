@@ -250,6 +250,7 @@ dg_error_t *dg_runtime_options_set_allow_cpu_fallback(dg_runtime_options_t *opts
 
 /**
  * Intra-op threads per ONNX Runtime session; 0 = ONNX Runtime's default (one per physical core).
+ * More than 1024 makes `dg_runtime_new` fail with `DG_ERROR_INVALID_ARG`.
  *
  * # Safety
  * `opts` is NULL or live options.
@@ -280,9 +281,9 @@ dg_error_t *dg_runtime_options_set_tensorrt_engine_cache(dg_runtime_options_t *o
  *
  * Keys: "ort_library" (path; "" clears it), "execution_provider" (as
  * `dg_runtime_options_set_execution_provider`), "allow_cpu_fallback" (boolean), "intra_threads"
- * (0 = ONNX Runtime's default), "optimization" ("disable", "basic", "extended", "layout" or "all"),
- * "no_spinning" (boolean: idle ONNX Runtime threads do not spin-wait), "sessions_per_graph"
- * (at least 1: sessions per graph, so that many concurrent requests run a graph at once; each holds
+ * (0 = ONNX Runtime's default, at most 1024), "optimization" ("disable", "basic", "extended",
+ * "layout" or "all"), "no_spinning" (boolean: idle ONNX Runtime threads do not spin-wait), "sessions_per_graph"
+ * (1 to 64: sessions per graph, so that many concurrent requests run a graph at once; each holds
  * its own copy of the weights), "optimized_graph_cache" (directory for ONNX Runtime's optimized
  * graphs; "" turns it off), "tensorrt_fp16" (boolean) and "tensorrt_engine_cache" (directory).
  * Booleans are true/false, 1/0, yes/no or on/off. An unknown key is `DG_ERROR_INVALID_ARG` listing
@@ -291,7 +292,9 @@ dg_error_t *dg_runtime_options_set_tensorrt_engine_cache(dg_runtime_options_t *o
  * # Safety
  * `opts` is NULL or live options; `key` and `value` are NULL or NUL-terminated strings.
  */
-dg_error_t *dg_runtime_options_set(dg_runtime_options_t *opts, const char *key, const char *value);
+dg_error_t *dg_runtime_options_set(dg_runtime_options_t *opts,
+                                   const char *key,
+                                   const char *value);
 
 /**
  * Loads ONNX Runtime and checks the execution provider; `opts` NULL means defaults. The runtime
@@ -461,7 +464,7 @@ dg_error_t *dg_params_set_strength(dg_params_t *p, double strength);
 dg_error_t *dg_params_set_image_guidance_scale(dg_params_t *p, float scale);
 
 /**
- * Sets a progressive plan from its JSON text (docs/models.md), checked here; NULL clears it.
+ * Sets a progressive plan from its JSON text (docs/editing.md), checked here; NULL clears it.
  *
  * # Safety
  * `p` is NULL or live params; `json` is NULL or a NUL-terminated string.

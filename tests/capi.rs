@@ -548,3 +548,23 @@ fn images_encode_and_write() {
         dg_pipeline_free(pipeline);
     }
 }
+
+#[test]
+fn thread_counts_over_the_limit_fail_runtime_creation() {
+    unsafe {
+        for (key, value) in [("intra_threads", "100000"), ("sessions_per_graph", "65")] {
+            let mut opts = ptr::null_mut();
+            ok(dg_runtime_options_new(&mut opts));
+            let (key, value) = (cstr(key), cstr(value));
+            ok(dg_runtime_options_set(opts, key.as_ptr(), value.as_ptr()));
+            let mut rt = sentinel();
+            expect_err(
+                dg_runtime_new(opts, &mut rt),
+                dg_error_code_t::DG_ERROR_INVALID_ARG,
+                &[key.to_str().unwrap(), "between 1 and"],
+            );
+            assert_eq!(rt, sentinel(), "the out-param is untouched");
+            dg_runtime_options_free(opts);
+        }
+    }
+}

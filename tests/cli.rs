@@ -211,7 +211,7 @@ fn bad_arguments_are_reported() {
     for (flags, message) in [
         (
             "--prompt x --width 65",
-            "width 65 must be a positive multiple of the VAE factor 8",
+            "width 65 must be a positive multiple of 16 (the VAE factor 8 x 2^1",
         ),
         ("--prompt x --rng dice", "--rng"),
         ("--prompt x --scheduler-option nokey", "is not KEY=VALUE"),

@@ -45,7 +45,7 @@ fn wrong_sizes_and_strengths_on_img2img() {
     );
     let mut r = edit_request();
     r.init_image = Some(image(60, 60, 0));
-    assert_invalid(&err_on(&sd, &r), "multiple of the VAE factor 8");
+    assert_invalid(&err_on(&sd, &r), "multiple of 16 (the VAE factor 8");
     for strength in [0.0, -0.5, 1.01, f64::NAN] {
         let mut r = edit_request();
         r.strength = Some(strength);
@@ -125,7 +125,7 @@ fn plan_errors() {
     let r = with_plan(r#"{"stages": [{"width": 60, "height": 64, "steps": 2}]}"#);
     assert_invalid(
         &err_on(&sd, &r),
-        "width 60 must be a positive multiple of the VAE factor 8",
+        "width 60 must be a positive multiple of 16 (the VAE factor 8",
     );
     let r = with_plan(
         r#"{"stages": [{"width": 64, "height": 64, "steps": 2},
@@ -193,7 +193,7 @@ fn flux_packs_2x2_latents_so_sizes_are_multiples_of_16() {
     (r.width, r.height) = (Some(72), Some(64));
     assert_invalid(
         &err_on(&flux, &r),
-        "width 72 must be a positive multiple of the VAE factor 16",
+        "width 72 must be a positive multiple of 16 (the VAE factor 8 x 2 for FLUX's 2x2 latent packing",
     );
     let mut r = edit_request();
     r.mask = Some(image(64, 64, 255));

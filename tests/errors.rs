@@ -147,7 +147,7 @@ fn size_must_be_a_positive_multiple_of_the_vae_factor() {
         let err = generate_err(&request);
         assert_eq!(err.code(), ErrorCode::InvalidArg, "{w}x{h}");
         assert!(
-            err.to_string().contains("multiple of the VAE factor 8"),
+            err.to_string().contains("multiple of 16 (the VAE factor 8"),
             "{err}"
         );
     }

@@ -286,7 +286,7 @@ pub unsafe extern "C" fn dg_params_set_image_guidance_scale(
     })
 }
 
-/// Sets a progressive plan from its JSON text (docs/models.md), checked here; NULL clears it.
+/// Sets a progressive plan from its JSON text (docs/editing.md), checked here; NULL clears it.
 ///
 /// # Safety
 /// `p` is NULL or live params; `json` is NULL or a NUL-terminated string.

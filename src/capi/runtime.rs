@@ -179,6 +179,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_allow_cpu_fallback(
 }
 
 /// Intra-op threads per ONNX Runtime session; 0 = ONNX Runtime's default (one per physical core).
+/// More than 1024 makes `dg_runtime_new` fail with `DG_ERROR_INVALID_ARG`.
 ///
 /// # Safety
 /// `opts` is NULL or live options.
@@ -229,9 +230,9 @@ pub unsafe extern "C" fn dg_runtime_options_set_tensorrt_engine_cache(
 ///
 /// Keys: "ort_library" (path; "" clears it), "execution_provider" (as
 /// `dg_runtime_options_set_execution_provider`), "allow_cpu_fallback" (boolean), "intra_threads"
-/// (0 = ONNX Runtime's default), "optimization" ("disable", "basic", "extended", "layout" or "all"),
-/// "no_spinning" (boolean: idle ONNX Runtime threads do not spin-wait), "sessions_per_graph"
-/// (at least 1: sessions per graph, so that many concurrent requests run a graph at once; each holds
+/// (0 = ONNX Runtime's default, at most 1024), "optimization" ("disable", "basic", "extended",
+/// "layout" or "all"), "no_spinning" (boolean: idle ONNX Runtime threads do not spin-wait), "sessions_per_graph"
+/// (1 to 64: sessions per graph, so that many concurrent requests run a graph at once; each holds
 /// its own copy of the weights), "optimized_graph_cache" (directory for ONNX Runtime's optimized
 /// graphs; "" turns it off), "tensorrt_fp16" (boolean) and "tensorrt_engine_cache" (directory).
 /// Booleans are true/false, 1/0, yes/no or on/off. An unknown key is `DG_ERROR_INVALID_ARG` listing

@@ -35,41 +35,75 @@ impl fmt::Display for Family {
     }
 }
 
+/// The diffusers pipeline classes run by name. Among the Stable Diffusion ones the UNet's channel
+/// count still decides between plain, inpainting and InstructPix2Pix.
+const KNOWN_CLASSES: &[&str] = &[
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+    "StableDiffusionInstructPix2PixPipeline",
+    "LatentConsistencyModelPipeline",
+    "LatentConsistencyModelImg2ImgPipeline",
+    "OnnxStableDiffusionPipeline",
+    "OnnxStableDiffusionImg2ImgPipeline",
+    "OnnxStableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
+    "StableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline",
+    "FluxPipeline",
+    "FluxImg2ImgPipeline",
+];
+
 impl Family {
     /// The folder of the denoiser: `transformer` for SD3 and FLUX, `unet` for the rest.
-    pub fn denoiser_folder(class_name: &str) -> &'static str {
-        if class_name.starts_with("StableDiffusion3") || class_name.starts_with("Flux") {
+    pub fn denoiser_folder(self) -> &'static str {
+        if self.is_flow() {
             "transformer"
         } else {
             "unet"
         }
     }
 
-    /// Whether the family denoises with flow matching (SD3, FLUX).
     pub fn is_flow(self) -> bool {
         matches!(self, Family::Sd3 | Family::Flux)
     }
 
-    /// Detects the family from `_class_name` and the UNet's `in_channels`, as diffusers would pick
-    /// the pipeline: the channel count decides between plain, inpainting and pix2pix UNets.
-    pub fn detect(class_name: &str, unet_config: &Value) -> Result<Family> {
+    /// Whether `_class_name` is one this version runs by name (see [`Family::detect`]).
+    pub fn is_known_class(class_name: &str) -> bool {
+        KNOWN_CLASSES.contains(&class_name)
+    }
+
+    /// Detects the family from `_class_name` and the denoiser's config.json, as diffusers would
+    /// pick the pipeline: the channel count decides between plain, inpainting and pix2pix UNets.
+    /// A class name this version does not know is accepted only when the denoiser's config
+    /// identifies the family unambiguously ([`Family::from_denoiser`]).
+    pub fn detect(class_name: &str, denoiser_config: &Value) -> Result<Family> {
         for (prefix, family) in [("StableDiffusion3", Family::Sd3), ("Flux", Family::Flux)] {
-            if !class_name.starts_with(prefix) {
-                continue;
-            }
-            // Their inpainting/control variants take extra inputs this version does not build.
-            let plain = ["Pipeline", "Img2ImgPipeline"]
-                .iter()
-                .any(|suffix| class_name == format!("{prefix}{suffix}"));
-            return if plain {
-                Ok(family)
-            } else {
-                Err(Error::Unsupported(format!(
+            if class_name.starts_with(prefix) && !Family::is_known_class(class_name) {
+                // Their inpainting/control variants take extra inputs this version does not build.
+                return Err(Error::Unsupported(format!(
                     "{class_name} is not run yet; {family} text-to-image and img2img packages are"
-                )))
-            };
+                )));
+            }
         }
-        let channels = unet_config.get("in_channels").and_then(Value::as_u64);
+        if !Family::is_known_class(class_name) {
+            return Family::from_denoiser(denoiser_config).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "unknown pipeline class {class_name}, and its denoiser's config.json does not \
+                     identify a family; known classes: {}",
+                    KNOWN_CLASSES.join(", ")
+                ))
+            });
+        }
+        if class_name.starts_with("Flux") {
+            return Ok(Family::Flux);
+        }
+        if class_name.starts_with("StableDiffusion3") {
+            return Ok(Family::Sd3);
+        }
+        let channels = denoiser_config.get("in_channels").and_then(Value::as_u64);
         if class_name.starts_with("StableDiffusionXL") {
             return match channels {
                 None | Some(4) => Ok(Family::Sdxl),
@@ -90,6 +124,25 @@ impl Family {
                  (4: text-to-image, 9: inpainting, 8: InstructPix2Pix)",
                 other.map_or("unknown".to_string(), |c| c.to_string())
             ))),
+        }
+    }
+
+    /// The family a denoiser's config.json names beyond doubt: the transformer classes of SD3 and
+    /// FLUX, or a `UNet2DConditionModel` by its time embedding (SDXL's `text_time`) and channels.
+    pub fn from_denoiser(config: &Value) -> Option<Family> {
+        let channels = config.get("in_channels").and_then(Value::as_u64);
+        let sdxl = config.get("addition_embed_type").and_then(Value::as_str) == Some("text_time");
+        match config.get("_class_name").and_then(Value::as_str)? {
+            "SD3Transformer2DModel" => Some(Family::Sd3),
+            "FluxTransformer2DModel" => Some(Family::Flux),
+            "UNet2DConditionModel" => match (sdxl, channels?) {
+                (true, 4) => Some(Family::Sdxl),
+                (false, 4) => Some(Family::StableDiffusion),
+                (false, 9) => Some(Family::Inpaint),
+                (false, 8) => Some(Family::InstructPix2Pix),
+                _ => None,
+            },
+            _ => None,
         }
     }
 

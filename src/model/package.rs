@@ -21,6 +21,9 @@ pub struct ModelPackage {
     /// Spatial downsampling of the VAE: 2^(number of VAE blocks - 1).
     pub vae_scale_factor: u32,
     pub family: Family,
+    /// Set when `_class_name` is not one diffgentor knows and the family was taken from the
+    /// denoiser's config instead: says so, for `dg doctor` and the CLI to show.
+    pub family_note: Option<String>,
     /// SDXL: a missing negative prompt means zero embeddings rather than encoding "" (diffusers'
     /// `force_zeros_for_empty_prompt`, true unless model_index.json says otherwise).
     pub force_zeros_for_empty_prompt: bool,
@@ -61,12 +64,21 @@ fn required(family: Family) -> &'static [&'static str] {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         // A file the layout requires is a broken package, not an I/O failure.
         std::io::ErrorKind::NotFound => Error::model(path, "is missing"),
         _ => Error::io("cannot read", path, e),
     })?;
-    serde_json::from_str(&text).map_err(|e| Error::model(path, format!("is not valid JSON: {e}")))
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::model(
+            path,
+            format!(
+                "is not UTF-8 JSON (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    serde_json::from_str(text).map_err(|e| Error::model(path, format!("is not valid JSON: {e}")))
 }
 
 impl ModelPackage {
@@ -84,7 +96,12 @@ impl ModelPackage {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::model(dir.join("model_index.json"), "has no `_class_name`"))?
             .to_string();
-        let denoiser = Family::denoiser_folder(&class_name);
+        // Exports have one denoiser: a transformer (SD3, FLUX) or a UNet.
+        let denoiser = if dir.join("transformer").is_dir() && !dir.join("unet").is_dir() {
+            "transformer"
+        } else {
+            "unet"
+        };
         let config_path = dir.join(denoiser).join("config.json");
         let denoiser_config = if dir.join(denoiser).is_dir() {
             read_json(&config_path)?
@@ -92,6 +109,11 @@ impl ModelPackage {
             Value::Null // reported below with every other missing folder
         };
         let family = Family::detect(&class_name, &denoiser_config)?;
+        let family_note = (!Family::is_known_class(&class_name)).then(|| {
+            format!(
+                "unknown pipeline class {class_name}: run as {family}, which its {denoiser}/config.json identifies"
+            )
+        });
         let missing: Vec<&str> = required(family)
             .iter()
             .copied()
@@ -130,6 +152,7 @@ impl ModelPackage {
             vae_config,
             vae_scale_factor: 1 << (blocks - 1),
             family,
+            family_note,
             force_zeros_for_empty_prompt: index
                 .get("force_zeros_for_empty_prompt")
                 .and_then(Value::as_bool)
@@ -164,6 +187,50 @@ impl ModelPackage {
             v => (side(v)?, side(v)?),
         };
         Some((w * self.vae_scale_factor, h * self.vae_scale_factor))
+    }
+
+    /// What image sides must be a multiple of for the exported denoiser to run, with the reason:
+    /// a UNet halves the latents once per down block but the last (an export traces the plain 2x
+    /// upsampling, so odd intermediate sizes fail in its skip concatenations), SD3's transformer
+    /// patchifies by `patch_size`, and FLUX packs 2x2 latent patches.
+    pub fn size_multiple(&self) -> (u32, String) {
+        let vae = self.vae_scale_factor;
+        let config = &self.denoiser_config;
+        let patch = config
+            .get("patch_size")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| (1..=64).contains(p))
+            .unwrap_or(1);
+        match self.family {
+            Family::Flux => (
+                vae * 2 * patch,
+                format!(
+                    "the VAE factor {vae} x 2 for FLUX's 2x2 latent packing x patch size {patch}"
+                ),
+            ),
+            Family::Sd3 => (
+                vae * patch,
+                format!("the VAE factor {vae} x the transformer's patch size {patch}"),
+            ),
+            _ => {
+                let blocks = config
+                    .get("down_block_types")
+                    .and_then(Value::as_array)
+                    .map(Vec::len)
+                    .filter(|n| (1..=8).contains(n));
+                match blocks {
+                    Some(n) if n > 1 => (
+                        vae << (n - 1),
+                        format!(
+                            "the VAE factor {vae} x 2^{} for the UNet's {n} down blocks",
+                            n - 1
+                        ),
+                    ),
+                    _ => (vae, format!("the VAE factor {vae}")),
+                }
+            }
+        }
     }
 
     /// `scaling_factor` of the VAE (0.18215 for SD 1.x/2.x when absent, as diffusers' AutoencoderKL).

@@ -170,9 +170,11 @@ impl Tokenizer {
         let [bos, eos, _, pad] = self.special;
         let mut ids = vec![bos];
         let mut rest = text;
-        loop {
+        // Tokens past max_length - 1 are truncated away, so encoding stops once there are enough.
+        let enough = self.max_length - 1;
+        while ids.len() < enough {
             let (before, hit) = self.split_added(rest);
-            self.encode_chunk(before, &mut ids)?;
+            self.encode_chunk(before, &mut ids, enough)?;
             let Some((len, id)) = hit else { break };
             ids.push(id);
             rest = &rest[before.len() + len..];
@@ -217,13 +219,17 @@ impl Tokenizer {
         (text, None)
     }
 
-    /// Cleans, regex-splits and BPE-encodes text that holds no added token.
-    fn encode_chunk(&self, chunk: &str, ids: &mut Vec<i64>) -> Result<()> {
+    /// Cleans, regex-splits and BPE-encodes text that holds no added token, until `ids` holds
+    /// `enough` ids.
+    fn encode_chunk(&self, chunk: &str, ids: &mut Vec<i64>, enough: usize) -> Result<()> {
         if chunk.is_empty() {
             return Ok(());
         }
         let cleaned = clean(chunk);
         for (start, end) in self.pattern.find_iter(&cleaned) {
+            if ids.len() >= enough {
+                break;
+            }
             let piece = &cleaned[start..end];
             if let Some((_, id)) = self.literals.iter().find(|(t, _)| *t == piece) {
                 ids.push(*id);

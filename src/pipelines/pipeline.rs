@@ -96,7 +96,7 @@ impl Pipeline {
         let package = &self.model.package;
         package.default_size().ok_or_else(|| {
             Error::model(
-                package.component(Family::denoiser_folder(&package.class_name)),
+                package.component(package.family.denoiser_folder()),
                 "config.json has no usable `sample_size`; pass width and height",
             )
         })
@@ -179,10 +179,12 @@ impl Pipeline {
             .collect::<Result<Vec<_>>>()?;
         let total = passes.iter().map(Resolved::steps).sum();
         let mut reporter = Reporter::new(started, total, progress);
+        reporter.stages = stages.len();
         let factor = self.model.package.vae_scale_factor;
         let mut previous: Option<Output> = None;
         let last = stages.len() - 1;
         for (i, (mut stage, pass)) in stages.into_iter().zip(passes).enumerate() {
+            reporter.stage = i + 1;
             if let Some(prev) = previous.take() {
                 let latents = prev
                     .latents
@@ -350,6 +352,20 @@ impl Pipeline {
             &mut || reporter.report(),
         )?;
         request.check_cancelled()?;
+        // Decoding NaN or infinity would write an all-black image as if nothing went wrong; the
+        // check covers the VAE's scaling, which is where huge finite latents overflow.
+        let (scale, shift) = (
+            model.package.vae_scaling_factor(),
+            model.package.vae_shift_factor(),
+        );
+        if latents.iter().any(|v| !(v / scale + shift).is_finite()) {
+            return Err(Error::InvalidArg(format!(
+                "the latents are not finite (NaN or infinity, or overflowing float32 once scaled \
+                 for the VAE) after denoising stage {} of {}: the input latents or the guidance \
+                 are out of range",
+                reporter.stage, reporter.stages
+            )));
+        }
         if packed {
             let factor = model.package.vae_scale_factor;
             let (h, w) = ((height / factor) as usize, (width / factor) as usize);
@@ -449,17 +465,8 @@ impl Pipeline {
                 (w.unwrap_or(dw), h.unwrap_or(dh))
             }
         };
-        check_size(width, height, self.size_multiple())?;
+        check_size(width, height, self.model.package.size_multiple())?;
         Ok((width, height))
-    }
-
-    /// What output sizes must be a multiple of: the VAE factor, twice it for FLUX's 2x2 packing.
-    fn size_multiple(&self) -> u32 {
-        let package = &self.model.package;
-        match package.family {
-            Family::Flux => package.vae_scale_factor * 2,
-            _ => package.vae_scale_factor,
-        }
     }
 
     /// The package's scheduler config with the request's overrides merged over it, as diffusers'
@@ -472,7 +479,29 @@ impl Pipeline {
             }
             map.insert("eta".into(), Value::from(request.eta));
         }
-        Ok(schedulers::create(request.scheduler.as_deref(), &config)?)
+        let scheduler = schedulers::create(request.scheduler.as_deref(), &config)?;
+        let family = self.model.package.family;
+        let flow = scheduler.name() == "flow_match_euler";
+        if flow != family.is_flow() {
+            // The two kinds of denoisers predict different things (noise or v vs. velocity), so a
+            // mismatched scheduler would run without error and draw garbage.
+            let works_with = if flow {
+                "flow-matching packages (stable-diffusion-3, flux)"
+            } else {
+                "UNet packages (stable-diffusion, stable-diffusion-inpaint, instruct-pix2pix, \
+                 stable-diffusion-xl)"
+            };
+            let instead = if family.is_flow() {
+                "flow_match_euler"
+            } else {
+                "any scheduler but flow_match_euler"
+            };
+            return Err(Error::Unsupported(format!(
+                "scheduler {} works with {works_with}, not with this {family} package: use {instead}",
+                scheduler.name()
+            )));
+        }
+        Ok(scheduler)
     }
 }
 
@@ -497,6 +526,8 @@ struct Reporter<'a> {
     started: Instant,
     done: usize,
     total: usize,
+    stage: usize,
+    stages: usize,
     callback: &'a mut dyn FnMut(&Progress) -> bool,
 }
 
@@ -506,6 +537,8 @@ impl<'a> Reporter<'a> {
             started,
             done: 0,
             total,
+            stage: 1,
+            stages: 1,
             callback,
         }
     }
@@ -516,6 +549,8 @@ impl<'a> Reporter<'a> {
         (self.callback)(&Progress {
             step: self.done,
             total: self.total,
+            stage: self.stage,
+            stages: self.stages,
             elapsed: self.started.elapsed(),
         })
     }

@@ -10,13 +10,20 @@ use serde_json::{Map, Value};
 
 use super::plan::Plan;
 use crate::error::{Error, Result};
-use crate::image::Image;
+use crate::image::{Image, MAX_IMAGE_SIDE};
 use crate::rng::RngMode;
 
 /// Most images one request may ask for; keeps a typo from allocating gigabytes.
 pub const MAX_IMAGES_PER_REQUEST: usize = 64;
 /// Most denoising steps one request may ask for.
 pub const MAX_STEPS: usize = 1000;
+/// Largest guidance scale (text or image) by magnitude: 50x what models are used with, and far
+/// below where the guided prediction overflows float32 and decodes to a black image.
+pub const MAX_GUIDANCE_SCALE: f32 = 1000.0;
+/// Longest prompt (and negative prompt) in bytes. Text encoders read at most a few hundred tokens
+/// (CLIP 77, T5 256 or 512), about 2 KiB of English, so this leaves room for any real prompt while
+/// keeping a runaway one from costing seconds and gigabytes to tokenize.
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
 
 /// One request for every task: text-to-image, img2img (`init_image`), inpainting (`init_image` +
 /// `mask`), instruction editing (`init_image` on an InstructPix2Pix package) and progressive plans
@@ -183,6 +190,20 @@ impl Request {
 
     /// Checks everything that does not need the model; size checks happen in the pipeline.
     pub(crate) fn validate(&self) -> Result<()> {
+        for (name, text) in [
+            ("prompt", Some(&self.prompt)),
+            ("negative_prompt", self.negative_prompt.as_ref()),
+        ] {
+            match text {
+                Some(text) if text.len() > MAX_PROMPT_BYTES => {
+                    return Err(Error::InvalidArg(format!(
+                        "{name} is {} bytes, more than the {MAX_PROMPT_BYTES} accepted",
+                        text.len()
+                    )))
+                }
+                _ => {}
+            }
+        }
         if self.steps == 0 || self.steps > MAX_STEPS {
             return Err(Error::InvalidArg(format!(
                 "steps must be between 1 and {MAX_STEPS}, got {}",
@@ -195,11 +216,15 @@ impl Request {
                 self.num_images
             )));
         }
-        if !self.guidance_scale.is_finite() {
-            return Err(Error::InvalidArg(format!(
-                "guidance_scale must be finite, got {}",
-                self.guidance_scale
-            )));
+        for (name, scale) in [
+            ("guidance_scale", self.guidance_scale),
+            ("image_guidance_scale", self.image_guidance_scale),
+        ] {
+            if scale.is_nan() || scale.abs() > MAX_GUIDANCE_SCALE {
+                return Err(Error::InvalidArg(format!(
+                    "{name} must be between -{MAX_GUIDANCE_SCALE} and {MAX_GUIDANCE_SCALE}, got {scale}"
+                )));
+            }
         }
         if !self.eta.is_finite() || self.eta < 0.0 {
             return Err(Error::InvalidArg(format!(
@@ -210,11 +235,18 @@ impl Request {
         if let Some(strength) = self.strength {
             check_strength(strength)?;
         }
-        if !self.image_guidance_scale.is_finite() {
-            return Err(Error::InvalidArg(format!(
-                "image_guidance_scale must be finite, got {}",
-                self.image_guidance_scale
-            )));
+        for (name, latents) in [
+            ("latents", &self.latents),
+            ("init_latents", &self.init_latents),
+        ] {
+            if latents
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|v| !v.is_finite()))
+            {
+                return Err(Error::InvalidArg(format!(
+                    "{name} hold non-finite values (NaN or infinity)"
+                )));
+            }
         }
         if self.init_image.is_some() && self.init_latents.is_some() {
             return Err(Error::InvalidArg(
@@ -269,17 +301,18 @@ pub fn check_strength(strength: f64) -> Result<()> {
     )))
 }
 
-/// Resolves the output size against the VAE factor, rejecting zero and non-multiples.
-pub(crate) fn check_size(width: u32, height: u32, factor: u32) -> Result<()> {
+/// Checks an output size against the package's multiple (with the reason it has that multiple),
+/// rejecting zero and non-multiples up front rather than failing inside the graph.
+pub(crate) fn check_size(width: u32, height: u32, (multiple, why): (u32, String)) -> Result<()> {
     for (name, v) in [("width", width), ("height", height)] {
-        if v == 0 || v % factor != 0 {
+        if v == 0 || v % multiple != 0 {
             return Err(Error::InvalidArg(format!(
-                "{name} {v} must be a positive multiple of the VAE factor {factor}"
+                "{name} {v} must be a positive multiple of {multiple} ({why})"
             )));
         }
-        if v > 16384 {
+        if v > MAX_IMAGE_SIDE {
             return Err(Error::InvalidArg(format!(
-                "{name} {v} is larger than 16384"
+                "{name} {v} is larger than {MAX_IMAGE_SIDE}"
             )));
         }
     }
@@ -292,6 +325,9 @@ pub struct Progress {
     /// Steps finished so far (1-based once the first step ran).
     pub step: usize,
     pub total: usize,
+    /// The plan stage running now (1-based; 1 of 1 without a plan).
+    pub stage: usize,
+    pub stages: usize,
     pub elapsed: Duration,
 }
 

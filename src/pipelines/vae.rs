@@ -88,6 +88,13 @@ pub(crate) fn decode(
             format!("expected 3 channels, got {:?}", decoded.shape()),
         ));
     }
+    if decoded.iter().any(|v| !v.is_finite()) {
+        return Err(Error::backend(
+            "vae_decoder",
+            "the decoded image is not finite (NaN or infinity): the latents overflow the VAE decoder \
+             (out-of-range latents, or a float16 VAE)",
+        ));
+    }
     Ok((
         decoded.outer_iter().map(Image::from_vae_output).collect(),
         ort,

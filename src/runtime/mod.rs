@@ -51,6 +51,33 @@ pub struct RuntimeOptions {
     pub optimized_graph_cache: Option<PathBuf>,
 }
 
+/// Most intra-op threads per session: above any machine's core count, so a typo such as 100000
+/// is refused rather than spawning that many threads.
+pub const MAX_INTRA_THREADS: usize = 1024;
+/// Most sessions per graph (each holds its own working memory, see
+/// [`RuntimeOptions::sessions_per_graph`]).
+pub const MAX_SESSIONS_PER_GRAPH: usize = 64;
+
+impl RuntimeOptions {
+    /// Checks the counts against [`MAX_INTRA_THREADS`] and [`MAX_SESSIONS_PER_GRAPH`].
+    pub fn validate(&self) -> Result<()> {
+        if let Some(threads) = self.intra_threads {
+            if !(1..=MAX_INTRA_THREADS).contains(&threads) {
+                return Err(Error::InvalidArg(format!(
+                    "intra_threads must be between 1 and {MAX_INTRA_THREADS}, got {threads}"
+                )));
+            }
+        }
+        if !(1..=MAX_SESSIONS_PER_GRAPH).contains(&self.sessions_per_graph) {
+            return Err(Error::InvalidArg(format!(
+                "sessions_per_graph must be between 1 and {MAX_SESSIONS_PER_GRAPH}, got {}",
+                self.sessions_per_graph
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
@@ -135,11 +162,7 @@ pub struct Runtime {
 impl Runtime {
     /// Loads ONNX Runtime and checks that the requested execution provider exists in it.
     pub fn new(options: RuntimeOptions) -> Result<Arc<Runtime>> {
-        if options.sessions_per_graph == 0 {
-            return Err(Error::InvalidArg(
-                "sessions_per_graph must be at least 1".into(),
-            ));
-        }
+        options.validate()?;
         if options.optimized_graph_cache.is_some()
             && matches!(
                 options.execution_provider,
