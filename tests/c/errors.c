@@ -215,7 +215,8 @@ static void test_generate_errors(const dg_pipeline_t *pipe) {
     CHECK_UNTOUCHED(imgs);
     EXPECT_ERROR(dg_pipeline_generate(pipe, p, NULL, NULL, NULL, NULL), DG_ERROR_NULL_ARG, "out");
 
-    /* Sizes that are not multiples of the VAE factor (8 on tiny-sd) fail at generate time. */
+    /* Sizes the UNet cannot run (tiny-sd needs multiples of 16: VAE factor 8 x 2 for its two
+     * down blocks) fail at generate time. */
     CHECK_OK(dg_params_set_size(p, 60, 64));
     EXPECT_ERROR(dg_pipeline_generate(pipe, p, NULL, NULL, NULL, &imgs), DG_ERROR_INVALID_ARG, "width 60");
     CHECK_UNTOUCHED(imgs);
