@@ -20,13 +20,15 @@ pub mod image;
 pub mod model;
 pub mod npy;
 pub mod pipelines;
+pub mod request;
 pub mod rng;
 pub mod runtime;
 pub mod schedulers;
 
 pub use error::{Error, ErrorCode, Result};
 pub use image::Image;
-pub use pipelines::{Output, Pipeline, Progress, Request};
+pub use pipelines::Pipeline;
+pub use request::{CancelToken, Output, Progress, Request};
 pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};
 
 /// Compiles the README's Rust example as a doctest so it cannot drift from the API.

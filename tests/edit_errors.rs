@@ -3,7 +3,7 @@ mod common;
 
 use std::fs;
 
-use diffgentor::pipelines::Plan;
+use diffgentor::request::Plan;
 use diffgentor::{Error, ErrorCode, Image, Pipeline, Request};
 
 fn image(width: u32, height: u32, value: u8) -> Image {

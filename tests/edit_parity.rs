@@ -7,7 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use diffgentor::pipelines::{flux, resize, Plan, Resample};
+use diffgentor::pipelines::{flux, resize};
+use diffgentor::request::{Plan, Resample};
 use diffgentor::{npy, Image, Pipeline, Request};
 use ndarray::{ArrayD, Ix4};
 use serde_json::Value;

@@ -3,7 +3,7 @@ mod common;
 
 use std::fs;
 
-use diffgentor::pipelines::{prompt_from_bytes, CancelToken};
+use diffgentor::request::{prompt_from_bytes, CancelToken};
 use diffgentor::{Error, ErrorCode, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
 
 fn load_err(dir: &std::path::Path) -> Error {

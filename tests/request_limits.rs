@@ -7,7 +7,7 @@ use std::path::Path;
 
 use diffgentor::model::tokenizer::Tokenizer;
 use diffgentor::model::{Family, ModelPackage};
-use diffgentor::pipelines::MAX_PROMPT_BYTES;
+use diffgentor::request::MAX_PROMPT_BYTES;
 use diffgentor::runtime::{MAX_INTRA_THREADS, MAX_SESSIONS_PER_GRAPH};
 use diffgentor::{Error, ErrorCode, Pipeline, Request, Runtime, RuntimeOptions};
 

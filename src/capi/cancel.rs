@@ -1,6 +1,6 @@
 //! Cancel tokens: a flag any thread can raise to stop a running `dg_pipeline_generate`.
 use super::{boundary, dg_error_t, guard, out_param, write_out};
-use crate::pipelines::CancelToken;
+use crate::request::CancelToken;
 
 /// A cancellation flag. Thread-safe: `dg_cancel_token_cancel` may be called from any thread while
 /// another thread generates with the token. A raised token stays raised; use a new token per request.

@@ -2,7 +2,7 @@
 use std::ffi::c_char;
 
 use super::{arg_mut, arg_str, boundary, dg_error_t, opt_str, out_param, write_out, FfiResult};
-use crate::pipelines::Plan;
+use crate::request::Plan;
 use crate::{Error, Image, Request};
 
 /// Parameters of one request: a builder. Not thread-safe: use one from one thread at a time (or
@@ -264,7 +264,7 @@ pub unsafe extern "C" fn dg_params_set_strength(
     strength: f64,
 ) -> *mut dg_error_t {
     with_params(p, |r| {
-        crate::pipelines::check_strength(strength)?;
+        crate::request::check_strength(strength)?;
         r.strength = Some(strength);
         Ok(())
     })

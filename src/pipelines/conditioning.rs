@@ -5,10 +5,10 @@ use std::time::Instant;
 use ndarray::{concatenate, s, Array2, ArrayD, Axis};
 
 use super::guidance::{Guidance, Text};
-use super::pipeline::Timings;
-use super::request::Request;
 use crate::error::{Error, Result};
 use crate::model::{Family, LoadedModel, TextEncoder};
+use crate::request::Request;
+use crate::request::Timings;
 use crate::runtime::{ElementType, Input};
 
 /// What the denoiser is conditioned on, one row per item of its batch.

@@ -4,11 +4,11 @@ use std::time::Instant;
 use ndarray::{s, ArrayD, Axis};
 
 use super::guidance::Guidance;
-use super::pipeline::Timings;
 use super::prepare::Blend;
-use super::request::Request;
 use crate::error::{Error, Result};
 use crate::model::{Denoiser, TimestepShape, TransformerKind};
+use crate::request::Request;
+use crate::request::Timings;
 use crate::rng::NoiseSource;
 use crate::runtime::{ElementType, Input};
 use crate::schedulers::Scheduler;

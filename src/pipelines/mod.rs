@@ -5,17 +5,10 @@ pub mod flux;
 mod guidance;
 mod inputs;
 mod pipeline;
-mod plan;
 mod prepare;
-mod request;
 mod resample;
 mod vae;
 
 pub use guidance::apply_guidance;
-pub use pipeline::{Defaults, Output, Pipeline, Timings};
-pub use plan::{Plan, Stage, MAX_STAGES};
-pub use request::{
-    check_strength, prompt_from_bytes, CancelToken, Progress, Request, MAX_GUIDANCE_SCALE,
-    MAX_IMAGES_PER_REQUEST, MAX_PROMPT_BYTES, MAX_STEPS,
-};
-pub use resample::{resize, Resample};
+pub use pipeline::{Defaults, Pipeline};
+pub use resample::resize;

@@ -1,7 +1,7 @@
 //! A loaded package and the request flow: resolve the task, prepare latents, denoise, decode.
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ndarray::ArrayD;
 use serde_json::Value;
@@ -10,43 +10,15 @@ use super::conditioning::{self, time_ids, Conditioning};
 use super::denoise::{denoise, Step, Tensor};
 use super::flux;
 use super::guidance::{scale_embedding, Guidance};
-use super::plan::Plan;
 use super::prepare::{prepare, Pass, Prepared, Task};
-use super::request::{check_size, Progress, Request};
 use super::resample::resize;
 use super::vae;
 use crate::error::{Error, Result};
-use crate::image::Image;
 use crate::model::{Denoiser, Family, LoadedModel, TransformerKind};
+use crate::request::{check_size, Output, Plan, Progress, Request, Timings};
 use crate::rng;
 use crate::runtime::{ElementType, Runtime};
 use crate::schedulers::{self, Scheduler};
-
-/// Where the time of one request went. `ort_run` is the sum of all ONNX Runtime run calls.
-#[derive(Debug, Clone, Default)]
-pub struct Timings {
-    pub tokenize: Duration,
-    pub text_encode: Duration,
-    pub denoise_steps: Vec<Duration>,
-    pub decode: Duration,
-    pub ort_run: Duration,
-    pub total: Duration,
-}
-
-/// The result of one request.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub images: Vec<Image>,
-    /// Final latents before VAE decoding, [num_images, channels, h/f, w/f].
-    pub latents: ArrayD<f32>,
-    /// The seed actually used (drawn from the clock when the request had none).
-    pub seed: u64,
-    pub width: u32,
-    pub height: u32,
-    /// Canonical scheduler name that ran.
-    pub scheduler: String,
-    pub timings: Timings,
-}
 
 /// A loaded model package on a runtime. Shared sessions; every request has its own scheduler and RNG.
 #[derive(Debug)]

@@ -6,11 +6,12 @@ use ndarray::{concatenate, Array4, ArrayD, Axis, Zip};
 
 use super::guidance::Guidance;
 use super::inputs::{check_input_size, image_tensor, mask_tensor};
-use super::request::Request;
-use super::resample::{resize, Resample};
+use super::resample::resize;
 use super::vae::{self, Latent};
 use crate::error::{Error, Result};
 use crate::model::{Family, LoadedModel};
+use crate::request::Request;
+use crate::request::Resample;
 use crate::rng::NoiseSource;
 use crate::schedulers::Scheduler;
 

@@ -1,47 +1,7 @@
 //! Resizing of [n, c, h, w] tensors with PyTorch's `interpolate` index rules (float32 arithmetic).
-use std::fmt;
-use std::str::FromStr;
-
 use ndarray::{Array4, ArrayView4};
 
-use crate::error::{Error, Result};
-
-/// Interpolation modes, named as `torch.nn.functional.interpolate` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Resample {
-    /// `nearest`: source index floor(dst * scale); diffusers sizes inpainting masks with it.
-    Nearest,
-    /// `nearest-exact`: source index floor((dst + 0.5) * scale), the pixel-centre rule.
-    #[default]
-    NearestExact,
-    /// `bilinear` with align_corners=False.
-    Bilinear,
-}
-
-impl FromStr for Resample {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Resample> {
-        match s {
-            "nearest" => Ok(Resample::Nearest),
-            "nearest-exact" => Ok(Resample::NearestExact),
-            "bilinear" => Ok(Resample::Bilinear),
-            _ => Err(Error::InvalidArg(format!(
-                "unknown upscale mode `{s}` (expected nearest-exact, bilinear or nearest)"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Resample {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Resample::Nearest => "nearest",
-            Resample::NearestExact => "nearest-exact",
-            Resample::Bilinear => "bilinear",
-        })
-    }
-}
+use crate::request::Resample;
 
 /// Resizes the two spatial axes of `input` to `height` x `width`.
 pub fn resize(

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use diffgentor::pipelines::{resize, Resample};
+use diffgentor::pipelines::resize;
+use diffgentor::request::Resample;
 use diffgentor::{npy, Error, Image};
 use ndarray::Ix4;
 

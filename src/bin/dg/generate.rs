@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use diffgentor::model::{Family, ModelPackage};
-use diffgentor::pipelines::Plan;
+use diffgentor::request::Plan;
 use diffgentor::rng::RngMode;
 use diffgentor::{npy, Error, Output, Pipeline, Request};
 use serde_json::Value;

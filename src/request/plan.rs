@@ -1,14 +1,53 @@
 //! Progressive generation: a plan of stages joined by latent upscaling, each an img2img pass over
 //! the upscaled latents of the stage before (the recipe of ComfyUI's LatentUpscale + KSampler).
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::resample::Resample;
 use crate::error::{Error, Result};
 
 /// Most stages one plan may have.
 pub const MAX_STAGES: usize = 8;
+
+/// How a stage's latents are resized: the interpolation modes of `torch.nn.functional.interpolate`,
+/// by its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resample {
+    /// `nearest`: source index floor(dst * scale); diffusers sizes inpainting masks with it.
+    Nearest,
+    /// `nearest-exact`: source index floor((dst + 0.5) * scale), the pixel-centre rule.
+    #[default]
+    NearestExact,
+    /// `bilinear` with align_corners=False.
+    Bilinear,
+}
+
+impl FromStr for Resample {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Resample> {
+        match s {
+            "nearest" => Ok(Resample::Nearest),
+            "nearest-exact" => Ok(Resample::NearestExact),
+            "bilinear" => Ok(Resample::Bilinear),
+            _ => Err(Error::InvalidArg(format!(
+                "unknown upscale mode `{s}` (expected nearest-exact, bilinear or nearest)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Resample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resample::Nearest => "nearest",
+            Resample::NearestExact => "nearest-exact",
+            Resample::Bilinear => "bilinear",
+        })
+    }
+}
 
 /// One stage. Fields left out take the request's value; `strength` (the denoise fraction) is
 /// required from the second stage on, and a first stage without it is text-to-image (or uses the

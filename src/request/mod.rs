@@ -1,4 +1,12 @@
-//! What a caller asks for, with diffusers' defaults and validation.
+//! What a caller asks for and what it gets back, whoever draws the image (a local pipeline or a
+//! remote service): requests with diffusers' defaults and validation, plans, progress,
+//! cancellation and outputs. Knows nothing of ONNX Runtime.
+mod output;
+mod plan;
+
+pub use output::{Output, Timings};
+pub use plan::{Plan, Resample, Stage, MAX_STAGES};
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +16,6 @@ use std::time::Duration;
 use ndarray::ArrayD;
 use serde_json::{Map, Value};
 
-use super::plan::Plan;
 use crate::error::{Error, Result};
 use crate::image::{Image, MAX_IMAGE_SIDE};
 use crate::rng::RngMode;

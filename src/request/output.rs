@@ -1,0 +1,32 @@
+//! What a generator returns: images, the values that were used, and where the time went.
+use std::time::Duration;
+
+use ndarray::ArrayD;
+
+use crate::image::Image;
+
+/// Where the time of one request went. `ort_run` is the sum of all ONNX Runtime run calls.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub tokenize: Duration,
+    pub text_encode: Duration,
+    pub denoise_steps: Vec<Duration>,
+    pub decode: Duration,
+    pub ort_run: Duration,
+    pub total: Duration,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub images: Vec<Image>,
+    /// Final latents before VAE decoding, [num_images, channels, h/f, w/f].
+    pub latents: ArrayD<f32>,
+    /// The seed actually used (drawn from the clock when the request had none).
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Canonical scheduler name that ran.
+    pub scheduler: String,
+    pub timings: Timings,
+}
