@@ -74,6 +74,24 @@ typedef enum {
      * A bug: diffgentor panicked inside the call. The library stays usable.
      */
     DG_ERROR_PANIC = 9,
+    /**
+     * A remote service answered with an error, sent something unusable, or could not be reached;
+     * the message keeps the service's status, error type and message.
+     */
+    DG_ERROR_REMOTE = 10,
+    /**
+     * A remote service still refused for rate or quota after the retries (or the key's quota is
+     * exhausted).
+     */
+    DG_ERROR_RATE_LIMITED = 11,
+    /**
+     * A remote call did not finish within its timeout.
+     */
+    DG_ERROR_TIMEOUT = 12,
+    /**
+     * A remote service's safety or moderation system blocked the prompt or the image.
+     */
+    DG_ERROR_REFUSED = 13,
 } dg_error_code_t;
 
 /**

@@ -7,6 +7,7 @@ use crate::schedulers::SchedulerError;
 /// Stable, numbered error classes. Values are part of the public contract: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
+#[non_exhaustive]
 pub enum ErrorCode {
     NullArg = 1,
     InvalidArg = 2,
@@ -17,10 +18,19 @@ pub enum ErrorCode {
     Cancelled = 7,
     Backend = 8,
     Panic = 9,
+    /// A remote service answered with an error (or could not be reached).
+    Remote = 10,
+    /// A remote service refused for rate or quota after every retry.
+    RateLimited = 11,
+    /// A remote call did not finish within its timeout.
+    Timeout = 12,
+    /// A remote service's safety or moderation system blocked the request or its image.
+    Refused = 13,
 }
 
 /// Everything that can go wrong between a request and an image.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArg(String),
@@ -51,6 +61,15 @@ pub enum Error {
     #[error("ONNX Runtime failed in {component}: {message}")]
     Backend { component: String, message: String },
 
+    /// A graph returned what its signature did not promise, or a value it computed is unusable
+    /// (shapes, missing outputs, non-finite images). Reported with code `Backend`.
+    #[error("{component}: {message}")]
+    Internal { component: String, message: String },
+
+    /// A remote generator's failure, with what the service said.
+    #[error(transparent)]
+    Remote(Box<RemoteError>),
+
     #[error("scheduler: {0}")]
     Scheduler(#[from] SchedulerError),
 
@@ -69,7 +88,8 @@ impl Error {
             Error::EpUnavailable { .. } => ErrorCode::EpUnavailable,
             Error::OrtLibrary(_) => ErrorCode::Backend,
             Error::Cancelled => ErrorCode::Cancelled,
-            Error::Backend { .. } => ErrorCode::Backend,
+            Error::Backend { .. } | Error::Internal { .. } => ErrorCode::Backend,
+            Error::Remote(remote) => remote.kind.code(),
             Error::Scheduler(
                 SchedulerError::UnsupportedConfig { .. } | SchedulerError::Unsupported { .. },
             ) => ErrorCode::Unsupported,
@@ -102,6 +122,83 @@ impl Error {
             message: err.to_string(),
         }
     }
+
+    pub(crate) fn internal(component: &str, message: impl std::fmt::Display) -> Self {
+        Error::Internal {
+            component: component.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The remote service's failure, when this is one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            Error::Remote(remote) => Some(remote),
+            _ => None,
+        }
+    }
 }
+
+/// How a remote call failed; each kind has its own stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteFailure {
+    /// The service answered with an error, its answer was unusable, or it could not be reached.
+    Error,
+    /// 429 or a quota error, still so after the retries.
+    RateLimited,
+    /// No answer within the request's timeout.
+    Timeout,
+    /// The service's safety system blocked the prompt or the image.
+    Refused,
+}
+
+impl RemoteFailure {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            RemoteFailure::Error => ErrorCode::Remote,
+            RemoteFailure::RateLimited => ErrorCode::RateLimited,
+            RemoteFailure::Timeout => ErrorCode::Timeout,
+            RemoteFailure::Refused => ErrorCode::Refused,
+        }
+    }
+}
+
+/// What a remote service said when a call failed: enough to act on (status, the service's error
+/// type, its message), never the API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    pub kind: RemoteFailure,
+    /// The generator kind, e.g. `openai` or `gemini`.
+    pub service: String,
+    /// The endpoint's base URL (keys are sent in headers, never in URLs).
+    pub endpoint: String,
+    /// The HTTP status, when the service answered.
+    pub status: Option<u16>,
+    /// The service's error type or reason (`insufficient_quota`, `RESOURCE_EXHAUSTED`, `SAFETY`).
+    pub error_type: Option<String>,
+    pub message: String,
+    /// Calls made, retries included.
+    pub attempts: u32,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}: ", self.service, self.endpoint)?;
+        if let Some(status) = self.status {
+            write!(f, "HTTP {status}: ")?;
+        }
+        if let Some(kind) = &self.error_type {
+            write!(f, "{kind}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RemoteError {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

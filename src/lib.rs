@@ -25,7 +25,7 @@ pub mod rng;
 pub mod runtime;
 pub mod schedulers;
 
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, RemoteError, RemoteFailure, Result};
 pub use image::Image;
 pub use pipelines::Pipeline;
 pub use request::{CancelToken, Output, Progress, Request};

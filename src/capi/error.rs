@@ -29,6 +29,16 @@ pub enum dg_error_code_t {
     DG_ERROR_BACKEND = 8,
     /// A bug: diffgentor panicked inside the call. The library stays usable.
     DG_ERROR_PANIC = 9,
+    /// A remote service answered with an error, sent something unusable, or could not be reached;
+    /// the message keeps the service's status, error type and message.
+    DG_ERROR_REMOTE = 10,
+    /// A remote service still refused for rate or quota after the retries (or the key's quota is
+    /// exhausted).
+    DG_ERROR_RATE_LIMITED = 11,
+    /// A remote call did not finish within its timeout.
+    DG_ERROR_TIMEOUT = 12,
+    /// A remote service's safety or moderation system blocked the prompt or the image.
+    DG_ERROR_REFUSED = 13,
 }
 
 impl From<ErrorCode> for dg_error_code_t {
@@ -43,6 +53,10 @@ impl From<ErrorCode> for dg_error_code_t {
             ErrorCode::Cancelled => dg_error_code_t::DG_ERROR_CANCELLED,
             ErrorCode::Backend => dg_error_code_t::DG_ERROR_BACKEND,
             ErrorCode::Panic => dg_error_code_t::DG_ERROR_PANIC,
+            ErrorCode::Remote => dg_error_code_t::DG_ERROR_REMOTE,
+            ErrorCode::RateLimited => dg_error_code_t::DG_ERROR_RATE_LIMITED,
+            ErrorCode::Timeout => dg_error_code_t::DG_ERROR_TIMEOUT,
+            ErrorCode::Refused => dg_error_code_t::DG_ERROR_REFUSED,
         }
     }
 }
@@ -141,6 +155,10 @@ mod tests {
             ErrorCode::Cancelled,
             ErrorCode::Backend,
             ErrorCode::Panic,
+            ErrorCode::Remote,
+            ErrorCode::RateLimited,
+            ErrorCode::Timeout,
+            ErrorCode::Refused,
         ] {
             assert_eq!(dg_error_code_t::from(code) as u32, code as u32, "{code:?}");
         }

@@ -4,87 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{arg_mut, arg_str, boundary, dg_error_t, out_param, write_out, FfiResult};
-use crate::runtime::{OptimizationLevel, TensorRtOptions};
-use crate::{Error, ExecutionProvider, Runtime, RuntimeOptions};
+use crate::runtime::RuntimeConfig;
+use crate::{ExecutionProvider, Runtime, RuntimeOptions};
 
 /// Options for `dg_runtime_new`: a builder. Not thread-safe: use one from one thread at a time.
 /// `dg_runtime_new` copies it, so it may be freed (or reused) right after.
 pub struct dg_runtime_options_t {
-    options: RuntimeOptions,
-    /// Applied when the execution provider is TensorRT, whichever setter was called first.
-    tensorrt: TensorRtOptions,
-}
-
-impl dg_runtime_options_t {
-    /// The options with the TensorRT knobs applied to a TensorRT provider.
-    fn resolve(&self) -> RuntimeOptions {
-        let mut options = self.options.clone();
-        if let ExecutionProvider::TensorRt { options: trt, .. } = &mut options.execution_provider {
-            *trt = self.tensorrt.clone();
-        }
-        options
-    }
-
-    /// `dg_runtime_options_set`'s keys, in the order its documentation lists them.
-    const KEYS: &'static str = "ort_library, execution_provider, allow_cpu_fallback, intra_threads, \
-                                optimization, no_spinning, sessions_per_graph, optimized_graph_cache, \
-                                tensorrt_fp16, tensorrt_engine_cache";
-
-    fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
-        let o = &mut self.options;
-        match key {
-            "ort_library" => o.ort_library = path(value),
-            "execution_provider" => o.execution_provider = value.parse()?,
-            "allow_cpu_fallback" => o.allow_cpu_fallback = flag(key, value)?,
-            "intra_threads" => {
-                let threads: usize = number(key, value)?;
-                o.intra_threads = (threads > 0).then_some(threads);
-            }
-            "optimization" => o.optimization = value.parse::<OptimizationLevel>()?,
-            "no_spinning" => o.no_spinning = flag(key, value)?,
-            "sessions_per_graph" => match number(key, value)? {
-                0 => {
-                    return Err(Error::InvalidArg(
-                        "sessions_per_graph must be at least 1, got `0`".into(),
-                    ))
-                }
-                n => o.sessions_per_graph = n,
-            },
-            "optimized_graph_cache" => o.optimized_graph_cache = path(value),
-            "tensorrt_fp16" => self.tensorrt.fp16 = flag(key, value)?,
-            "tensorrt_engine_cache" => self.tensorrt.engine_cache_dir = path(value),
-            _ => {
-                return Err(Error::InvalidArg(format!(
-                    "unknown runtime option `{key}` (expected {})",
-                    Self::KEYS
-                )))
-            }
-        }
-        Ok(())
-    }
-}
-
-/// An empty value clears a path option.
-fn path(value: &str) -> Option<PathBuf> {
-    (!value.is_empty()).then(|| PathBuf::from(value))
-}
-
-fn flag(key: &str, value: &str) -> Result<bool, Error> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::InvalidArg(format!(
-            "runtime option `{key}`: `{value}` is not a boolean (true/false, 1/0, yes/no, on/off)"
-        ))),
-    }
-}
-
-fn number(key: &str, value: &str) -> Result<usize, Error> {
-    value.trim().parse().map_err(|_| {
-        Error::InvalidArg(format!(
-            "runtime option `{key}`: `{value}` is not a non-negative integer"
-        ))
-    })
+    config: RuntimeConfig,
 }
 
 /// A loaded ONNX Runtime with its execution provider. Thread-safe: share one per process. Pipelines
@@ -107,8 +33,7 @@ pub unsafe extern "C" fn dg_runtime_options_new(
         write_out(
             out,
             dg_runtime_options_t {
-                options: RuntimeOptions::default(),
-                tensorrt: TensorRtOptions::default(),
+                config: RuntimeConfig::default(),
             },
         )
     })
@@ -141,7 +66,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_ort_library(
     path: *const c_char,
 ) -> *mut dg_error_t {
     with_opts(opts, |o| {
-        o.options.ort_library = Some(PathBuf::from(arg_str(path, "path")?));
+        o.config.options.ort_library = Some(PathBuf::from(arg_str(path, "path")?));
         Ok(())
     })
 }
@@ -158,7 +83,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_execution_provider(
     ep: *const c_char,
 ) -> *mut dg_error_t {
     with_opts(opts, |o| {
-        o.options.execution_provider = arg_str(ep, "ep")?.parse::<ExecutionProvider>()?;
+        o.config.options.execution_provider = arg_str(ep, "ep")?.parse::<ExecutionProvider>()?;
         Ok(())
     })
 }
@@ -173,7 +98,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_allow_cpu_fallback(
     allow: bool,
 ) -> *mut dg_error_t {
     with_opts(opts, |o| {
-        o.options.allow_cpu_fallback = allow;
+        o.config.options.allow_cpu_fallback = allow;
         Ok(())
     })
 }
@@ -189,7 +114,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_intra_threads(
     threads: u32,
 ) -> *mut dg_error_t {
     with_opts(opts, |o| {
-        o.options.intra_threads = (threads > 0).then_some(threads as usize);
+        o.config.options.intra_threads = (threads > 0).then_some(threads as usize);
         Ok(())
     })
 }
@@ -204,7 +129,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_tensorrt_fp16(
     fp16: bool,
 ) -> *mut dg_error_t {
     with_opts(opts, |o| {
-        o.tensorrt.fp16 = fp16;
+        o.config.tensorrt.fp16 = fp16;
         Ok(())
     })
 }
@@ -220,7 +145,7 @@ pub unsafe extern "C" fn dg_runtime_options_set_tensorrt_engine_cache(
     dir: *const c_char,
 ) -> *mut dg_error_t {
     with_opts(opts, |o| {
-        o.tensorrt.engine_cache_dir = Some(PathBuf::from(arg_str(dir, "dir")?));
+        o.config.tensorrt.engine_cache_dir = Some(PathBuf::from(arg_str(dir, "dir")?));
         Ok(())
     })
 }
@@ -249,7 +174,7 @@ pub unsafe extern "C" fn dg_runtime_options_set(
     with_opts(opts, |o| {
         let key = arg_str(key, "key")?;
         let value = arg_str(value, "value")?;
-        Ok(o.set(key, value)?)
+        Ok(o.config.set(key, value)?)
     })
 }
 
@@ -268,7 +193,7 @@ pub unsafe extern "C" fn dg_runtime_new(
         let out = out_param(out, "out")?;
         let options = opts
             .as_ref()
-            .map_or_else(RuntimeOptions::default, dg_runtime_options_t::resolve);
+            .map_or_else(RuntimeOptions::default, |o| o.config.resolve());
         let inner = Runtime::new(options)?;
         write_out(out, dg_runtime_t { inner })
     })
@@ -291,11 +216,11 @@ mod tests {
 
     use super::*;
     use crate::capi::{dg_error_code, dg_error_code_t, dg_error_free, dg_error_message};
+    use crate::runtime::{OptimizationLevel, TensorRtOptions};
 
     fn options() -> dg_runtime_options_t {
         dg_runtime_options_t {
-            options: RuntimeOptions::default(),
-            tensorrt: TensorRtOptions::default(),
+            config: RuntimeConfig::default(),
         }
     }
 
@@ -339,7 +264,7 @@ mod tests {
         ] {
             assert_eq!(set(&mut o, key.as_bytes(), value.as_bytes()), None, "{key}");
         }
-        let r = o.resolve();
+        let r = o.config.resolve();
         assert_eq!(
             r.ort_library,
             Some(PathBuf::from("/opt/ort/libonnxruntime.so"))
@@ -365,7 +290,7 @@ mod tests {
         // 0 threads = ONNX Runtime's default; "" clears a path.
         assert_eq!(set(&mut o, b"intra_threads", b"0"), None);
         assert_eq!(set(&mut o, b"optimized_graph_cache", b""), None);
-        let r = o.resolve();
+        let r = o.config.resolve();
         assert_eq!((r.intra_threads, r.optimized_graph_cache), (None, None));
     }
 
@@ -392,7 +317,7 @@ mod tests {
             assert!(message.contains(value), "{key}={value}: {message}");
         }
         assert_eq!(
-            o.resolve().sessions_per_graph,
+            o.config.resolve().sessions_per_graph,
             1,
             "a rejected value changes nothing"
         );

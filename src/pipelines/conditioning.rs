@@ -143,7 +143,7 @@ pub(crate) fn encode(
                 Text::Negative => row(1),
             })
             .collect();
-        concatenate(Axis(0), &rows).map_err(|e| Error::backend("text_encoder", e))
+        concatenate(Axis(0), &rows).map_err(|e| Error::internal("text_encoder", e))
     };
     Ok(Conditioning {
         hidden: spread(&hidden)?,
@@ -208,7 +208,7 @@ impl Runner<'_, '_> {
         let mut outputs = self.outputs(encoder, ids, &names)?.into_iter();
         let hidden = outputs
             .next()
-            .ok_or_else(|| Error::backend("text_encoder", "no output"))?;
+            .ok_or_else(|| Error::internal("text_encoder", "no output"))?;
         Ok((hidden, outputs.next()))
     }
 
@@ -238,12 +238,12 @@ impl Runner<'_, '_> {
 fn one(mut outputs: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>> {
     outputs
         .pop()
-        .ok_or_else(|| Error::backend("text_encoder", "no output"))
+        .ok_or_else(|| Error::internal("text_encoder", "no output"))
 }
 
 fn join(parts: &[ArrayD<f32>], axis: usize) -> Result<ArrayD<f32>> {
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    concatenate(Axis(axis), &views).map_err(|e| Error::backend("text_encoder", e))
+    concatenate(Axis(axis), &views).map_err(|e| Error::internal("text_encoder", e))
 }
 
 fn second(model: &LoadedModel) -> Result<(&crate::model::Tokenizer, &TextEncoder)> {

@@ -343,7 +343,7 @@ impl Pipeline {
             let (h, w) = ((height / factor) as usize, (width / factor) as usize);
             let tokens = latents
                 .into_dimensionality()
-                .map_err(|e| Error::backend("transformer", e))?;
+                .map_err(|e| Error::internal("transformer", e))?;
             latents = flux::unpack(tokens.view(), h, w).into_dyn();
         }
 
@@ -394,7 +394,7 @@ impl Pipeline {
             }
             Denoiser::Transformer(transformer) => {
                 let pooled = pooled.ok_or_else(|| {
-                    Error::backend("text_encoder", "no pooled embeddings for the transformer")
+                    Error::internal("text_encoder", "no pooled embeddings for the transformer")
                 })?;
                 fixed.push(("pooled_projections", Tensor::F32(pooled)));
                 if transformer.kind == TransformerKind::Flux {

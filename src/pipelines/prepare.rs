@@ -171,7 +171,7 @@ pub(crate) fn prepare(
             let (l, t) = vae::encode(model, pixels, latent)?;
             ort += t;
             if l.shape()[1..] != shape[1..] {
-                return Err(Error::backend(
+                return Err(Error::internal(
                     "vae_encoder",
                     format!(
                         "latents {:?} do not match the UNet's {:?}",

@@ -32,10 +32,10 @@ pub(crate) fn encode(
     )?;
     let params = params
         .into_dimensionality::<Ix4>()
-        .map_err(|e| Error::backend("vae_encoder", format!("latent_parameters: {e}")))?;
+        .map_err(|e| Error::internal("vae_encoder", format!("latent_parameters: {e}")))?;
     let c = params.shape()[1] / 2;
     if c == 0 || params.shape()[1] % 2 != 0 {
-        return Err(Error::backend(
+        return Err(Error::internal(
             "vae_encoder",
             format!(
                 "latent_parameters {:?} is not mean ++ logvar",
@@ -48,7 +48,7 @@ pub(crate) fn encode(
         let eps = noise
             .randn(latents.shape())
             .into_dimensionality::<Ix4>()
-            .map_err(|e| Error::backend("vae_encoder", e))?;
+            .map_err(|e| Error::internal("vae_encoder", e))?;
         // DiagonalGaussianDistribution: logvar clamped to [-30, 20], std = exp(0.5 * logvar).
         Zip::from(&mut latents)
             .and(&params.slice(s![.., c.., .., ..]))
@@ -81,15 +81,15 @@ pub(crate) fn decode(
         .run(&[("latent_sample", Input::F32(scaled.view()))], "sample")?;
     let decoded = decoded
         .into_dimensionality::<Ix4>()
-        .map_err(|e| Error::backend("vae_decoder", format!("sample: {e}")))?;
+        .map_err(|e| Error::internal("vae_decoder", format!("sample: {e}")))?;
     if decoded.shape()[1] != 3 {
-        return Err(Error::backend(
+        return Err(Error::internal(
             "vae_decoder",
             format!("expected 3 channels, got {:?}", decoded.shape()),
         ));
     }
     if decoded.iter().any(|v| !v.is_finite()) {
-        return Err(Error::backend(
+        return Err(Error::internal(
             "vae_decoder",
             "the decoded image is not finite (NaN or infinity): the latents overflow the VAE decoder \
              (out-of-range latents, or a float16 VAE)",

@@ -1,6 +1,7 @@
 //! ONNX Runtime: library loading, execution providers and sessions. Knows nothing of diffusion.
 mod binding;
 mod cache;
+mod config;
 mod ep;
 pub mod library;
 mod pool;
@@ -14,6 +15,7 @@ use ort::session::Session;
 
 pub use binding::Binding;
 pub use cache::CacheStatus;
+pub use config::{flag, RuntimeConfig};
 pub use ep::{ExecutionProvider, TensorRtOptions};
 pub use library::{LibrarySource, OrtLibrary};
 pub use pool::PoolStats;

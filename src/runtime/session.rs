@@ -237,7 +237,7 @@ impl Graph {
     ) -> Result<(ArrayD<f32>, Duration)> {
         let (mut arrays, elapsed) = self.run_outputs(inputs, &[output])?;
         let array = arrays.pop().ok_or_else(|| {
-            Error::backend(
+            Error::internal(
                 &self.component,
                 format!("graph produced no output `{output}`"),
             )
@@ -264,7 +264,7 @@ impl Graph {
             .iter()
             .map(|name| {
                 let value = outputs.get(*name).ok_or_else(|| {
-                    Error::backend(
+                    Error::internal(
                         &self.component,
                         format!("graph produced no output named `{name}`"),
                     )
