@@ -2,7 +2,7 @@
 """diffgentor (dg-bench) vs optimum's ORTStableDiffusionPipeline on the same ONNX package.
 
 What it measures
-  For one optimum-exported Stable Diffusion package (default models/tiny-sd), text-to-image with
+  For one optimum-exported Stable Diffusion package (--model, e.g. models/tiny-sd), text-to-image with
   the package's own scheduler (tiny-sd / SD 1.5: PNDM), classifier-free guidance 7.5, batch 1,
   one request at a time, CPUExecutionProvider on both sides:
   * optimum  `optimum.onnxruntime.ORTStableDiffusionPipeline.from_pretrained(DIR)` in this process,
@@ -21,19 +21,29 @@ What it measures
   over rounds and the throughput ratio dg / optimum (median of the per-round ratios of adjacent
   runs, and ratio of the medians). Only ratios from the same run are meaningful.
 
-How to run (by hand; never in CI; needs the Python venv /work/venv with optimum-onnx 0.1.0,
-optimum 2.1.0, diffusers 0.39.0, torch; ONNX Runtime 1.31.1 for Python -- same version as
-diffgentor's .ort/lib -- installed apart with
-    /work/venv/bin/pip install --target /work/ort1311 onnxruntime==1.31.1 --no-deps
-and put first on sys.path by --ort-python-path):
+How to run (by hand; never in CI). Nothing here assumes where things live on your machine: name
+them with options or environment variables (a missing one is an error that says which):
+  --venv VENV / DG_COMPARE_VENV     Python venv with optimum-onnx 0.1.0, optimum 2.1.0,
+                                    diffusers 0.39.0, torch. The script re-runs itself with
+                                    VENV/bin/python; without it, the interpreter running the script
+                                    must have those packages.
+  --model MODEL / DG_COMPARE_MODEL  the optimum-exported package, e.g. models/tiny-sd (required).
+  --ort-python-path ORT_DIR / DG_COMPARE_ORT_PYTHON_PATH
+                                    directory put first on sys.path for the Python onnxruntime,
+                                    which must be 1.31.1 like diffgentor's .ort/lib (or
+                                    --ort-version); without it, the venv's onnxruntime. Install it
+                                    apart from the venv with
+                                        VENV/bin/pip install --target ORT_DIR onnxruntime==1.31.1 --no-deps
+  --ort-lib FILE / DG_ORT_DYLIB_PATH  libonnxruntime.so for dg-bench (default: the checkout's
+                                    .ort/lib, from `make ort`).
 
-    cd /work/main && cargo build --release --bin dg-bench
-    /work/venv/bin/python benches/compare/compare.py \
+    cargo build --release --bin dg-bench
+    python3 benches/compare/compare.py --venv VENV --ort-python-path ORT_DIR \
         --model models/tiny-sd --steps 20 --size 64x64 --requests 10 --warmup 2 --rounds 3
 
-    # SD 1.5-sized random-weight package made by benches/compare/make_sd15_random.py:
-    /work/venv/bin/python benches/compare/compare.py \
-        --model /work/sd15-random --steps 4 --size 256x256 --requests 2 --warmup 1 --rounds 2
+    # SD 1.5-sized random-weight package made by benches/compare/make_sd15_random.py into SD15_DIR:
+    python3 benches/compare/compare.py --venv VENV --ort-python-path ORT_DIR \
+        --model SD15_DIR --steps 4 --size 256x256 --requests 2 --warmup 1 --rounds 2
 
 Prints a markdown table and writes the JSON (default benches/compare/out/<model>-<W>x<H>-<steps>.json,
 git-ignored).
@@ -54,9 +64,17 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_ORT_DYLIB = os.path.join(ROOT, ".ort", "lib", "libonnxruntime.so.1.31.1")
 
 
-def parse_args():
-    ap = argparse.ArgumentParser(description="dg-bench vs optimum ORTStableDiffusionPipeline")
-    ap.add_argument("--model", default=os.path.join(ROOT, "models", "tiny-sd"))
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="dg-bench vs optimum ORTStableDiffusionPipeline",
+        epilog="--venv, --model and --ort-python-path default to DG_COMPARE_VENV, DG_COMPARE_MODEL "
+               "and DG_COMPARE_ORT_PYTHON_PATH; --model (or DG_COMPARE_MODEL) is required.")
+    ap.add_argument("--venv", default=os.environ.get("DG_COMPARE_VENV") or None,
+                    help="Python venv with optimum, diffusers and torch; the script re-runs itself with "
+                         "its bin/python (default: $DG_COMPARE_VENV, else the running interpreter)")
+    ap.add_argument("--model", default=os.environ.get("DG_COMPARE_MODEL") or None,
+                    help="optimum-exported package directory, e.g. models/tiny-sd "
+                         "(default: $DG_COMPARE_MODEL; required)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", default="64x64", help="WxH")
     ap.add_argument("--requests", type=int, default=10, help="measured requests per round")
@@ -67,16 +85,63 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads per session on both sides (default: ONNX Runtime's choice)")
     ap.add_argument("--dg-bench", default=os.path.join(ROOT, "target", "release", "dg-bench"))
-    ap.add_argument("--ort-lib", default=os.environ.get("DG_ORT_DYLIB_PATH", DEFAULT_ORT_DYLIB),
-                    help="libonnxruntime.so for dg-bench")
-    ap.add_argument("--ort-python-path", default="/work/ort1311",
-                    help="dir put first on sys.path to pick the Python onnxruntime ('' = the venv's)")
+    ap.add_argument("--ort-lib", default=os.environ.get("DG_ORT_DYLIB_PATH") or DEFAULT_ORT_DYLIB,
+                    help="libonnxruntime.so for dg-bench (default: $DG_ORT_DYLIB_PATH, else the "
+                         "checkout's .ort/lib)")
+    ap.add_argument("--ort-python-path", default=os.environ.get("DG_COMPARE_ORT_PYTHON_PATH", ""),
+                    help="dir put first on sys.path to pick the Python onnxruntime "
+                         "(default: $DG_COMPARE_ORT_PYTHON_PATH, else the venv's onnxruntime)")
     ap.add_argument("--ort-version", default="1.31.1",
                     help="required Python onnxruntime version ('' = any)")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds, cProfile one optimum request and print the top functions")
     ap.add_argument("--json", default=None, help="output JSON path")
-    return ap.parse_args()
+    args = ap.parse_args(argv)
+    if not args.model:
+        ap.error("no model: pass --model DIR or set DG_COMPARE_MODEL "
+                 "(an optimum-exported package, e.g. models/tiny-sd)")
+    if not os.path.isdir(args.model):
+        ap.error(f"--model {args.model}: no such directory")
+    if args.venv and not os.path.isfile(venv_python(args.venv)):
+        ap.error(f"--venv {args.venv}: {venv_python(args.venv)} does not exist "
+                 "(DG_COMPARE_VENV / --venv must name a Python venv directory)")
+    if args.ort_python_path and not os.path.isdir(args.ort_python_path):
+        ap.error(f"--ort-python-path {args.ort_python_path}: no such directory "
+                 "(see the docstring for how to install onnxruntime there)")
+    if not os.path.isfile(args.ort_lib):
+        ap.error(f"--ort-lib {args.ort_lib}: no such file "
+                 f"(run `make ort` in {ROOT}, or set DG_ORT_DYLIB_PATH / --ort-lib)")
+    return args
+
+
+def venv_python(venv):
+    return os.path.join(venv, "bin", "python")
+
+
+def enter_venv(args):
+    """Re-runs this script with the venv's interpreter unless it is already the one running."""
+    if not args.venv or os.path.realpath(sys.prefix) == os.path.realpath(args.venv):
+        return
+    if os.environ.get("DG_COMPARE_REEXEC"):
+        sys.exit(f"re-ran with {venv_python(args.venv)} but sys.prefix is {sys.prefix}, "
+                 f"not {args.venv}: is --venv a venv?")
+    python = venv_python(args.venv)
+    env = dict(os.environ, DG_COMPARE_REEXEC="1")
+    os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:], env)
+
+
+def check_python_deps(args):
+    """A clear error, before anything runs, when the interpreter lacks what optimum needs."""
+    missing = []
+    for module in ("torch", "diffusers", "optimum.onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            missing.append(f"{module} ({e})")
+    if missing:
+        where = f"the venv {args.venv}" if args.venv else f"this interpreter ({sys.executable})"
+        sys.exit(f"{where} lacks {', '.join(missing)}; pass --venv DIR or set DG_COMPARE_VENV to a "
+                 "venv with optimum-onnx 0.1.0, optimum 2.1.0, diffusers 0.39.0 and torch")
 
 
 def setup_ort_python(args):
@@ -84,11 +149,17 @@ def setup_ort_python(args):
         if not os.path.isdir(args.ort_python_path):
             sys.exit(f"--ort-python-path {args.ort_python_path} does not exist (see the docstring)")
         sys.path.insert(0, args.ort_python_path)
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as e:
+        sys.exit(f"no Python onnxruntime ({e}) in {args.ort_python_path or sys.executable}: pass "
+                 "--ort-python-path DIR / DG_COMPARE_ORT_PYTHON_PATH, or --venv DIR / DG_COMPARE_VENV")
 
     if args.ort_version and onnxruntime.__version__ != args.ort_version:
         sys.exit(f"Python onnxruntime is {onnxruntime.__version__} ({onnxruntime.__file__}), "
-                 f"want {args.ort_version}; pass --ort-version '' to accept it")
+                 f"want {args.ort_version}: pass --ort-python-path DIR (or set "
+                 f"DG_COMPARE_ORT_PYTHON_PATH) to a directory holding onnxruntime=={args.ort_version}, "
+                 f"or --ort-version '' to accept it")
     return onnxruntime
 
 
@@ -239,11 +310,13 @@ def summarize(rows, n):
 
 def main():
     args = parse_args()
+    enter_venv(args)
     args.model = os.path.abspath(args.model)
     w, h = (int(x) for x in args.size.lower().split("x"))
     if not os.path.isfile(args.dg_bench):
         sys.exit(f"{args.dg_bench} missing: cd {ROOT} && cargo build --release --bin dg-bench")
     ort = setup_ort_python(args)
+    check_python_deps(args)
     import diffusers
     from importlib.metadata import version
 

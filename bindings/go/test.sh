@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and tests the Go binding: go vet, gofmt, `go test -race` (which writes the fox request's
-# raw RGB to OUT_DIR/go.rgb), the digits example, and a build against an install-style prefix
-# through `-tags diffgentor_pkgconfig`.
+# raw RGB to OUT_DIR/go.rgb), the digits example, a build against an install-style prefix
+# through `-tags diffgentor_pkgconfig`, and README.md's "own module" example: a throwaway module with
+# the go.mod and main.go copied out of the README, built offline both ways and run.
 # usage (from the repository root): bindings/go/test.sh OUT_DIR
 set -euo pipefail
 
@@ -24,6 +25,12 @@ if ! command -v gcc >/dev/null; then
 fi
 if [ ! -e "$LIB_DIR/libdiffgentor.so" ] || [ ! -e "$ROOT/include/diffgentor.h" ]; then
     echo "go-test: $LIB_DIR/libdiffgentor.so or include/diffgentor.h missing (run make c-lib)" >&2
+    exit 1
+fi
+# Programs load the library by its SONAME; `make c-lib` makes that link next to libdiffgentor.so.
+soname=$(readelf -d "$LIB_DIR/libdiffgentor.so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+if [ -n "$soname" ] && [ ! -e "$LIB_DIR/$soname" ]; then
+    echo "go-test: $LIB_DIR/$soname (the SONAME link) missing (run make c-lib)" >&2
     exit 1
 fi
 if [ -z "${DG_ORT_DYLIB_PATH:-}" ]; then
@@ -97,4 +104,57 @@ env -u CGO_CFLAGS -u CGO_LDFLAGS PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" \
 LD_LIBRARY_PATH="$PREFIX/lib" "$OUT_DIR/go-bin/digits-pkgconfig" -model "$ROOT/models/digits" \
     -out "$OUT_DIR/go-digit3-pkgconfig.png" 2>/dev/null
 cmp "$OUT_DIR/go-digit3.png" "$OUT_DIR/go-digit3-pkgconfig.png"
+
+# README.md's "Using the binding from your own module": the go.mod and main.go between its
+# `<!-- go-consumer: FILE -->` markers, in a module outside the tree, built offline (GOPROXY=off;
+# -mod=mod would let go rewrite an incomplete go.mod, so the go.mod must come out unchanged).
+readme_block() { # the first fenced block after the marker line for $1
+    awk -v marker="<!-- go-consumer: $1 -->" '
+        $0 == marker { armed = 1; next }
+        armed && !copying && /^```/ { copying = 1; next }
+        copying && /^```$/ { exit }
+        copying { print }' "$ROOT/bindings/go/README.md"
+}
+CONSUMER=$OUT_DIR/go-consumer
+rm -rf "$CONSUMER"
+mkdir -p "$CONSUMER"
+readme_block go.mod | sed "s|/path/to/diffgentor|$ROOT|" > "$CONSUMER/go.mod"
+readme_block main.go > "$CONSUMER/main.go"
+for f in go.mod main.go; do
+    test -s "$CONSUMER/$f" || { echo "go-test: no $f block in bindings/go/README.md" >&2; exit 1; }
+done
+grep -qxF "replace github.com/diffgentor/diffgentor/bindings/go => $ROOT/bindings/go" "$CONSUMER/go.mod" || {
+    echo "go-test: the README's go.mod has no replace line for /path/to/diffgentor/bindings/go" >&2; exit 1; }
+cp "$CONSUMER/go.mod" "$CONSUMER/go.mod.readme"
+# check_png FILE: a PNG of 16x16 pixels (models/digits), the same bytes as the digits example's
+# (the README's request equals examples/digits' defaults).
+check_png() {
+    head -c 8 "$1" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a' || {
+        echo "go-test: $1 is not a PNG" >&2; exit 1; }
+    dims=$(od -An -tu4 --endian=big -j 16 -N 8 "$1" | xargs)
+    [ "$dims" = "16 16" ] || { echo "go-test: $1 is ${dims// /x}, expected 16x16" >&2; exit 1; }
+    cmp "$1" "$OUT_DIR/go-digit3.png" || {
+        echo "go-test: $1 differs from the digits example's image for the same request" >&2; exit 1; }
+}
+(
+    cd "$CONSUMER"
+    test -z "$(gofmt -l main.go)" || { echo "go-test: the README's main.go is not gofmt-formatted" >&2; exit 1; }
+    # Default link flags (link.go): the tree's header and library through CGO_CFLAGS/CGO_LDFLAGS,
+    # found at run time through the rpath (no LD_LIBRARY_PATH).
+    export CGO_CFLAGS="-I$ROOT/include" CGO_LDFLAGS="-L$LIB_DIR -Wl,-rpath,$LIB_DIR"
+    GOFLAGS=-mod=mod GOPROXY=off go vet .
+    GOFLAGS=-mod=mod GOPROXY=off go build -o hello .
+    cmp go.mod go.mod.readme || { echo "go-test: go had to change the README's go.mod" >&2; exit 1; }
+    rm -f "$OUT_DIR/go-consumer.png"
+    env -u LD_LIBRARY_PATH ./hello "$ROOT/models/digits" "$OUT_DIR/go-consumer.png"
+    check_png "$OUT_DIR/go-consumer.png"
+    # Installed prefix through pkg-config and the build tag, no cgo flags from the environment.
+    rm -f hello "$OUT_DIR/go-consumer-pkgconfig.png"
+    env -u CGO_CFLAGS -u CGO_LDFLAGS PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" GOFLAGS=-mod=mod GOPROXY=off \
+        go build -tags diffgentor_pkgconfig -o hello .
+    cmp go.mod go.mod.readme || { echo "go-test: go had to change the README's go.mod" >&2; exit 1; }
+    LD_LIBRARY_PATH="$PREFIX/lib" ./hello "$ROOT/models/digits" "$OUT_DIR/go-consumer-pkgconfig.png"
+    check_png "$OUT_DIR/go-consumer-pkgconfig.png"
+)
+echo "go-test: the README's own-module example builds offline (cgo flags, -tags diffgentor_pkgconfig) and draws 16x16"
 echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-digit3.png)"
