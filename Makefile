@@ -59,7 +59,7 @@ build: ort
 demo: build
 	@mkdir -p $(DEMO_DIR)
 	@for d in 0 1 2 3 4 5 6 7 8 9; do \
-		$(DG) generate --model models/digits --prompt "a handwritten digit $$d" \
+		$(DG) generate -q --model models/digits --prompt "a handwritten digit $$d" \
 			--seed $(DEMO_SEED) --output $(DEMO_DIR)/digit_$$d.png >/dev/null || exit 1; \
 	done
 	$(DG) montage --columns 10 --scale 16 --output $(DEMO_DIR)/digits.png \
@@ -232,9 +232,11 @@ c-test-install:
 	echo "c-test-install: installed shared and static library, header and diffgentor.pc work"
 
 # Installs the release library (libdiffgentor.so.$(VERSION) with its SONAME and dev links, and
-# libdiffgentor.a), the header and diffgentor.pc under $(DESTDIR)$(PREFIX).
+# libdiffgentor.a), the header, diffgentor.pc and the dg and dg-bench programs under $(DESTDIR)$(PREFIX).
 install:
-	$(CARGO) build --release --locked --lib
+	$(CARGO) build --release --locked --lib --bin dg --bin dg-bench
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 target/release/dg target/release/dg-bench $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
 	install -m 0755 target/release/libdiffgentor.so $(DESTDIR)$(LIBDIR)/libdiffgentor.so.$(VERSION)
 	ln -sf libdiffgentor.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libdiffgentor.so.$(VERSION_MAJOR)

@@ -6,6 +6,7 @@ use diffgentor::model::LoadedModel;
 use diffgentor::runtime::library;
 use diffgentor::schedulers;
 
+use crate::output::Out;
 use crate::RuntimeArgs;
 
 #[derive(Args)]
@@ -17,7 +18,7 @@ pub struct DoctorArgs {
     runtime: RuntimeArgs,
 }
 
-pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
+pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
     let features: Vec<&str> = [
         ("cuda", cfg!(feature = "cuda")),
         ("tensorrt", cfg!(feature = "tensorrt")),
@@ -25,24 +26,28 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
     .collect();
-    println!(
+    outln!(
+        out,
         "diffgentor {} (features: {})",
         env!("CARGO_PKG_VERSION"),
         features.join(", ")
     );
     let runtime = args.runtime.build()?;
     let lib = runtime.library();
-    println!(
+    outln!(
+        out,
         "onnxruntime {} loaded from {} ({})",
         lib.version,
         lib.path.display(),
         lib.source
     );
-    println!(
+    outln!(
+        out,
         "execution providers available: {}",
         library::available_providers()?.join(", ")
     );
-    println!(
+    outln!(
+        out,
         "execution provider in use: {}",
         runtime.effective_provider()
     );
@@ -51,31 +56,34 @@ pub fn run(args: DoctorArgs) -> diffgentor::Result<()> {
     };
     let model = LoadedModel::load(&runtime, &dir)?;
     let package = &model.package;
-    println!("model {} ({})", package.name, package.class_name);
-    println!(
+    outln!(out, "model {} ({})", package.name, package.class_name);
+    outln!(
+        out,
         "  family {} (UNet input channels: {} latent + {} conditioning)",
         package.family,
         package.latent_channels(),
         package.family.extra_channels(package.latent_channels())
     );
-    println!(
+    outln!(
+        out,
         "  vae factor {}, scaling factor {}",
         package.vae_scale_factor,
         package.vae_scaling_factor()
     );
     if let Some((w, h)) = package.default_size() {
-        println!("  default size {w}x{h}");
+        outln!(out, "  default size {w}x{h}");
     }
     let scheduler = schedulers::create(None, &package.scheduler_config)?;
-    println!("  scheduler {}", scheduler.name());
+    outln!(out, "  scheduler {}", scheduler.name());
     if let Some((tokenizer, _)) = &model.text_encoder {
-        println!("  tokenizer max length {}", tokenizer.max_length());
+        outln!(out, "  tokenizer max length {}", tokenizer.max_length());
     }
     for graph in model.graphs() {
-        println!("  {} {}", graph.component(), graph.signature());
+        outln!(out, "  {} {}", graph.component(), graph.signature());
     }
     if model.vae_encoder.is_none() {
-        println!(
+        outln!(
+            out,
             "  vae_encoder absent: image inputs (img2img, inpainting, editing) are unavailable"
         );
     }

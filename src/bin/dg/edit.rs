@@ -9,6 +9,7 @@ use diffgentor::{npy, Error, Image};
 use ndarray::Ix4;
 
 use crate::generate::RequestArgs;
+use crate::output::Out;
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["image", "init_latents"]))]
@@ -36,7 +37,7 @@ pub struct EditArgs {
     request: RequestArgs,
 }
 
-pub fn run(args: EditArgs) -> diffgentor::Result<()> {
+pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
     let mut request = args.request.build_request()?;
     request.init_image = args.image.as_deref().map(Image::load_png).transpose()?;
     request.mask = args.mask.as_deref().map(Image::load_png).transpose()?;
@@ -61,5 +62,5 @@ pub fn run(args: EditArgs) -> diffgentor::Result<()> {
         };
         request.init_latents = Some(latents.into_dyn());
     }
-    args.request.run(&pipeline, &request)
+    args.request.run(&pipeline, &request, out)
 }

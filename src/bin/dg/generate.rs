@@ -10,6 +10,8 @@ use diffgentor::rng::RngMode;
 use diffgentor::{npy, Error, Output, Pipeline, Request};
 use serde_json::Value;
 
+use crate::output::Out;
+use crate::progress::{Mode, ProgressDisplay};
 use crate::RuntimeArgs;
 
 #[derive(Args)]
@@ -74,13 +76,17 @@ pub struct RequestArgs {
     /// T5 tokens of SD3 and FLUX prompts (default: 256 for SD3, 512 for FLUX, as diffusers).
     #[arg(long, value_name = "N")]
     max_sequence_length: Option<usize>,
-    /// Progressive generation: a JSON plan of stages (docs/models.md), each img2img over the
-    /// upscaled latents of the one before.
+    /// Progressive generation: a JSON plan of stages (docs/editing.md, "Progressive plans"), each
+    /// img2img over the upscaled latents of the one before.
     #[arg(long, value_name = "FILE.json")]
     plan: Option<PathBuf>,
     /// Print the time of every stage.
     #[arg(long)]
     timings: bool,
+    /// No progress display on stderr (a bar on a terminal, else about ten `progress:` lines);
+    /// warnings and errors still print.
+    #[arg(long, short)]
+    quiet: bool,
     /// Output PNG path.
     #[arg(long, short)]
     output: PathBuf,
@@ -88,11 +94,11 @@ pub struct RequestArgs {
     runtime: RuntimeArgs,
 }
 
-pub fn run(args: GenerateArgs) -> diffgentor::Result<()> {
+pub fn run(args: GenerateArgs, out: &mut Out) -> diffgentor::Result<()> {
     let args = args.request;
     let request = args.build_request()?;
     let pipeline = args.load()?;
-    args.run(&pipeline, &request)
+    args.run(&pipeline, &request, out)
 }
 
 impl RequestArgs {
@@ -101,23 +107,33 @@ impl RequestArgs {
     }
 
     /// Runs the request and writes its images (and latents when asked).
-    pub fn run(&self, pipeline: &Pipeline, request: &Request) -> diffgentor::Result<()> {
+    pub fn run(
+        &self,
+        pipeline: &Pipeline,
+        request: &Request,
+        out: &mut Out,
+    ) -> diffgentor::Result<()> {
         let args = self;
-        let output = pipeline.generate(request)?;
+        let mut display = ProgressDisplay::new(Mode::detect(args.quiet));
+        let output = pipeline.generate_with_progress(request, &mut |progress| {
+            display.update(progress);
+            true
+        })?;
+        display.finish();
         let parameters = parameters_text(request, &output, &pipeline.model().package);
         let paths = output_paths(&args.output, output.images.len());
         for (image, path) in output.images.iter().zip(&paths) {
             image.save_png(path, &[("parameters", &parameters)])?;
-            println!("wrote {}", path.display());
+            outln!(out, "wrote {}", path.display());
         }
         if let Some(path) = &args.save_latents {
             npy::write_f32(path, &output.latents)?;
         }
         if request.seed.is_none() {
-            println!("seed {}", output.seed);
+            outln!(out, "seed {}", output.seed);
         }
         if args.timings {
-            print_timings(&output);
+            print_timings(&output, out);
         }
         Ok(())
     }
@@ -231,19 +247,20 @@ fn parameters_text(request: &Request, output: &Output, package: &ModelPackage) -
     text
 }
 
-fn print_timings(output: &Output) {
+fn print_timings(output: &Output, out: &mut Out) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let t = &output.timings;
-    println!("{:<16}{:>10.3} ms", "tokenize", ms(t.tokenize));
-    println!("{:<16}{:>10.3} ms", "text encode", ms(t.text_encode));
+    outln!(out, "{:<16}{:>10.3} ms", "tokenize", ms(t.tokenize));
+    outln!(out, "{:<16}{:>10.3} ms", "text encode", ms(t.text_encode));
     for (i, step) in t.denoise_steps.iter().enumerate() {
-        println!(
+        outln!(
+            out,
             "{:<16}{:>10.3} ms",
             format!("step {}/{}", i + 1, t.denoise_steps.len()),
             ms(*step)
         );
     }
-    println!("{:<16}{:>10.3} ms", "decode", ms(t.decode));
-    println!("{:<16}{:>10.3} ms", "onnx runtime", ms(t.ort_run));
-    println!("{:<16}{:>10.3} ms", "total", ms(t.total));
+    outln!(out, "{:<16}{:>10.3} ms", "decode", ms(t.decode));
+    outln!(out, "{:<16}{:>10.3} ms", "onnx runtime", ms(t.ort_run));
+    outln!(out, "{:<16}{:>10.3} ms", "total", ms(t.total));
 }

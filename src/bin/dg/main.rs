@@ -1,8 +1,15 @@
 //! `dg`: the diffgentor command line.
+// Output goes through `output` (`outln!`, `errln!`), which never panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+mod output;
+
 mod doctor;
 mod edit;
 mod generate;
 mod montage;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +39,9 @@ enum Command {
     /// Show the ONNX Runtime library, execution providers and (with --model) a package's components.
     Doctor(doctor::DoctorArgs),
     /// Tile PNG images into one contact sheet.
+    ///
+    /// Every cell is as large as the largest input (times --scale); an image of another size sits
+    /// at the top-left of its cell, the rest of the cell white.
     Montage(montage::MontageArgs),
 }
 
@@ -79,7 +89,7 @@ impl RuntimeArgs {
             ..RuntimeOptions::default()
         })?;
         if let Some(reason) = runtime.fallback() {
-            eprintln!("warning: falling back to CPU: {reason}");
+            errln!("warning: falling back to CPU: {reason}");
         }
         Ok(runtime)
     }
@@ -87,17 +97,12 @@ impl RuntimeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut out = output::Out::stdout();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(*args),
-        Command::Edit(args) => edit::run(*args),
-        Command::Doctor(args) => doctor::run(args),
-        Command::Montage(args) => montage::run(args),
+        Command::Generate(args) => generate::run(*args, &mut out),
+        Command::Edit(args) => edit::run(*args, &mut out),
+        Command::Doctor(args) => doctor::run(args, &mut out),
+        Command::Montage(args) => montage::run(args, &mut out),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    output::exit_code(result, out.finish())
 }

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use clap::Args;
 use diffgentor::{Error, Image};
 
+use crate::output::Out;
+
 #[derive(Args)]
 pub struct MontageArgs {
-    /// Images to tile, left to right, top to bottom.
+    /// Images to tile, left to right, top to bottom; mixed sizes sit at the top-left of their cell.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Images per row.
@@ -21,7 +23,7 @@ pub struct MontageArgs {
     output: PathBuf,
 }
 
-pub fn run(args: MontageArgs) -> diffgentor::Result<()> {
+pub fn run(args: MontageArgs, out: &mut Out) -> diffgentor::Result<()> {
     if args.columns == 0 || args.scale == 0 || args.scale > 64 {
         return Err(Error::InvalidArg(
             "--columns must be >= 1 and --scale between 1 and 64".into(),
@@ -56,6 +58,6 @@ pub fn run(args: MontageArgs) -> diffgentor::Result<()> {
         }
     }
     sheet.save_png(&args.output, &[])?;
-    println!("wrote {}", args.output.display());
+    outln!(out, "wrote {}", args.output.display());
     Ok(())
 }
