@@ -114,6 +114,12 @@ typedef struct dg_cancel_token_t dg_cancel_token_t;
 typedef struct dg_error_t dg_error_t;
 
 /**
+ * Settings of a remote pipeline, by string key (`dg_generator_options_set`). A builder: use one
+ * from one thread at a time; `dg_pipeline_new_remote` copies it.
+ */
+typedef struct dg_generator_options_t dg_generator_options_t;
+
+/**
  * One RGB8 image (3 bytes per pixel, rows top to bottom), borrowed from its `dg_images_t`: valid
  * until that is freed, never freed on its own. Immutable, so safe to read from any thread.
  */
@@ -133,9 +139,11 @@ typedef struct dg_images_t dg_images_t;
 typedef struct dg_params_t dg_params_t;
 
 /**
- * A model package loaded on a runtime. Thread-safe: many threads may call `dg_pipeline_generate`
- * on one pipeline at once (weights are shared; each request has its own scheduler and noise).
- * Holds its runtime alive. Free it with `dg_pipeline_free` once no generate on it is running.
+ * What draws the images: a model package loaded on a runtime (`dg_pipeline_load`) or a remote
+ * service (`dg_pipeline_new_remote`). Thread-safe: many threads may call `dg_pipeline_generate`
+ * on one pipeline at once (weights and connections are shared; each request has its own
+ * scheduler and noise). Holds its runtime alive. Free it with `dg_pipeline_free` once no generate
+ * on it is running.
  */
 typedef struct dg_pipeline_t dg_pipeline_t;
 
@@ -173,10 +181,19 @@ typedef struct {
      * Seconds since the request started.
      */
     double elapsed_seconds;
+    /**
+     * The plan stage running (1-based; 1 without a plan). Check `struct_size` before reading.
+     */
+    uint32_t stage;
+    /**
+     * Stages in the request (1 without a plan).
+     */
+    uint32_t stages;
 } dg_progress_t;
 
 /**
- * Progress callback: called on the generating thread after every denoising step with a
+ * Progress callback: called on the generating thread after every denoising step (remote
+ * pipelines: once per image received) with a
  * `progress` valid only during the call, and the `user_data` given to `dg_pipeline_generate`.
  * Return true to go on, false to cancel the request. It is never called after
  * `dg_pipeline_generate` returns. It must not unwind or longjmp out of the call.
@@ -526,6 +543,58 @@ void dg_cancel_token_free(dg_cancel_token_t *token);
 dg_error_t *dg_pipeline_load(const dg_runtime_t *rt, const char *model_dir, dg_pipeline_t **out);
 
 /**
+ * Creates empty remote-pipeline options in `*out`.
+ *
+ * # Safety
+ * `out` is NULL or valid for writing a pointer.
+ */
+dg_error_t *dg_generator_options_new(dg_generator_options_t **out);
+
+/**
+ * Sets a remote-pipeline option; an empty value removes it. Keys: "base_url", "api_key",
+ * "model", "timeout_s", "max_retries", "max_in_flight", "pool_file" and each backend's own
+ * (docs/backends.md); they are checked by `dg_pipeline_new_remote`. Options not set there come
+ * from `DG_<BACKEND>_*` environment variables.
+ *
+ * # Safety
+ * `opts` is NULL or live options; `key` and `value` are NULL or NUL-terminated strings.
+ */
+dg_error_t *dg_generator_options_set(dg_generator_options_t *opts,
+                                     const char *key,
+                                     const char *value);
+
+/**
+ * Frees options. NULL is a no-op.
+ *
+ * # Safety
+ * `opts` is NULL or came from `dg_generator_options_new` and is freed at most once.
+ */
+void dg_generator_options_free(dg_generator_options_t *opts);
+
+/**
+ * Creates a pipeline that sends requests to a remote image service: `backend` is "openai"
+ * (OpenAI Images or any compatible server) or "gemini"; `opts` (nullable) as
+ * `dg_generator_options_set`. Nothing is sent until the first generate. Fields a service cannot
+ * honour are `DG_ERROR_UNSUPPORTED` at generate time unless the params set "best_effort".
+ *
+ * # Safety
+ * `backend` is NULL or a NUL-terminated string; `opts` is NULL or live options; `out` is NULL or
+ * valid for writing a pointer.
+ */
+dg_error_t *dg_pipeline_new_remote(const char *backend,
+                                   const dg_generator_options_t *opts,
+                                   dg_pipeline_t **out);
+
+/**
+ * What draws this pipeline's images: "local", "openai" or "gemini", a static string; "" when `p`
+ * is NULL.
+ *
+ * # Safety
+ * `p` is NULL or a live pipeline.
+ */
+const char *dg_pipeline_kind(const dg_pipeline_t *p);
+
+/**
  * Frees a pipeline (and its runtime, if the runtime was already freed). NULL is a no-op. Must not
  * race with a `dg_pipeline_generate` on the same pipeline.
  *
@@ -535,7 +604,7 @@ dg_error_t *dg_pipeline_load(const dg_runtime_t *rt, const char *model_dir, dg_p
 void dg_pipeline_free(dg_pipeline_t *p);
 
 /**
- * Runs one text-to-image request: `params` is copied at the start, so the caller may reuse it
+ * Runs one request (text-to-image, or an edit when the params carry an init image): `params` is copied at the start, so the caller may reuse it
  * afterwards. `progress` (nullable) is called after every denoising step with `user_data`;
  * returning false cancels. `cancel` (nullable) may be raised from any thread. A cancelled request
  * returns `DG_ERROR_CANCELLED`. The images go to `*out`; free them with `dg_images_free`.
@@ -576,6 +645,16 @@ const dg_image_t *dg_images_get(const dg_images_t *imgs, size_t i);
  * `imgs` is NULL or live images.
  */
 uint64_t dg_images_seed(const dg_images_t *imgs);
+
+/**
+ * What the generator reported besides the images, as a JSON object (UTF-8, NUL-terminated, owned
+ * by `imgs`): a remote service's "model" and "revised_prompts", the request fields it "ignored"
+ * (best effort); "{}" for local pipelines. "" when `imgs` is NULL.
+ *
+ * # Safety
+ * `imgs` is NULL or live images.
+ */
+const char *dg_images_metadata(const dg_images_t *imgs);
 
 /**
  * Frees images and every `dg_image_t` borrowed from them. NULL is a no-op.

@@ -141,26 +141,27 @@ impl Image {
         write_atomically(path, &self.encode_jpeg(quality)?)
     }
 
-    /// Reads a PNG of any colour type as RGB8: palettes and low bit depths are expanded, 16-bit
-    /// samples stripped to 8, grey replicated to RGB and alpha dropped. Images wider or taller than
-    /// [`MAX_IMAGE_SIDE`] are refused from the header alone.
+    /// Reads a PNG file; see [`Image::decode_png`].
     pub fn load_png(path: &Path) -> Result<Image> {
         let file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-        let bad = |e: png::DecodingError| {
-            Error::InvalidArg(format!("{}: not a readable PNG: {e}", path.display()))
-        };
-        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        Image::decode_png(std::io::BufReader::new(file))
+            .map_err(|e| Error::InvalidArg(format!("{}: {}", path.display(), bare(e))))
+    }
+
+    /// Decodes a PNG of any colour type as RGB8: palettes and low bit depths are expanded, 16-bit
+    /// samples stripped to 8, grey replicated to RGB and alpha dropped. Images wider or taller than
+    /// [`MAX_IMAGE_SIDE`] are refused from the header alone.
+    pub fn decode_png(reader: impl std::io::BufRead + std::io::Seek) -> Result<Image> {
+        let bad = |e: png::DecodingError| Error::InvalidArg(format!("not a readable PNG: {e}"));
+        let mut decoder = png::Decoder::new(reader);
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder.read_info().map_err(bad)?;
         let header = reader.info();
-        let (width, height) = (header.width, header.height);
-        for (name, side) in [("width", width), ("height", height)] {
-            check_side(name, side)
-                .map_err(|e| Error::InvalidArg(format!("{}: {e}", path.display())))?;
-        }
+        check_side("width", header.width)?;
+        check_side("height", header.height)?;
         let size = reader
             .output_buffer_size()
-            .ok_or_else(|| Error::InvalidArg(format!("{}: image too large", path.display())))?;
+            .ok_or_else(|| Error::InvalidArg("image too large".into()))?;
         let mut buf = vec![0; size];
         let info = reader.next_frame(&mut buf).map_err(bad)?;
         let channels = match (info.color_type, info.bit_depth) {
@@ -168,12 +169,7 @@ impl Image {
             (png::ColorType::GrayscaleAlpha, png::BitDepth::Eight) => 2,
             (png::ColorType::Rgb, png::BitDepth::Eight) => 3,
             (png::ColorType::Rgba, png::BitDepth::Eight) => 4,
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "{}: PNG format {other:?}",
-                    path.display()
-                )));
-            }
+            other => return Err(Error::Unsupported(format!("PNG format {other:?}"))),
         };
         let pixels = buf[..info.buffer_size()]
             .chunks_exact(channels)
@@ -189,11 +185,91 @@ impl Image {
         })
     }
 
+    /// Decodes a PNG, JPEG or WebP (what image services return) by its signature, as RGB8 with
+    /// alpha dropped, refusing sides over [`MAX_IMAGE_SIDE`] before allocating pixels.
+    pub fn decode(bytes: &[u8]) -> Result<Image> {
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Image::decode_png(std::io::Cursor::new(bytes))
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            decode_jpeg(bytes)
+        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+            decode_webp(bytes)
+        } else {
+            Err(Error::InvalidArg(format!(
+                "not a PNG, JPEG or WebP image ({} bytes starting {:02x?})",
+                bytes.len(),
+                &bytes[..bytes.len().min(8)]
+            )))
+        }
+    }
+
     /// Writes a PNG atomically: parent directories are created, the bytes go to a temporary file
     /// in the same directory, and a rename publishes them, so no reader ever sees half a file.
     pub fn save_png(&self, path: &Path, text: &[(&str, &str)]) -> Result<()> {
         write_atomically(path, &self.encode_png(text)?)
     }
+}
+
+/// The message of an `InvalidArg`, to be prefixed with where it came from.
+fn bare(err: Error) -> String {
+    match err {
+        Error::InvalidArg(message) => message,
+        other => other.to_string(),
+    }
+}
+
+fn decode_jpeg(bytes: &[u8]) -> Result<Image> {
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let side = MAX_IMAGE_SIDE as usize;
+    let options = DecoderOptions::default()
+        .set_max_width(side)
+        .set_max_height(side)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
+    let bad =
+        |e: zune_jpeg::errors::DecodeErrors| Error::InvalidArg(format!("not a readable JPEG: {e}"));
+    decoder.decode_headers().map_err(bad)?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| Error::InvalidArg("not a readable JPEG: no header".into()))?;
+    let pixels = decoder.decode().map_err(bad)?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    if pixels.len() != width as usize * height as usize * 3 {
+        return Err(Error::InvalidArg(format!(
+            "JPEG decoded to {} bytes, not {width}x{height} RGB",
+            pixels.len()
+        )));
+    }
+    Ok(Image {
+        width,
+        height,
+        pixels,
+    })
+}
+
+fn decode_webp(bytes: &[u8]) -> Result<Image> {
+    let bad = |e: image_webp::DecodingError| Error::InvalidArg(format!("not a readable WebP: {e}"));
+    let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    let (width, height) = decoder.dimensions();
+    check_side("width", width)?;
+    check_side("height", height)?;
+    let size = decoder
+        .output_buffer_size()
+        .ok_or_else(|| Error::InvalidArg("WebP too large".into()))?;
+    let mut buf = vec![0; size];
+    decoder.read_image(&mut buf).map_err(bad)?;
+    let channels = if decoder.has_alpha() { 4 } else { 3 };
+    let pixels = buf
+        .chunks_exact(channels)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    Ok(Image {
+        width,
+        height,
+        pixels,
+    })
 }
 
 /// Refuses an image side of 0 or above [`MAX_IMAGE_SIDE`], naming the limit.

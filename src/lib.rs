@@ -16,6 +16,7 @@
 //! ```
 pub mod capi;
 pub mod error;
+pub mod generators;
 pub mod image;
 pub mod model;
 pub mod npy;

@@ -265,3 +265,44 @@ fn outputs_through_symlinks_replace_the_file_pointed_to() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn cli_metadata_keeps_utf8_prompts_and_the_settings_line_of_huge_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fox.png");
+    let model = common::model_dir("digits").display().to_string();
+    // 60 KB: under the prompt limit, far over what a text chunk may hold.
+    let prompt = format!("ein Fuchs 🦊 {}", "狐".repeat(20_000));
+    let output = common::dg(&[
+        "generate",
+        "-q",
+        "--model",
+        &model,
+        "--prompt",
+        &prompt,
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (latin1, utf8) = png_chunks(&out);
+    assert!(latin1.is_empty(), "{latin1:?}");
+    let parameters = &utf8[0].1;
+    assert!(
+        parameters.starts_with("ein Fuchs 🦊 狐狐"),
+        "{}",
+        &parameters[..40]
+    );
+    assert!(
+        parameters.contains("\nSteps: 1, Sampler:"),
+        "the settings line survives"
+    );
+    assert!(std::fs::metadata(&out).unwrap().len() < 16 * 1024);
+}

@@ -314,3 +314,25 @@ fn cli_refuses_odd_sizes_before_onnx_runtime_runs() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn doctor_prints_the_size_multiple_and_a_guessed_family() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::copy_model("tiny-sd", tmp.path());
+    fs::write(
+        dir.join("model_index.json"),
+        r#"{"_class_name": "FooPipeline"}"#,
+    )
+    .unwrap();
+    let output = common::dg(&["doctor", "--model", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("size multiple 16 (the VAE factor 8 x 2^1 for the UNet's 2 down blocks)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("note: unknown pipeline class FooPipeline: run as stable-diffusion"),
+        "{stdout}"
+    );
+}

@@ -3,24 +3,32 @@ use std::ffi::c_char;
 use std::path::Path;
 use std::ptr;
 
+use std::ffi::CString;
+
 use super::{arg_ref, arg_str, boundary, dg_error_t, guard, out_param, write_out};
-use crate::Image;
+use crate::{Image, Output};
 
 /// The images of one request, owned by the library. Immutable, so safe to read from any thread.
 /// Free with `dg_images_free`, which also invalidates every `dg_image_t` obtained from it.
 pub struct dg_images_t {
     images: Vec<dg_image_t>,
     seed: u64,
+    /// The output's metadata as JSON text.
+    metadata: CString,
 }
 
 impl dg_images_t {
-    pub(crate) fn new(images: Vec<Image>, seed: u64) -> dg_images_t {
+    pub(crate) fn new(output: Output) -> dg_images_t {
+        let metadata = serde_json::Value::Object(output.metadata).to_string();
         dg_images_t {
-            images: images
+            images: output
+                .images
                 .into_iter()
                 .map(|image| dg_image_t { image })
                 .collect(),
-            seed,
+            seed: output.seed,
+            // JSON text escapes NUL, so this cannot fail; "{}" is the empty metadata anyway.
+            metadata: CString::new(metadata).unwrap_or_default(),
         }
     }
 }
@@ -67,6 +75,19 @@ pub unsafe extern "C" fn dg_images_get(imgs: *const dg_images_t, i: usize) -> *c
 #[no_mangle]
 pub unsafe extern "C" fn dg_images_seed(imgs: *const dg_images_t) -> u64 {
     guard(0, || imgs.as_ref().map_or(0, |i| i.seed))
+}
+
+/// What the generator reported besides the images, as a JSON object (UTF-8, NUL-terminated, owned
+/// by `imgs`): a remote service's "model" and "revised_prompts", the request fields it "ignored"
+/// (best effort); "{}" for local pipelines. "" when `imgs` is NULL.
+///
+/// # Safety
+/// `imgs` is NULL or live images.
+#[no_mangle]
+pub unsafe extern "C" fn dg_images_metadata(imgs: *const dg_images_t) -> *const c_char {
+    guard(c"".as_ptr(), || {
+        imgs.as_ref().map_or(c"".as_ptr(), |i| i.metadata.as_ptr())
+    })
 }
 
 /// Frees images and every `dg_image_t` borrowed from them. NULL is a no-op.

@@ -364,6 +364,7 @@ impl Pipeline {
             height,
             scheduler: scheduler.name().to_string(),
             timings: Timings::default(),
+            metadata: Default::default(),
         })
     }
 

@@ -79,6 +79,10 @@ pub struct Request {
     pub negative_aesthetic_score: f32,
     /// T5 token count of SD3 and FLUX prompts (`None`: diffusers' 256 for SD3, 512 for FLUX).
     pub max_sequence_length: Option<usize>,
+    /// Remote generators: run even when the service cannot honour every field (a negative prompt,
+    /// a scheduler, an exact seed or size), listing what was ignored in [`Output::metadata`],
+    /// instead of refusing with `Unsupported`.
+    pub best_effort: bool,
 }
 
 /// A flag another thread can raise to stop a running request (cheap to clone, shared state).
@@ -123,6 +127,7 @@ impl Default for Request {
             image_guidance_scale: 1.5,
             plan: None,
             max_sequence_length: None,
+            best_effort: false,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
         }
@@ -152,8 +157,8 @@ impl Request {
     ///
     /// Keys: `prompt`, `negative_prompt`, `steps`, `guidance_scale`, `width`, `height`, `seed`,
     /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), `strength`,
-    /// `image_guidance_scale`, `plan` (plan JSON), `max_sequence_length`, `aesthetic_score`,
-    /// `negative_aesthetic_score`, and `scheduler.<key>` for a
+    /// `image_guidance_scale`, `plan` (plan JSON), `max_sequence_length`, `best_effort` (boolean),
+    /// `aesthetic_score`, `negative_aesthetic_score`, and `scheduler.<key>` for a
     /// diffusers scheduler_config override (value parsed as JSON, else taken as a string). Only the
     /// value's syntax is checked here; ranges are checked when the request runs.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -173,6 +178,7 @@ impl Request {
             "image_guidance_scale" => self.image_guidance_scale = parse_value(key, value)?,
             "plan" => self.plan = Some(Plan::from_json(value)?),
             "max_sequence_length" => self.max_sequence_length = Some(parse_value(key, value)?),
+            "best_effort" => self.best_effort = crate::runtime::flag(key, value)?,
             "aesthetic_score" => self.aesthetic_score = parse_value(key, value)?,
             "negative_aesthetic_score" => self.negative_aesthetic_score = parse_value(key, value)?,
             _ => match key.strip_prefix("scheduler.") {
@@ -185,7 +191,7 @@ impl Request {
                     return Err(Error::InvalidArg(format!(
                         "unknown parameter `{key}` (expected prompt, negative_prompt, steps, \
                          guidance_scale, width, height, seed, num_images, scheduler, eta, rng, \
-                         strength, image_guidance_scale, plan, max_sequence_length, \
+                         strength, image_guidance_scale, plan, max_sequence_length, best_effort, \
                          aesthetic_score, negative_aesthetic_score or \
                          scheduler.<diffusers config key>)"
                     )))

@@ -2,6 +2,7 @@
 use std::time::Duration;
 
 use ndarray::ArrayD;
+use serde_json::{Map, Value};
 
 use crate::image::Image;
 
@@ -20,7 +21,8 @@ pub struct Timings {
 #[derive(Debug, Clone)]
 pub struct Output {
     pub images: Vec<Image>,
-    /// Final latents before VAE decoding, [num_images, channels, h/f, w/f].
+    /// Final latents before VAE decoding, [num_images, channels, h/f, w/f]; empty (shape [0]) from
+    /// remote generators, which have none.
     pub latents: ArrayD<f32>,
     /// The seed actually used (drawn from the clock when the request had none).
     pub seed: u64,
@@ -29,4 +31,7 @@ pub struct Output {
     /// Canonical scheduler name that ran.
     pub scheduler: String,
     pub timings: Timings,
+    /// What the generator reports besides the images: a remote service's `model` and
+    /// `revised_prompts`, the request fields it `ignored` (best effort). Empty for local pipelines.
+    pub metadata: Map<String, Value>,
 }

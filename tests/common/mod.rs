@@ -1,6 +1,8 @@
 //! Shared test setup: the runtime (ONNX Runtime from `make ort`) and paths into the repository.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 

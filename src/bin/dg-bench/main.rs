@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use diffgentor::generators::{self, Generator, GeneratorOptions};
 use diffgentor::runtime::OptimizationLevel;
 use diffgentor::{Error, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
 
@@ -21,12 +22,19 @@ use report::{Report, Sample, Settings};
     about = "Measure diffgentor throughput and latency"
 )]
 struct Args {
-    /// Model package directory.
-    #[arg(long, value_name = "DIR")]
-    model: PathBuf,
-    /// Backend that serves the requests (remote backends come with their own issue).
+    /// Model package directory (the local backend).
+    #[arg(long, value_name = "DIR", required_if_eq("backend", "local"))]
+    model: Option<PathBuf>,
+    /// Backend that serves the requests: local, openai or gemini (keys from DG_<BACKEND>_API_KEY or
+    /// the pool file; see docs/backends.md).
     #[arg(long, default_value = "local")]
     backend: String,
+    /// Remote backends: the base URL (e.g. http://127.0.0.1:8000/v1); else DG_<BACKEND>_BASE_URL.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Remote backends: the model name the service runs.
+    #[arg(long, value_name = "NAME")]
+    remote_model: Option<String>,
     /// Execution provider: cpu, cuda[:ID] or tensorrt[:ID].
     #[arg(long, default_value = "cpu")]
     ep: String,
@@ -95,17 +103,29 @@ fn parse_size(size: &str) -> diffgentor::Result<(u32, u32)> {
 }
 
 fn run(args: Args) -> diffgentor::Result<Report> {
-    if args.backend != "local" {
-        return Err(Error::Unsupported(format!(
-            "backend `{}` (this build has only `local`)",
-            args.backend
-        )));
-    }
     if args.concurrency == 0 || args.requests == 0 {
         return Err(Error::InvalidArg(
             "--concurrency and --requests must be at least 1".into(),
         ));
     }
+    let mut request = Request::new(args.prompt.clone());
+    request.num_images = args.batch;
+    if let Some(size) = &args.size {
+        let (w, h) = parse_size(size)?;
+        request.width = Some(w);
+        request.height = Some(h);
+    }
+    match &args.model {
+        Some(model) if args.backend == "local" => run_local(&args, model, request),
+        _ => run_remote(&args, request),
+    }
+}
+
+fn run_local(
+    args: &Args,
+    model: &std::path::Path,
+    mut request: Request,
+) -> diffgentor::Result<Report> {
     let load_started = Instant::now();
     let runtime = Runtime::new(RuntimeOptions {
         ort_library: args.ort_lib.clone(),
@@ -117,26 +137,81 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         sessions_per_graph: args.sessions,
         optimized_graph_cache: args.optimized_cache.clone(),
     })?;
-    let pipeline = Pipeline::load(runtime, &args.model)?;
+    let pipeline = Pipeline::load(runtime, model)?;
     // Sessions the measured loop would otherwise build on first contention.
     for graph in pipeline.model().graphs() {
         graph.reserve_sessions(args.concurrency)?;
     }
     let load = load_started.elapsed();
 
-    let mut request = Request::new(args.prompt.clone());
     request.steps = args.steps;
-    request.num_images = args.batch;
     request.guidance_scale = args.guidance;
     request.scheduler = args.scheduler.clone();
-    if let Some(size) = &args.size {
-        let (w, h) = parse_size(size)?;
-        request.width = Some(w);
-        request.height = Some(h);
-    }
     let defaults = pipeline.defaults()?;
-    let settings = Settings {
-        model: args.model.display().to_string(),
+    let mut settings = settings(args, model.display().to_string());
+    settings.width = request.width.unwrap_or(defaults.width);
+    settings.height = request.height.unwrap_or(defaults.height);
+    settings.scheduler = request.scheduler.clone().unwrap_or(defaults.scheduler);
+
+    let work = if args.unet_only {
+        Work::Unet(unet::UnetLoop::new(
+            &pipeline,
+            settings.width,
+            settings.height,
+            args.batch,
+            args.steps,
+            args.guidance > 1.0,
+            args.io_binding,
+        )?)
+    } else {
+        Work::Generate(&pipeline, Box::new(request))
+    };
+    let (samples, wall) = measure(&work, args)?;
+    let graphs = pipeline
+        .model()
+        .graphs()
+        .map(report::GraphReport::new)
+        .collect();
+    Ok(Report::new(settings, &samples, wall, load, graphs))
+}
+
+/// Remote calls at the given concurrency: latency is the whole call (upload, service, download).
+fn run_remote(args: &Args, request: Request) -> diffgentor::Result<Report> {
+    if args.unet_only {
+        return Err(Error::InvalidArg(
+            "--unet-only needs the local backend".into(),
+        ));
+    }
+    let mut options = GeneratorOptions::new();
+    if let Some(url) = &args.endpoint {
+        options.set("base_url", url);
+    }
+    if let Some(model) = &args.remote_model {
+        options.set("model", model);
+    }
+    // Enough connections for the measured concurrency on a single endpoint.
+    options.set("max_in_flight", &args.concurrency.to_string());
+    let generator = generators::remote(&args.backend, &options)?;
+    let description = generator.describe();
+    let mut settings = settings(args, description.name.clone());
+    settings.width = request.width.unwrap_or(0);
+    settings.height = request.height.unwrap_or(0);
+    settings.scheduler = String::new();
+    let work = Work::Generate(generator.as_ref(), Box::new(request));
+    let (samples, wall) = measure(&work, args)?;
+    Ok(Report::new(
+        settings,
+        &samples,
+        wall,
+        Duration::ZERO,
+        Vec::new(),
+    ))
+}
+
+/// The run's settings as the report prints them; size and scheduler are filled in by the caller.
+fn settings(args: &Args, model: String) -> Settings {
+    Settings {
+        model,
         backend: args.backend.clone(),
         ep: args.ep.clone(),
         intra_threads: args.threads,
@@ -150,45 +225,29 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         unet_only: args.unet_only,
         io_binding: args.io_binding,
         steps: args.steps,
-        width: request.width.unwrap_or(defaults.width),
-        height: request.height.unwrap_or(defaults.height),
+        width: 0,
+        height: 0,
         batch: args.batch,
         concurrency: args.concurrency,
         requests: args.requests,
         warmup: args.warmup,
-        scheduler: request.scheduler.clone().unwrap_or(defaults.scheduler),
+        scheduler: String::new(),
         guidance_scale: args.guidance,
-    };
-
-    let work = if args.unet_only {
-        Work::Unet(unet::UnetLoop::new(
-            &pipeline,
-            settings.width,
-            settings.height,
-            args.batch,
-            args.steps,
-            args.guidance > 1.0,
-            args.io_binding,
-        )?)
-    } else {
-        Work::Pipeline(&pipeline, Box::new(request))
-    };
-    // Warm-up requests run at the measured concurrency, so every session the loop uses has run.
-    if args.warmup > 0 {
-        closed_loop(&work, args.concurrency, args.warmup, 0)?;
     }
-    let (samples, wall) = closed_loop(&work, args.concurrency, args.requests, 1000)?;
-    let graphs = pipeline
-        .model()
-        .graphs()
-        .map(report::GraphReport::new)
-        .collect();
-    Ok(Report::new(settings, &samples, wall, load, graphs))
+}
+
+/// Warm-up requests run at the measured concurrency (so every session the loop uses has run),
+/// then the measured ones.
+fn measure(work: &Work<'_>, args: &Args) -> diffgentor::Result<(Vec<Sample>, Duration)> {
+    if args.warmup > 0 {
+        closed_loop(work, args.concurrency, args.warmup, 0)?;
+    }
+    closed_loop(work, args.concurrency, args.requests, 1000)
 }
 
 /// What one measured request does.
 enum Work<'p> {
-    Pipeline(&'p Pipeline, Box<Request>),
+    Generate(&'p dyn Generator, Box<Request>),
     Unet(unet::UnetLoop<'p>),
 }
 
@@ -196,10 +255,12 @@ impl Work<'_> {
     fn run(&self, seed: u64) -> diffgentor::Result<Sample> {
         let begun = Instant::now();
         match self {
-            Work::Pipeline(pipeline, request) => {
+            Work::Generate(generator, request) => {
                 let mut request = request.clone();
                 request.seed = Some(seed);
-                let output = pipeline.generate(&request)?;
+                // A seed is exact locally; a remote service without seeds ignores it.
+                request.best_effort = true;
+                let output = generator.generate(&request, &mut |_| true)?;
                 Ok(Sample::new(begun.elapsed(), &output))
             }
             Work::Unet(unet) => unet.run(seed),
@@ -240,7 +301,7 @@ fn closed_loop(
             .into_iter()
             .map(|w| {
                 w.join().unwrap_or_else(|_| {
-                    Err(Error::Backend {
+                    Err(Error::Internal {
                         component: "dg-bench".into(),
                         message: "a worker thread panicked".into(),
                     })

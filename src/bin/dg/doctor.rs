@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use diffgentor::generators::{self, GeneratorOptions};
 use diffgentor::model::LoadedModel;
 use diffgentor::runtime::library;
 use diffgentor::schedulers;
@@ -14,6 +15,16 @@ pub struct DoctorArgs {
     /// Also load this model package and describe its components.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Check a remote backend instead (openai or gemini): reachability and authentication, with
+    /// keys from the environment or a pool file (docs/backends.md).
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+    /// With --backend: the service's base URL (else DG_<BACKEND>_BASE_URL, else its public API).
+    #[arg(long, value_name = "URL", requires = "backend")]
+    endpoint: Option<String>,
+    /// With --backend: the model to check (else DG_<BACKEND>_MODEL, else the backend's default).
+    #[arg(long, value_name = "NAME", requires = "backend")]
+    remote_model: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -32,6 +43,9 @@ pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
         env!("CARGO_PKG_VERSION"),
         features.join(", ")
     );
+    if let Some(backend) = args.backend.as_deref().filter(|b| *b != "local") {
+        return check_remote(backend, &args, out);
+    }
     let runtime = args.runtime.build()?;
     let lib = runtime.library();
     outln!(
@@ -57,6 +71,9 @@ pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
     let model = LoadedModel::load(&runtime, &dir)?;
     let package = &model.package;
     outln!(out, "model {} ({})", package.name, package.class_name);
+    if let Some(note) = &package.family_note {
+        outln!(out, "  note: {note}");
+    }
     outln!(
         out,
         "  family {} (UNet input channels: {} latent + {} conditioning)",
@@ -73,6 +90,8 @@ pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
     if let Some((w, h)) = package.default_size() {
         outln!(out, "  default size {w}x{h}");
     }
+    let (multiple, why) = package.size_multiple();
+    outln!(out, "  size multiple {multiple} ({why})");
     let scheduler = schedulers::create(None, &package.scheduler_config)?;
     outln!(out, "  scheduler {}", scheduler.name());
     if let Some((tokenizer, _)) = &model.text_encoder {
@@ -87,5 +106,37 @@ pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
             "  vae_encoder absent: image inputs (img2img, inpainting, editing) are unavailable"
         );
     }
+    Ok(())
+}
+
+/// Describes a remote backend and checks that it answers and takes the key.
+fn check_remote(backend: &str, args: &DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
+    let mut options = GeneratorOptions::new();
+    if let Some(url) = &args.endpoint {
+        options.set("base_url", url);
+    }
+    if let Some(model) = &args.remote_model {
+        options.set("model", model);
+    }
+    let generator = generators::remote(backend, &options)?;
+    let d = generator.describe();
+    let tasks: Vec<String> = d.tasks.iter().map(ToString::to_string).collect();
+    outln!(out, "backend {} (model {})", d.kind, d.name);
+    outln!(out, "  tasks {}", tasks.join(", "));
+    outln!(
+        out,
+        "  seeds {}, negative prompts {}",
+        if d.honours_seed {
+            "honoured"
+        } else {
+            "not honoured"
+        },
+        if d.negative_prompt {
+            "used"
+        } else {
+            "not used"
+        }
+    );
+    outln!(out, "  {}", generator.check()?);
     Ok(())
 }

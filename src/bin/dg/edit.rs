@@ -44,8 +44,12 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
     request.strength = args.strength;
     request.image_guidance_scale = args.image_guidance;
     let mode: Resample = args.upscale.parse()?;
-    let pipeline = args.request.load()?;
+    let backend = args.request.load()?;
     if let Some(path) = &args.init_latents {
+        let pipeline = backend
+            .local
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArg("--init-latents needs the local backend".into()))?;
         let latents = npy::read_f32(path)?
             .into_dimensionality::<Ix4>()
             .map_err(|_| Error::InvalidArg(format!("{}: latents must be 4-d", path.display())))?;
@@ -62,5 +66,5 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
         };
         request.init_latents = Some(latents.into_dyn());
     }
-    args.request.run(&pipeline, &request, out)
+    args.request.run(&backend, &request, out)
 }

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use diffgentor::model::{Family, ModelPackage};
+use std::sync::Arc;
+
+use diffgentor::generators::{self, Generator, GeneratorOptions, Task};
 use diffgentor::request::Plan;
 use diffgentor::rng::RngMode;
 use diffgentor::{npy, Error, Output, Pipeline, Request};
@@ -23,9 +25,23 @@ pub struct GenerateArgs {
 /// The flags every request takes, for `dg generate` and `dg edit`.
 #[derive(Args)]
 pub struct RequestArgs {
-    /// Model package directory (optimum/diffusers ONNX export).
-    #[arg(long, value_name = "DIR")]
-    model: PathBuf,
+    /// Model package directory (optimum/diffusers ONNX export): what the local backend runs.
+    #[arg(long, value_name = "DIR", required_if_eq("backend", "local"))]
+    model: Option<PathBuf>,
+    /// Who draws the image: local (ONNX Runtime), openai or gemini (docs/backends.md; keys only
+    /// from DG_OPENAI_API_KEY / DG_GEMINI_API_KEY or a pool file).
+    #[arg(long, default_value = "local", value_name = "NAME")]
+    backend: String,
+    /// Remote backends: the service's base URL (else DG_<BACKEND>_BASE_URL, else its public API).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Remote backends: the model the service runs (else DG_<BACKEND>_MODEL, else its default).
+    #[arg(long, value_name = "NAME")]
+    remote_model: Option<String>,
+    /// Remote backends: ignore request fields the service cannot honour (listed in the PNG's
+    /// metadata) instead of failing.
+    #[arg(long)]
+    best_effort: bool,
     #[arg(long)]
     prompt: String,
     #[arg(long)]
@@ -97,30 +113,67 @@ pub struct RequestArgs {
 pub fn run(args: GenerateArgs, out: &mut Out) -> diffgentor::Result<()> {
     let args = args.request;
     let request = args.build_request()?;
-    let pipeline = args.load()?;
-    args.run(&pipeline, &request, out)
+    let backend = args.load()?;
+    args.run(&backend, &request, out)
+}
+
+/// What draws the images: a generator, and the local pipeline behind it when there is one (for
+/// what only a model package knows, such as its VAE factor).
+pub struct Backend {
+    pub generator: Arc<dyn Generator>,
+    pub local: Option<Arc<Pipeline>>,
 }
 
 impl RequestArgs {
-    pub fn load(&self) -> diffgentor::Result<Pipeline> {
-        Pipeline::load(self.runtime.build()?, &self.model)
+    pub fn load(&self) -> diffgentor::Result<Backend> {
+        match (&self.model, self.backend.as_str()) {
+            (Some(model), "local") => {
+                let pipeline = Arc::new(Pipeline::load(self.runtime.build()?, model)?);
+                if let Some(note) = &pipeline.model().package.family_note {
+                    errln!("warning: {note}");
+                }
+                Ok(Backend {
+                    generator: pipeline.clone(),
+                    local: Some(pipeline),
+                })
+            }
+            (_, name) => {
+                let mut options = GeneratorOptions::new();
+                if let Some(url) = &self.endpoint {
+                    options.set("base_url", url);
+                }
+                if let Some(model) = &self.remote_model {
+                    options.set("model", model);
+                }
+                Ok(Backend {
+                    generator: generators::remote(name, &options)?,
+                    local: None,
+                })
+            }
+        }
     }
 
     /// Runs the request and writes its images (and latents when asked).
     pub fn run(
         &self,
-        pipeline: &Pipeline,
+        backend: &Backend,
         request: &Request,
         out: &mut Out,
     ) -> diffgentor::Result<()> {
         let args = self;
+        if args.save_latents.is_some() && backend.local.is_none() {
+            return Err(Error::InvalidArg(format!(
+                "--save-latents: the {} backend returns images, not latents",
+                args.backend
+            )));
+        }
         let mut display = ProgressDisplay::new(Mode::detect(args.quiet));
-        let output = pipeline.generate_with_progress(request, &mut |progress| {
+        let output = backend.generator.generate(request, &mut |progress| {
             display.update(progress);
             true
         })?;
         display.finish();
-        let parameters = parameters_text(request, &output, &pipeline.model().package);
+        let parameters = parameters_text(request, &output, backend);
         let paths = output_paths(&args.output, output.images.len());
         for (image, path) in output.images.iter().zip(&paths) {
             image.save_png(path, &[("parameters", &parameters)])?;
@@ -129,7 +182,10 @@ impl RequestArgs {
         if let Some(path) = &args.save_latents {
             npy::write_f32(path, &output.latents)?;
         }
-        if request.seed.is_none() {
+        if let Some(ignored) = output.metadata.get("ignored") {
+            errln!("warning: the {} backend ignored {ignored}", args.backend);
+        }
+        if request.seed.is_none() && backend.local.is_some() {
             outln!(out, "seed {}", output.seed);
         }
         if args.timings {
@@ -154,6 +210,7 @@ impl RequestArgs {
         request.scheduler = args.scheduler.clone();
         request.eta = args.eta;
         request.num_images = args.num_images;
+        request.best_effort = args.best_effort;
         for option in &args.scheduler_options {
             let (key, value) = option.split_once('=').ok_or_else(|| {
                 Error::InvalidArg(format!("--scheduler-option `{option}` is not KEY=VALUE"))
@@ -211,34 +268,50 @@ fn a1111_sampler(scheduler: &str) -> &str {
     }
 }
 
+/// Most characters of each prompt kept in the `parameters` text, so the settings line after it
+/// always fits the PNG text chunk (which the library bounds).
+const PROMPT_CHARS_IN_METADATA: usize = 2000;
+
 /// The `parameters` text chunk in the layout AUTOMATIC1111 writes and PNG-info readers parse.
-fn parameters_text(request: &Request, output: &Output, package: &ModelPackage) -> String {
-    let model = &package.name;
-    let mut text = request.prompt.clone();
+fn parameters_text(request: &Request, output: &Output, backend: &Backend) -> String {
+    let clip = |text: &str| -> String { text.chars().take(PROMPT_CHARS_IN_METADATA).collect() };
+    let description = backend.generator.describe();
+    let model = &description.name;
+    let mut text = clip(&request.prompt);
     if let Some(negative) = &request.negative_prompt {
-        text.push_str(&format!("\nNegative prompt: {negative}"));
+        text.push_str(&format!("\nNegative prompt: {}", clip(negative)));
     }
-    text.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, Scheduler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}",
-        request.steps,
-        a1111_sampler(&output.scheduler),
-        output.scheduler,
-        request.guidance_scale,
-        output.seed,
-        output.width,
-        output.height,
-    ));
-    if let Some(strength) = request.strength {
-        text.push_str(&format!(", Denoising strength: {strength}"));
-    }
-    if package.family == Family::InstructPix2Pix {
+    if backend.local.is_none() {
         text.push_str(&format!(
-            ", Image CFG scale: {}",
-            request.image_guidance_scale
+            "\nSize: {}x{}, Model: {model}, Backend: {}",
+            output.width, output.height, description.kind
         ));
-    }
-    if let Some(plan) = &request.plan {
-        text.push_str(&format!(", Plan stages: {}", plan.stages.len()));
+        if let Some(ignored) = output.metadata.get("ignored") {
+            text.push_str(&format!(", Ignored: {ignored}"));
+        }
+    } else {
+        text.push_str(&format!(
+            "\nSteps: {}, Sampler: {}, Scheduler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}",
+            request.steps,
+            a1111_sampler(&output.scheduler),
+            output.scheduler,
+            request.guidance_scale,
+            output.seed,
+            output.width,
+            output.height,
+        ));
+        if let Some(strength) = request.strength {
+            text.push_str(&format!(", Denoising strength: {strength}"));
+        }
+        if description.tasks == [Task::Edit] {
+            text.push_str(&format!(
+                ", Image CFG scale: {}",
+                request.image_guidance_scale
+            ));
+        }
+        if let Some(plan) = &request.plan {
+            text.push_str(&format!(", Plan stages: {}", plan.stages.len()));
+        }
     }
     text.push_str(&format!(
         ", Version: diffgentor {}",
