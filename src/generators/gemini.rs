@@ -48,7 +48,6 @@ use std::time::Instant;
 use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use ndarray::{ArrayD, IxDyn};
 use serde_json::{json, Map, Value};
 
 use super::http::{HttpRequest, HttpResponse};
@@ -56,7 +55,7 @@ use super::pool::{ApiKey, Failure, Pool, Probe, Service, Verdict};
 use super::{Description, Generator, GeneratorOptions, Sizes, Task};
 use crate::error::{Error, RemoteFailure, Result};
 use crate::image::Image;
-use crate::request::{Output, Progress, Request, Timings};
+use crate::request::{Output, Progress, Request};
 
 /// The public Gemini API; it needs a key.
 const DEFAULT_URL: &str = "https://generativelanguage.googleapis.com";
@@ -172,7 +171,16 @@ impl Gemini {
     /// The body every call of `request` sends, what the request asked that is not sent, and the
     /// image config chosen.
     fn prepare(&self, request: &Request) -> Result<Prepared> {
-        let mut ignored = unsupported_fields(request);
+        let mut ignored = request.diffusion_fields();
+        // Gemini has no mask input, and init latents are not an image it could edit.
+        for (name, set) in [
+            ("mask", request.mask.is_some()),
+            ("init_latents", request.init_latents.is_some()),
+        ] {
+            if set {
+                ignored.push(name.to_string());
+            }
+        }
         if !ignored.is_empty() && !request.best_effort {
             let names: Vec<String> = ignored.iter().map(|n| format!("`{n}`")).collect();
             return Err(Error::Unsupported(format!(
@@ -232,7 +240,7 @@ impl Gemini {
 
 struct Prepared {
     http: HttpRequest,
-    ignored: Vec<&'static str>,
+    ignored: Vec<String>,
     aspect_ratio: Option<String>,
     image_size: Option<String>,
 }
@@ -334,20 +342,7 @@ impl Generator for Gemini {
         if !prepared.ignored.is_empty() {
             metadata.insert("ignored".into(), Value::from(prepared.ignored));
         }
-        let (width, height) = images.first().map_or((0, 0), |i| (i.width, i.height));
-        Ok(Output {
-            images,
-            latents: ArrayD::zeros(IxDyn(&[0])),
-            seed: 0,
-            width,
-            height,
-            scheduler: String::new(),
-            timings: Timings {
-                total: started.elapsed(),
-                ..Timings::default()
-            },
-            metadata,
-        })
+        Ok(Output::from_images(images, metadata, started.elapsed()))
     }
 }
 
@@ -657,54 +652,11 @@ fn cut(text: &str, max: usize) -> String {
     }
 }
 
-/// The request fields set away from their defaults that Gemini has no way to honour.
-fn unsupported_fields(request: &Request) -> Vec<&'static str> {
-    let default = Request::default();
-    [
-        (
-            "negative_prompt",
-            request
-                .negative_prompt
-                .as_ref()
-                .is_some_and(|p| !p.trim().is_empty()),
-        ),
-        ("seed", request.seed.is_some()),
-        (
-            "scheduler",
-            request.scheduler.is_some() || !request.scheduler_overrides.is_empty(),
-        ),
-        ("steps", request.steps != default.steps),
-        (
-            "guidance_scale",
-            request.guidance_scale != default.guidance_scale,
-        ),
-        ("eta", request.eta != default.eta),
-        ("strength", request.strength.is_some()),
-        (
-            "image_guidance_scale",
-            request.image_guidance_scale != default.image_guidance_scale,
-        ),
-        ("mask", request.mask.is_some()),
-        ("latents", request.latents.is_some()),
-        ("init_latents", request.init_latents.is_some()),
-        ("plan", request.plan.is_some()),
-        ("max_sequence_length", request.max_sequence_length.is_some()),
-        (
-            "aesthetic_score",
-            request.aesthetic_score != default.aesthetic_score
-                || request.negative_aesthetic_score != default.negative_aesthetic_score,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect()
-}
-
 /// The aspect ratio and size tier a request's width and height ask for (see the module notes);
 /// `size` is pushed to `ignored` where best effort had to bend them.
 fn request_image_config(
     request: &Request,
-    ignored: &mut Vec<&'static str>,
+    ignored: &mut Vec<String>,
 ) -> Result<(Option<String>, Option<String>)> {
     let supported = || {
         ASPECT_RATIOS
@@ -725,7 +677,7 @@ fn request_image_config(
             let (a, b) = match exact {
                 Some(ratio) => *ratio,
                 None if request.best_effort => {
-                    ignored.push("size");
+                    ignored.push("size".into());
                     nearest_ratio(w, h)
                 }
                 None => {
@@ -747,7 +699,7 @@ fn request_image_config(
                         .into(),
                 ));
             }
-            ignored.push("size");
+            ignored.push("size".into());
             Ok((None, size_tier(side)))
         }
     }
@@ -1043,7 +995,7 @@ mod tests {
         let mut ignored = Vec::new();
         let (r, _) = request_image_config(&request, &mut ignored).unwrap();
         assert_eq!(r.as_deref(), Some("3:2"));
-        assert_eq!(ignored, vec!["size"]);
+        assert_eq!(ignored, vec!["size".to_string()]);
     }
 
     #[test]

@@ -52,7 +52,6 @@ use std::time::Instant;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, Value};
 
 use super::http::{self, HttpRequest, HttpResponse, Multipart, TransportError};
@@ -60,7 +59,7 @@ use super::pool::{ApiKey, Failure, Pool, Probe, Service, Verdict};
 use super::{Description, Generator, GeneratorOptions, Sizes, Task};
 use crate::error::{Error, RemoteError, RemoteFailure, Result};
 use crate::image::{Image, MAX_IMAGE_SIDE};
-use crate::request::{Output, Progress, Request, Timings};
+use crate::request::{Output, Progress, Request};
 
 /// The public OpenAI API; it needs a key.
 const DEFAULT_URL: &str = "https://api.openai.com/v1";
@@ -295,7 +294,7 @@ impl OpenAi {
             }
         }
 
-        let mut ignored = unsupported_fields(request);
+        let mut ignored = request.diffusion_fields();
         let mut refused: Vec<String> = ignored.iter().map(|n| format!("`{n}`")).collect();
         let n = match self.family.max_images() {
             Some(max) if request.num_images > max => {
@@ -556,20 +555,7 @@ impl Generator for OpenAi {
         if !progress(&report) {
             return Err(Error::Cancelled);
         }
-        let (width, height) = images.first().map_or((0, 0), |i| (i.width, i.height));
-        Ok(Output {
-            images,
-            latents: ArrayD::zeros(IxDyn(&[0])),
-            seed: 0,
-            width,
-            height,
-            scheduler: String::new(),
-            timings: Timings {
-                total: started.elapsed(),
-                ..Timings::default()
-            },
-            metadata,
-        })
+        Ok(Output::from_images(images, metadata, started.elapsed()))
     }
 }
 
@@ -840,56 +826,6 @@ fn plain_message(err: &Error) -> String {
         Error::InvalidArg(message) => message.clone(),
         other => other.to_string(),
     }
-}
-
-/// Request fields that change a local pipeline's result and that OpenAI has no equivalent for.
-fn unsupported_fields(request: &Request) -> Vec<String> {
-    let defaults = Request::default();
-    let mut fields: Vec<String> = [
-        (
-            "negative_prompt",
-            request
-                .negative_prompt
-                .as_deref()
-                .is_some_and(|p| !p.is_empty()),
-        ),
-        ("seed", request.seed.is_some()),
-        ("scheduler", request.scheduler.is_some()),
-        ("steps", request.steps != defaults.steps),
-        (
-            "guidance_scale",
-            request.guidance_scale != defaults.guidance_scale,
-        ),
-        ("eta", request.eta != defaults.eta),
-        ("rng", request.rng != defaults.rng),
-        ("strength", request.strength.is_some()),
-        (
-            "image_guidance_scale",
-            request.image_guidance_scale != defaults.image_guidance_scale,
-        ),
-        ("plan", request.plan.is_some()),
-        ("latents", request.latents.is_some()),
-        (
-            "aesthetic_score",
-            request.aesthetic_score != defaults.aesthetic_score,
-        ),
-        (
-            "negative_aesthetic_score",
-            request.negative_aesthetic_score != defaults.negative_aesthetic_score,
-        ),
-        ("max_sequence_length", request.max_sequence_length.is_some()),
-    ]
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(name, _)| name.to_string())
-    .collect();
-    fields.extend(
-        request
-            .scheduler_overrides
-            .keys()
-            .map(|k| format!("scheduler.{k}")),
-    );
-    fields
 }
 
 /// The size a request asks for, `None` when it leaves it to the service.

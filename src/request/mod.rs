@@ -201,6 +201,58 @@ impl Request {
         Ok(())
     }
 
+    /// The fields set to something only a diffusion pipeline can honour, by request key: a
+    /// negative prompt, a seed, a scheduler and its overrides (`scheduler.<key>`), latents, a plan,
+    /// a token limit, and the steps, scales and noise settings changed from [`Request::default`]
+    /// (the defaults are what every caller sends without asking). What a remote service refuses
+    /// unless [`Request::best_effort`].
+    pub fn diffusion_fields(&self) -> Vec<String> {
+        let defaults = Request::default();
+        let mut fields: Vec<String> = [
+            (
+                "negative_prompt",
+                self.negative_prompt
+                    .as_deref()
+                    .is_some_and(|p| !p.trim().is_empty()),
+            ),
+            ("seed", self.seed.is_some()),
+            ("scheduler", self.scheduler.is_some()),
+            ("steps", self.steps != defaults.steps),
+            (
+                "guidance_scale",
+                self.guidance_scale != defaults.guidance_scale,
+            ),
+            ("eta", self.eta != defaults.eta),
+            ("rng", self.rng != defaults.rng),
+            ("strength", self.strength.is_some()),
+            (
+                "image_guidance_scale",
+                self.image_guidance_scale != defaults.image_guidance_scale,
+            ),
+            ("plan", self.plan.is_some()),
+            ("latents", self.latents.is_some()),
+            (
+                "aesthetic_score",
+                self.aesthetic_score != defaults.aesthetic_score,
+            ),
+            (
+                "negative_aesthetic_score",
+                self.negative_aesthetic_score != defaults.negative_aesthetic_score,
+            ),
+            ("max_sequence_length", self.max_sequence_length.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name.to_string())
+        .collect();
+        fields.extend(
+            self.scheduler_overrides
+                .keys()
+                .map(|k| format!("scheduler.{k}")),
+        );
+        fields
+    }
+
     /// Checks everything that does not need the model; size checks happen in the pipeline.
     pub(crate) fn validate(&self) -> Result<()> {
         for (name, text) in [

@@ -1,7 +1,7 @@
 //! What a generator returns: images, the values that were used, and where the time went.
 use std::time::Duration;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, Value};
 
 use crate::image::Image;
@@ -34,4 +34,30 @@ pub struct Output {
     /// What the generator reports besides the images: a remote service's `model` and
     /// `revised_prompts`, the request fields it `ignored` (best effort). Empty for local pipelines.
     pub metadata: Map<String, Value>,
+}
+
+impl Output {
+    /// The output of a generator that returns images alone (a remote service): no latents, seed 0
+    /// and no scheduler (neither was used), the size of the first image, `total` as its only
+    /// timing.
+    pub fn from_images(
+        images: Vec<Image>,
+        metadata: Map<String, Value>,
+        total: Duration,
+    ) -> Output {
+        let (width, height) = images.first().map_or((0, 0), |i| (i.width, i.height));
+        Output {
+            images,
+            latents: ArrayD::zeros(IxDyn(&[0])),
+            seed: 0,
+            width,
+            height,
+            scheduler: String::new(),
+            timings: Timings {
+                total,
+                ..Timings::default()
+            },
+            metadata,
+        }
+    }
 }
