@@ -9,26 +9,16 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::http::{Recorded, Reply, TestServer};
+use common::remote::{generator, run, sized, test_image as image};
 use diffgentor::generators::{remote, Generator, GeneratorOptions, Sizes, Task};
-use diffgentor::{CancelToken, Error, ErrorCode, Image, Output, Request};
+use diffgentor::{CancelToken, ErrorCode, Image, Request};
 use serde_json::{json, Value};
 
 const KEY: &str = "g-test-key";
 const MODEL: &str = "gemini-test-image";
 
-fn image(width: u32, height: u32) -> Image {
-    let pixels = (0..width * height * 3)
-        .map(|i| (i * 37 % 251) as u8)
-        .collect();
-    Image {
-        width,
-        height,
-        pixels,
-    }
-}
-
 fn png_b64(width: u32, height: u32) -> String {
-    STANDARD.encode(image(width, height).encode_png(&[]).unwrap())
+    common::remote::png_b64(&image(width, height))
 }
 
 /// A successful answer: a text part and a `width`x`height` PNG.
@@ -54,29 +44,9 @@ fn api_error(code: u16, status: &str, message: &str, details: Value) -> Reply {
 
 /// A generator for `server` with short limits; `extra` adds or overrides options.
 fn gemini(server: &TestServer, extra: &[(&str, &str)]) -> Arc<dyn Generator> {
-    let mut options = GeneratorOptions::new();
-    options
-        .set("base_url", &server.url(""))
-        .set("api_key", KEY)
-        .set("model", MODEL)
-        .set("timeout_s", "5")
-        .set("max_retries", "1");
-    for (key, value) in extra {
-        options.set(key, value);
-    }
-    remote("gemini", &options).expect("the gemini generator is made")
-}
-
-fn run(generator: &dyn Generator, request: &Request) -> Result<Output, Error> {
-    generator.generate(request, &mut |_| true)
-}
-
-fn sized(prompt: &str, width: u32, height: u32) -> Request {
-    Request {
-        width: Some(width),
-        height: Some(height),
-        ..Request::new(prompt)
-    }
+    let mut options = vec![("model", MODEL)];
+    options.extend_from_slice(extra);
+    generator("gemini", &server.url(""), KEY, &options)
 }
 
 fn only_request(server: &TestServer) -> Recorded {

@@ -13,26 +13,12 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::http::{Recorded, Reply, TestServer};
+use common::remote::{generator, png_b64, remote_failure, run, sized, test_image as image};
 use diffgentor::generators::{remote, Generator, GeneratorOptions, Sizes, Task};
-use diffgentor::{CancelToken, Error, ErrorCode, Image, Output, Request};
+use diffgentor::{CancelToken, ErrorCode, Image, Request};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-test-key";
-
-fn image(width: u32, height: u32) -> Image {
-    let pixels = (0..width * height * 3)
-        .map(|i| (i * 31 % 253) as u8)
-        .collect();
-    Image {
-        width,
-        height,
-        pixels,
-    }
-}
-
-fn png_b64(image: &Image) -> String {
-    STANDARD.encode(image.encode_png(&[]).unwrap())
-}
 
 /// A successful answer holding `images`, the first with a revised prompt.
 fn answer(images: &[Image]) -> Reply {
@@ -59,39 +45,7 @@ fn api_error(status: u16, kind: &str, code: Option<&str>, message: &str) -> Repl
 
 /// A generator for `server` with short limits; `extra` adds or overrides options.
 fn openai(server: &TestServer, extra: &[(&str, &str)]) -> Arc<dyn Generator> {
-    let mut options = GeneratorOptions::new();
-    options
-        .set("base_url", &server.url("/v1"))
-        .set("api_key", KEY)
-        .set("timeout_s", "5")
-        .set("max_retries", "1");
-    for (key, value) in extra {
-        options.set(key, value);
-    }
-    remote("openai", &options).expect("the openai generator is made")
-}
-
-fn run(generator: &dyn Generator, request: &Request) -> Result<Output, Error> {
-    generator.generate(request, &mut |_| true)
-}
-
-fn sized(prompt: &str, width: u32, height: u32) -> Request {
-    Request {
-        width: Some(width),
-        height: Some(height),
-        ..Request::new(prompt)
-    }
-}
-
-/// The remote error of a failed call, with its code checked.
-fn remote_failure(
-    result: Result<Output, Error>,
-    code: ErrorCode,
-) -> (String, diffgentor::RemoteError) {
-    let err = result.expect_err("the call fails");
-    assert_eq!(err.code(), code, "{err}");
-    let remote = err.remote().expect("a remote error").clone();
-    (err.to_string(), remote)
+    generator("openai", &server.url("/v1"), KEY, extra)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
