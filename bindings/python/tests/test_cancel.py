@@ -23,7 +23,7 @@ def test_progress_returning_false_cancels(tiny: diffgentor.Pipeline) -> None:
 
     with pytest.raises(diffgentor.CancelledError) as info:
         tiny.generate(FOX_PROMPT, **FOX, progress=on_progress)
-    assert info.value.code == diffgentor.ErrorCode.CANCELLED == 7
+    assert info.value.code is diffgentor.ErrorCode.CANCELLED and int(info.value.code) == 7
     assert steps == [1, 2]  # no call after the one that returned False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from typing import Any, Dict
 
 import pytest
 
@@ -21,6 +22,10 @@ CLASSES = {
     ErrorCode.CANCELLED: diffgentor.CancelledError,
     ErrorCode.BACKEND: diffgentor.BackendError,
     ErrorCode.PANIC: diffgentor.PanicError,
+    ErrorCode.REMOTE: diffgentor.RemoteError,
+    ErrorCode.RATE_LIMITED: diffgentor.RateLimitedError,
+    ErrorCode.TIMEOUT: diffgentor.RemoteTimeoutError,
+    ErrorCode.REFUSED: diffgentor.RefusedError,
 }
 
 
@@ -54,7 +59,7 @@ def test_unknown_code_from_a_newer_library() -> None:
 def test_missing_model_is_model_error(runtime: diffgentor.Runtime, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(diffgentor.ModelError) as info:
         runtime.load(tmp_path / "no-such-model")
-    assert info.value.code == ErrorCode.MODEL == 4
+    assert info.value.code is ErrorCode.MODEL and int(info.value.code) == 4
     assert "no-such-model" in str(info.value)
     with pytest.raises(diffgentor.ModelError):
         diffgentor.Pipeline(runtime, MODELS)  # a directory, but no model_index.json
@@ -73,7 +78,7 @@ def test_cuda_on_cpu_onnxruntime(runtime: diffgentor.Runtime) -> None:
         with diffgentor.Runtime("cuda"):
             pytest.skip("this ONNX Runtime has CUDA: nothing to check")
     except diffgentor.EpUnavailableError as e:
-        assert e.code == ErrorCode.EP_UNAVAILABLE == 6
+        assert e.code is ErrorCode.EP_UNAVAILABLE and int(e.code) == 6
         assert "cuda" in str(e).lower()
     # allow_cpu_fallback turns the same request into a working CPU runtime
     with diffgentor.Runtime("cuda", allow_cpu_fallback=True) as rt, rt.load(MODELS / "tiny-sd") as pipe:
@@ -105,7 +110,7 @@ def test_second_onnxruntime_library_is_backend_error(runtime: diffgentor.Runtime
         (dict(seed=2**64), "seed"),
     ],
 )
-def test_invalid_request_values(tiny: diffgentor.Pipeline, kwargs: dict, needle: str) -> None:
+def test_invalid_request_values(tiny: diffgentor.Pipeline, kwargs: Dict[str, Any], needle: str) -> None:
     args = {**FOX, **kwargs}
     with pytest.raises(diffgentor.InvalidArgError, match=needle) as info:
         tiny.generate(FOX_PROMPT, **args)

@@ -32,7 +32,7 @@ def test_versions() -> None:
     assert os.path.basename(diffgentor.library_path()).startswith("libdiffgentor.so")
 
 
-def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+def _python(code: str, **env: str) -> "subprocess.CompletedProcess[str]":
     full = {**os.environ, **env}
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
 
@@ -94,3 +94,15 @@ def test_command_line(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "diffgentor", str(tmp_path / "none"), "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "MODEL" in bad.stderr
+
+
+def test_command_line_names_several_images_like_dg(tmp_path: Path) -> None:
+    out = tmp_path / "seven.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "diffgentor", str(DIGITS), "a handwritten digit 7", "--seed", "42",
+         "--steps", "2", "--num-images", "2", "-q", "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seven_00.png", "seven_01.png"]
+    assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in ("seven_00.png", "seven_01.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -63,3 +64,21 @@ def test_raw_image_png(raw: diffgentor.RawImage, tmp_path) -> None:  # type: ign
     assert "64" in repr(raw)
     with pytest.raises(ValueError):
         diffgentor.RawImage(2, 2, b"\0" * 11)
+
+
+
+def test_raw_image_save_writes_png_without_pillow(raw: diffgentor.RawImage, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(sys.modules, "PIL", None)  # importing Pillow now fails
+    raw.save(tmp_path / "fox.png")
+    raw.save(str(tmp_path / "upper.PNG"))
+    raw.save(tmp_path / "fox.data", format="png")
+    monkeypatch.undo()
+    for name in ("fox.png", "upper.PNG", "fox.data"):
+        with Image.open(tmp_path / name) as img:
+            assert img.format == "PNG" and img.tobytes() == raw.data
+    # Other formats are refused, not written as PNG bytes under a misleading name.
+    with pytest.raises(ValueError, match="PNG only"):
+        raw.save(tmp_path / "fox.jpg")
+    with pytest.raises(ValueError, match="PNG only"):
+        raw.save(tmp_path / "other.png", format="JPEG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fox.data", "fox.png", "upper.PNG"]

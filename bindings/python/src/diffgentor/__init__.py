@@ -3,8 +3,8 @@
     import diffgentor
 
     with diffgentor.Runtime() as rt, rt.load("models/tiny-sd") as pipe:
-        images = pipe.generate("a red fox", seed=42, steps=3, scheduler="euler")
-        images[0].save("fox.png")  # a PIL image when Pillow is installed
+        images = pipe.generate("a red fox", seed=42, steps=3, scheduler="euler", output="raw")
+        images[0].save("fox.png")  # a RawImage: writes a PNG without Pillow
 
 The C library is found through DG_LIBRARY_PATH, a copy bundled in ``diffgentor/lib/``, then the
 system loader; ONNX Runtime through ``Runtime(ort_library=...)`` or DG_ORT_DYLIB_PATH. See README.md.
@@ -22,6 +22,10 @@ from ._errors import (
     ModelError,
     NullArgError,
     PanicError,
+    RateLimitedError,
+    RefusedError,
+    RemoteError,
+    RemoteTimeoutError,
     UnsupportedError,
 )
 from ._images import ImageList, OutputKind, RawImage
@@ -55,7 +59,11 @@ __all__ = [
     "Pipeline",
     "Progress",
     "ProgressCallback",
+    "RateLimitedError",
     "RawImage",
+    "RefusedError",
+    "RemoteError",
+    "RemoteTimeoutError",
     "Runtime",
     "UnsupportedError",
     "library_path",

@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", nargs="?", help="model package directory (optimum/diffusers ONNX layout)")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("-o", "--output", default="out.png",
-                   help="PNG to write (with several images: NAME-0.png, NAME-1.png, ...); default out.png")
+                   help="PNG to write (with several images: NAME_00.png, NAME_01.png, ... like `dg generate`); "
+                   "default out.png")
     p.add_argument("--negative-prompt")
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance-scale", type=float)
@@ -67,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         stem, ext = os.path.splitext(args.output)
         for i, image in enumerate(images):
-            path = args.output if len(images) == 1 else f"{stem}-{i}{ext or '.png'}"
+            path = args.output if len(images) == 1 else f"{stem}_{i:02}{ext or '.png'}"
             image.save_png(path)
             print(f"wrote {path} ({image.width}x{image.height}, seed {images.seed})")
         return 0

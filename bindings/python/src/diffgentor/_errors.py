@@ -19,6 +19,10 @@ class ErrorCode(enum.IntEnum):
     CANCELLED = 7
     BACKEND = 8
     PANIC = 9
+    REMOTE = 10
+    RATE_LIMITED = 11
+    TIMEOUT = 12
+    REFUSED = 13
 
 
 class Error(Exception):
@@ -97,6 +101,31 @@ class PanicError(Error):
     default_code = ErrorCode.PANIC
 
 
+class RemoteError(Error):
+    """``DG_ERROR_REMOTE``: a remote service answered with an error, sent something unusable, or
+    could not be reached; the message keeps its status, error type and message."""
+
+    default_code = ErrorCode.REMOTE
+
+
+class RateLimitedError(Error):
+    """``DG_ERROR_RATE_LIMITED``: a remote service still refused for rate or quota after the retries."""
+
+    default_code = ErrorCode.RATE_LIMITED
+
+
+class RemoteTimeoutError(Error):
+    """``DG_ERROR_TIMEOUT``: a remote call did not finish within its timeout."""
+
+    default_code = ErrorCode.TIMEOUT
+
+
+class RefusedError(Error):
+    """``DG_ERROR_REFUSED``: a remote service's safety system blocked the prompt or the image."""
+
+    default_code = ErrorCode.REFUSED
+
+
 class LibraryNotFoundError(Error):
     """libdiffgentor itself could not be found or loaded. ``code`` is ``ErrorCode.BACKEND``;
     ``tried`` lists every place looked at, with the reason each failed."""
@@ -121,6 +150,10 @@ _BY_CODE: Dict[ErrorCode, Type[Error]] = {
     ErrorCode.CANCELLED: CancelledError,
     ErrorCode.BACKEND: BackendError,
     ErrorCode.PANIC: PanicError,
+    ErrorCode.REMOTE: RemoteError,
+    ErrorCode.RATE_LIMITED: RateLimitedError,
+    ErrorCode.TIMEOUT: RemoteTimeoutError,
+    ErrorCode.REFUSED: RefusedError,
 }
 
 

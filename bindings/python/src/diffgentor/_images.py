@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 
 class RawImage:
-    """An RGB8 image without dependencies: ``height`` rows of ``width * 3`` bytes, top row first."""
+    """An RGB8 image without dependencies: ``height`` rows of ``width * 3`` bytes, top row first.
+    :meth:`save` writes it as PNG."""
 
     __slots__ = ("width", "height", "data")
 
@@ -70,6 +71,18 @@ class RawImage:
         """Writes the image as a PNG file at ``path``."""
         with open(path, "wb") as f:
             f.write(self.to_png())
+
+    def save(self, path: "Union[str, os.PathLike[str]]", format: Optional[str] = None) -> None:
+        """Writes a PNG file, like ``PIL.Image.Image.save`` but without Pillow: ``path`` must end in
+        ".png" unless ``format`` is "PNG". Other formats raise ValueError (see :meth:`to_pil`)."""
+        if format is not None:
+            is_png = format.lower() == "png"
+        else:
+            is_png = os.path.splitext(os.fspath(path))[1].lower() == ".png"
+        if not is_png:
+            wanted = format if format is not None else repr(os.fspath(path))
+            raise ValueError(f"RawImage.save writes PNG only, not {wanted}; use .to_pil().save() for other formats")
+        self.save_png(path)
 
 
 class ImageList(List[T]):

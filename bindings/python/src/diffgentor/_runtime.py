@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import (
     overload,
 )
 
-from . import _native
+from . import _inflight, _native
 from ._errors import ErrorCode, InvalidArgError, NullArgError
 from ._images import ImageList, OutputKind, RawImage, convert, resolve_output
 
@@ -85,7 +86,8 @@ class _Handle:
     def _release(self) -> None:
         ptr, self._ptr = self._ptr, 0
         if ptr:
-            self._free(ptr)
+            with _inflight.running(refuse=False):  # a free must not race the exit either
+                self._free(ptr)
 
 
 class _Closeable:
@@ -244,7 +246,8 @@ class Runtime(_Closeable):
             if tensorrt_engine_cache is not None:
                 check(lib.dg_runtime_options_set_tensorrt_engine_cache(
                     opts, _native.encode(tensorrt_engine_cache, "tensorrt_engine_cache")))
-            ptr = _new(lib.dg_runtime_new, opts)
+            with _inflight.running():
+                ptr = _new(lib.dg_runtime_new, opts)
         finally:
             lib.dg_runtime_options_free(opts)
         self._own(ptr, lib.dg_runtime_free, "Runtime")
@@ -269,7 +272,7 @@ class Pipeline(_Closeable):
             raise TypeError(f"runtime must be a diffgentor.Runtime, not {type(runtime).__name__}")
         lib = _native.lib()
         path = _native.encode(model_dir, "model_dir")
-        with runtime._handle.borrow() as rt:
+        with _inflight.running(), runtime._handle.borrow() as rt:
             ptr = _new(lib.dg_pipeline_load, rt, path)
         self._own(ptr, lib.dg_pipeline_free, "Pipeline")
         self.runtime: Runtime = runtime
@@ -349,13 +352,14 @@ class Pipeline(_Closeable):
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
         lib = _native.lib()
-        params = _new(lib.dg_params_new)
-        try:
-            self._fill(lib, params, prompt, negative_prompt, steps, guidance_scale, width, height,
-                       seed, num_images, scheduler, eta, extra)
-            return self._run(lib, params, progress, cancel, kind)
-        finally:
-            lib.dg_params_free(params)
+        with _inflight.running() as call:
+            params = _new(lib.dg_params_new)
+            try:
+                self._fill(lib, params, prompt, negative_prompt, steps, guidance_scale, width, height,
+                           seed, num_images, scheduler, eta, extra)
+                return self._run(lib, params, progress, cancel, kind, call)
+            finally:
+                lib.dg_params_free(params)
 
     @staticmethod
     def _fill(lib: Any, params: int, prompt: str, negative_prompt: Optional[str], steps: Optional[int],
@@ -391,7 +395,7 @@ class Pipeline(_Closeable):
             check(lib.dg_params_set(params, b"eta", repr(_number(eta, "eta")).encode()))
 
     def _run(self, lib: Any, params: int, progress: Optional[ProgressCallback],
-             cancel: Optional[CancelToken], kind: str) -> ImageList[Any]:
+             cancel: Optional[CancelToken], kind: str, call: _inflight.Call) -> ImageList[Any]:
         raised: List[BaseException] = []
 
         def trampoline(p: Any, _user_data: Any) -> bool:
@@ -400,6 +404,8 @@ class Pipeline(_Closeable):
             try:
                 if raised or progress is None:
                     return not raised
+                if _inflight.stopping():  # interpreter exit: stop, and run no user code
+                    return False
                 c = p.contents
                 size = c.struct_size
                 report = Progress(
@@ -426,13 +432,20 @@ class Pipeline(_Closeable):
         else:
             callback = _native.PROGRESS_FN()
         out = ctypes.c_void_p()
+        # Every request gets a token (the caller's, else its own) so that interpreter exit can
+        # stop it without needing the GIL (see _inflight).
+        own_token = _new(lib.dg_cancel_token_new) if cancel is None else None
         active = _active_trampolines()
         active.append(trampoline)
         try:
             with self._handle.borrow() as pipe, _borrow_optional(cancel) as token:
-                err = lib.dg_pipeline_generate(pipe, params, callback, None, token, ctypes.byref(out))
+                token = token if own_token is None else own_token
+                with _inflight.cancellable(call, functools.partial(lib.dg_cancel_token_cancel, token)):
+                    err = lib.dg_pipeline_generate(pipe, params, callback, None, token, ctypes.byref(out))
         finally:
             active.pop()
+            if own_token is not None:
+                lib.dg_cancel_token_free(own_token)
         images = out.value
         try:
             if raised:
