@@ -336,3 +336,31 @@ fn doctor_prints_the_size_multiple_and_a_guessed_family() {
         "{stdout}"
     );
 }
+
+#[test]
+fn cli_runtime_options_use_the_library_parser() {
+    let output = common::dg(&["doctor", "--runtime-option", "intra_threads=100000"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("intra_threads must be between 1 and 1024"),
+        "{stderr}"
+    );
+    for (bad, needle) in [
+        (
+            "sessions_per_graf=2",
+            "unknown runtime option `sessions_per_graf`",
+        ),
+        ("no_spinning", "is not KEY=VALUE"),
+    ] {
+        let output = common::dg(&["doctor", "--runtime-option", bad]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{bad}: {stderr}");
+    }
+    let output = common::dg(&["doctor", "--runtime-option", "sessions_per_graph=2"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

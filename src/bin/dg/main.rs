@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use diffgentor::runtime::TensorRtOptions;
-use diffgentor::{ExecutionProvider, Runtime, RuntimeOptions};
+use diffgentor::runtime::{RuntimeConfig, TensorRtOptions};
+use diffgentor::{Runtime, RuntimeOptions};
 
 #[derive(Parser)]
 #[command(
@@ -69,25 +69,37 @@ struct RuntimeArgs {
     /// TensorRT: directory to cache built engines and timing data in.
     #[arg(long, value_name = "DIR")]
     trt_engine_cache: Option<PathBuf>,
+    /// Any runtime option by key, as dg_runtime_options_set takes it, e.g.
+    /// `sessions_per_graph=2` or `optimized_graph_cache=DIR` (repeatable; applied after the flags).
+    #[arg(long = "runtime-option", value_name = "KEY=VALUE")]
+    runtime_options: Vec<String>,
 }
 
 impl RuntimeArgs {
     fn build(&self) -> diffgentor::Result<Arc<Runtime>> {
-        let mut execution_provider: ExecutionProvider = self.ep.parse()?;
-        if let ExecutionProvider::TensorRt { options, .. } = &mut execution_provider {
-            *options = TensorRtOptions {
+        let mut config = RuntimeConfig {
+            options: RuntimeOptions {
+                ort_library: self.ort_lib.clone(),
+                execution_provider: self.ep.parse()?,
+                allow_cpu_fallback: self.allow_cpu_fallback,
+                intra_threads: self.threads,
+                no_spinning: self.no_spinning,
+                ..RuntimeOptions::default()
+            },
+            tensorrt: TensorRtOptions {
                 fp16: self.trt_fp16,
                 engine_cache_dir: self.trt_engine_cache.clone(),
-            };
+            },
+        };
+        for option in &self.runtime_options {
+            let (key, value) = option.split_once('=').ok_or_else(|| {
+                diffgentor::Error::InvalidArg(format!(
+                    "--runtime-option `{option}` is not KEY=VALUE"
+                ))
+            })?;
+            config.set(key.trim(), value.trim())?;
         }
-        let runtime = Runtime::new(RuntimeOptions {
-            ort_library: self.ort_lib.clone(),
-            execution_provider,
-            allow_cpu_fallback: self.allow_cpu_fallback,
-            intra_threads: self.threads,
-            no_spinning: self.no_spinning,
-            ..RuntimeOptions::default()
-        })?;
+        let runtime = Runtime::new(config.resolve())?;
         if let Some(reason) = runtime.fallback() {
             errln!("warning: falling back to CPU: {reason}");
         }
