@@ -59,8 +59,7 @@ impl Image {
                 "channels must be 1, 3 or 4, got {channels}"
             )));
         }
-        check_side("width", width)?;
-        check_side("height", height)?;
+        check_dimensions(width, height)?;
         let (w, h, c) = (width as usize, height as usize, channels as usize);
         let row = w.checked_mul(c).filter(|_| w > 0 && h > 0);
         let needed = row.and_then(|r| stride.checked_mul(h - 1)?.checked_add(r));
@@ -157,8 +156,7 @@ impl Image {
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder.read_info().map_err(bad)?;
         let header = reader.info();
-        check_side("width", header.width)?;
-        check_side("height", header.height)?;
+        check_dimensions(header.width, header.height)?;
         let size = reader
             .output_buffer_size()
             .ok_or_else(|| Error::InvalidArg("image too large".into()))?;
@@ -253,8 +251,7 @@ fn decode_webp(bytes: &[u8]) -> Result<Image> {
     let bad = |e: image_webp::DecodingError| Error::InvalidArg(format!("not a readable WebP: {e}"));
     let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(bad)?;
     let (width, height) = decoder.dimensions();
-    check_side("width", width)?;
-    check_side("height", height)?;
+    check_dimensions(width, height)?;
     let size = decoder
         .output_buffer_size()
         .ok_or_else(|| Error::InvalidArg("WebP too large".into()))?;
@@ -270,6 +267,12 @@ fn decode_webp(bytes: &[u8]) -> Result<Image> {
         height,
         pixels,
     })
+}
+
+/// Refuses a width or height of 0 or above [`MAX_IMAGE_SIDE`], naming the limit.
+pub(crate) fn check_dimensions(width: u32, height: u32) -> Result<()> {
+    check_side("width", width)?;
+    check_side("height", height)
 }
 
 /// Refuses an image side of 0 or above [`MAX_IMAGE_SIDE`], naming the limit.

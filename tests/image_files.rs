@@ -306,3 +306,55 @@ fn cli_metadata_keeps_utf8_prompts_and_the_settings_line_of_huge_prompts() {
     );
     assert!(std::fs::metadata(&out).unwrap().len() < 16 * 1024);
 }
+
+#[test]
+fn service_images_decode_as_png_jpeg_or_webp() {
+    let original = Image::from_raw(
+        &(0..16 * 8 * 3)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect::<Vec<_>>(),
+        16,
+        8,
+        3,
+        48,
+    )
+    .unwrap();
+    let png = original.encode_png(&[]).unwrap();
+    assert_eq!(Image::decode(&png).unwrap(), original);
+
+    let jpeg = original.encode_jpeg(95).unwrap();
+    let decoded = Image::decode(&jpeg).unwrap();
+    assert_eq!((decoded.width, decoded.height), (16, 8));
+    let worst = decoded
+        .pixels
+        .iter()
+        .zip(&original.pixels)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        worst < 64,
+        "a JPEG of the same picture, off by {worst} at most"
+    );
+
+    let mut webp = Vec::new();
+    image_webp::WebPEncoder::new(&mut webp)
+        .encode(&original.pixels, 16, 8, image_webp::ColorType::Rgb8)
+        .unwrap();
+    assert_eq!(Image::decode(&webp).unwrap(), original, "lossless WebP");
+
+    for (bytes, needle) in [
+        (&b"GIF89a......"[..], "not a PNG, JPEG or WebP"),
+        (&[], "not a PNG, JPEG or WebP"),
+        (&jpeg[..20], "not a readable JPEG"),
+        (&webp[..16], "not a readable WebP"),
+        (&png[..30], "not a readable PNG"),
+    ] {
+        let err = Image::decode(bytes).expect_err(needle);
+        assert_eq!(err.code(), ErrorCode::InvalidArg);
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    // A PNG header over the limit is refused from bytes as from a file.
+    let err = Image::decode(&lying_png(100_000, 8)).expect_err("too wide");
+    assert_names_limit(&err.to_string());
+}

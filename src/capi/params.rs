@@ -198,6 +198,8 @@ unsafe fn image_arg(
     if pixels.is_null() {
         return Ok(None);
     }
+    // Before the slice is made: an absurd size must never become a slice length.
+    crate::image::check_dimensions(width, height)?;
     let rows = (height as usize).saturating_sub(1);
     let len = stride
         .checked_mul(rows)

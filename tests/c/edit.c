@@ -84,7 +84,11 @@ static void test_setter_errors(const dg_pipeline_t *pipe, const uint8_t *rgb) {
                  "channels must be 1, 3 or 4");
     EXPECT_ERROR(dg_params_set_init_image(p, rgb, SIZE, SIZE, 3, SIZE * 3 - 1), DG_ERROR_INVALID_ARG,
                  "stride");
-    EXPECT_ERROR(dg_params_set_init_image(p, rgb, 0, SIZE, 3, SIZE * 3), DG_ERROR_INVALID_ARG, "0x64");
+    EXPECT_ERROR(dg_params_set_init_image(p, rgb, 0, SIZE, 3, SIZE * 3), DG_ERROR_INVALID_ARG,
+                 "image width 0 is outside 1..=16384");
+    /* Sides beyond the limit are refused before anything is read from the buffer. */
+    EXPECT_ERROR(dg_params_set_init_image(p, rgb, SIZE, 100000, 3, SIZE * 3), DG_ERROR_INVALID_ARG,
+                 "image height 100000 is outside 1..=16384");
     EXPECT_ERROR(dg_params_set_mask(NULL, rgb, SIZE, SIZE, 3, SIZE * 3), DG_ERROR_NULL_ARG, "p");
     EXPECT_ERROR(dg_params_set_strength(p, 0.0), DG_ERROR_INVALID_ARG, "strength must be in (0, 1]");
     EXPECT_ERROR(dg_params_set_strength(p, 1.5), DG_ERROR_INVALID_ARG, "strength must be in (0, 1]");
