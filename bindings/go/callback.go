@@ -16,6 +16,7 @@ import (
 // thread, during the cgo call.
 type progressState struct {
 	fn          ProgressFunc
+	fnInfo      func(ProgressInfo) bool
 	ctx         context.Context
 	ctxStopped  bool // the trampoline cancelled because ctx was done
 	panicked    bool
@@ -24,15 +25,15 @@ type progressState struct {
 }
 
 // dgGoProgress is called by the C trampoline dg_go_progress (pipeline.go) with the handle
-// passed as user_data. Go values never cross into C: only the handle's number does.
+// passed as user_data; it calls whichever of Params.Progress and Params.OnProgress is set. Go values never cross into C: only the handle's number does.
 //
 //export dgGoProgress
-func dgGoProgress(step, total C.uint32_t, elapsed C.double, handle C.uintptr_t) (goOn C.bool) {
+func dgGoProgress(step, total, stage, stages C.uint32_t, elapsed C.double, handle C.uintptr_t) (goOn C.bool) {
 	st := cgo.Handle(handle).Value().(*progressState)
 	if st.panicked {
 		return false
 	}
-	if st.fn != nil {
+	if st.fn != nil || st.fnInfo != nil {
 		// A panic must not unwind through the library's frames: keep it, cancel the request,
 		// and let Generate re-raise it once the C call has returned.
 		defer func() {
@@ -41,7 +42,15 @@ func dgGoProgress(step, total C.uint32_t, elapsed C.double, handle C.uintptr_t) 
 				goOn = false
 			}
 		}()
-		if !st.fn(int(step), int(total), time.Duration(float64(elapsed)*float64(time.Second))) {
+		d := time.Duration(float64(elapsed) * float64(time.Second))
+		var keepGoing bool
+		if st.fn != nil {
+			keepGoing = st.fn(int(step), int(total), d)
+		} else {
+			keepGoing = st.fnInfo(ProgressInfo{Step: int(step), Total: int(total), Stage: int(stage),
+				Stages: int(stages), Elapsed: d})
+		}
+		if !keepGoing {
 			st.userStopped = true
 			return false
 		}

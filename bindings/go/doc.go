@@ -14,6 +14,9 @@
 //	defer pipe.Close()
 //	imgs, err := pipe.Generate(ctx, diffgentor.Params{Prompt: "a handwritten digit 3", Seed: diffgentor.Uint64(3)})
 //
+// NewRemote makes a Pipeline that sends requests to a remote image service ("openai" or
+// "gemini") instead; it is used the same way, and Pipeline.Kind tells the two apart.
+//
 // Errors are *Error values carrying the C API's numeric code; errors.Is(err, ErrCancelled) and
 // the other ErrorCode sentinels compare codes. Cancelling the context stops a request before its
 // next denoising step (errors.Is(err, context.Canceled) then holds too). Runtime and Pipeline are

@@ -37,6 +37,19 @@ const (
 	ErrBackend ErrorCode = C.DG_ERROR_BACKEND
 	// ErrPanic (DG_ERROR_PANIC): a bug inside diffgentor; the library stays usable.
 	ErrPanic ErrorCode = C.DG_ERROR_PANIC
+	// ErrRemote (DG_ERROR_REMOTE): a remote service (NewRemote) answered with an error, sent
+	// something unusable, or could not be reached; the message keeps the service's HTTP status,
+	// error type and message (never the API key).
+	ErrRemote ErrorCode = C.DG_ERROR_REMOTE
+	// ErrRateLimited (DG_ERROR_RATE_LIMITED): a remote service still refused for rate or quota
+	// after the retries, or the key's quota is exhausted.
+	ErrRateLimited ErrorCode = C.DG_ERROR_RATE_LIMITED
+	// ErrTimeout (DG_ERROR_TIMEOUT): a remote call did not finish within its timeout
+	// (WithTimeout), retries included.
+	ErrTimeout ErrorCode = C.DG_ERROR_TIMEOUT
+	// ErrRefused (DG_ERROR_REFUSED): a remote service's safety or moderation system blocked the
+	// prompt or the image.
+	ErrRefused ErrorCode = C.DG_ERROR_REFUSED
 )
 
 var codeNames = map[ErrorCode][2]string{
@@ -49,6 +62,10 @@ var codeNames = map[ErrorCode][2]string{
 	ErrCancelled:     {"DG_ERROR_CANCELLED", "cancelled"},
 	ErrBackend:       {"DG_ERROR_BACKEND", "backend error"},
 	ErrPanic:         {"DG_ERROR_PANIC", "panic inside diffgentor"},
+	ErrRemote:        {"DG_ERROR_REMOTE", "remote service error"},
+	ErrRateLimited:   {"DG_ERROR_RATE_LIMITED", "rate limited by the remote service"},
+	ErrTimeout:       {"DG_ERROR_TIMEOUT", "remote call timed out"},
+	ErrRefused:       {"DG_ERROR_REFUSED", "refused by the remote service"},
 }
 
 // String returns the C name of the code, e.g. "DG_ERROR_CANCELLED".

@@ -17,6 +17,17 @@ import (
 // re-raised by Generate once the library has returned.
 type ProgressFunc func(step, total int, elapsed time.Duration) bool
 
+// ProgressInfo is one progress report, for Params.OnProgress.
+type ProgressInfo struct {
+	// Step is the denoising steps finished so far (1..Total); remote pipelines report once per
+	// image received, Step counting the images.
+	Step, Total int
+	// Stage is the plan stage running (1-based) of Stages; 1 of 1 for a request without a plan.
+	Stage, Stages int
+	// Elapsed is the time since the request started.
+	Elapsed time.Duration
+}
+
 // Params describes one text-to-image request. The zero value of a field means the library's
 // default (diffusers' defaults): empty prompt, 50 steps, guidance 7.5, the package's size and
 // scheduler, one image, eta 0 and a random seed (reported by Result.Seed).
@@ -43,10 +54,19 @@ type Params struct {
 	// Extra sets any parameter by its string key, applied after the fields above (so it wins),
 	// e.g. {"rng": "fast", "scheduler.timestep_spacing": "trailing"}. Keys: prompt,
 	// negative_prompt, steps, guidance_scale, width, height, seed, num_images, scheduler, eta,
-	// rng and scheduler.<diffusers_key>. An unknown key is ErrInvalidArg naming the key.
+	// rng, best_effort, plan and scheduler.<diffusers_key>. An unknown key is ErrInvalidArg
+	// naming the key.
 	Extra map[string]string
+	// BestEffort lets a remote pipeline (NewRemote) leave out the fields its service cannot
+	// honour (a negative prompt, a seed, a scheduler, ...) and list them in
+	// Result.Metadata.Ignored, instead of failing with ErrUnsupported. Local pipelines honour
+	// every field anyway. (The "best_effort" key of Extra.)
+	BestEffort bool
 	// Progress, when set, is called after every denoising step.
 	Progress ProgressFunc
+	// OnProgress is Progress with the whole report (plan stage included); set one or the
+	// other (both is ErrInvalidArg).
+	OnProgress func(ProgressInfo) bool
 }
 
 // Uint64 returns a pointer to v, for Params.Seed: Params{Seed: diffgentor.Uint64(42)}.
@@ -172,6 +192,11 @@ func (p *Params) apply(cp *C.dg_params_t) error {
 	}
 	if p.Eta != 0 {
 		if err := setKey(cp, "eta", strconv.FormatFloat(float64(p.Eta), 'g', -1, 32)); err != nil {
+			return err
+		}
+	}
+	if p.BestEffort {
+		if err := setKey(cp, "best_effort", "true"); err != nil {
 			return err
 		}
 	}

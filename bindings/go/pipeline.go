@@ -5,13 +5,21 @@ package diffgentor
 #include <stdint.h>
 #include <diffgentor.h>
 
-extern bool dgGoProgress(uint32_t step, uint32_t total, double elapsed, uintptr_t handle);
+extern bool dgGoProgress(uint32_t step, uint32_t total, uint32_t stage, uint32_t stages,
+                         double elapsed, uintptr_t handle);
 
+// Fields appended to dg_progress_t are read only when the library's struct_size covers them (a
+// library older than the header reports 1 of 1 stages).
 static bool dg_go_progress(const dg_progress_t *p, void *user_data) {
 	double elapsed = 0.0;
+	uint32_t stage = 1, stages = 1;
 	if (p->struct_size >= offsetof(dg_progress_t, elapsed_seconds) + sizeof(double))
 		elapsed = p->elapsed_seconds;
-	return dgGoProgress(p->step, p->total, elapsed, (uintptr_t)user_data);
+	if (p->struct_size >= offsetof(dg_progress_t, stages) + sizeof(uint32_t)) {
+		stage = p->stage;
+		stages = p->stages;
+	}
+	return dgGoProgress(p->step, p->total, stage, stages, elapsed, (uintptr_t)user_data);
 }
 
 // handle 0: no progress callback. The handle travels as an integer so that Go never turns a
@@ -35,8 +43,9 @@ import (
 	"unsafe"
 )
 
-// Pipeline is a model package loaded on a Runtime. It is safe for concurrent use: many
-// goroutines may call Generate at once (weights are shared; each request has its own scheduler
+// Pipeline draws images: a model package loaded on a Runtime (Runtime.LoadPipeline) or a remote
+// image service (NewRemote); Kind tells which. It is safe for concurrent use: many goroutines may
+// call Generate at once (weights and connections are shared; each request has its own scheduler
 // and noise, so a seed gives the same image whatever runs beside it). Close it when done (a
 // finalizer is only a safety net).
 type Pipeline struct {
@@ -46,11 +55,13 @@ type Pipeline struct {
 	ptr *C.dg_pipeline_t
 }
 
-// Result is what one request made: its images and the seed it used (the one set, or the
-// random one drawn when Params.Seed was nil).
+// Result is what one request made: its images, the seed it used (the one set, or the random
+// one drawn when Params.Seed was nil) and what the generator reported besides (a remote service's
+// model, revised prompts and ignored fields).
 type Result struct {
-	Images []*Image
-	Seed   uint64
+	Images   []*Image
+	Seed     uint64
+	Metadata Metadata
 }
 
 // Close frees the pipeline. It waits for running Generate calls to finish, is idempotent and
@@ -67,9 +78,10 @@ func (p *Pipeline) Close() error {
 }
 
 // Generate runs one text-to-image request and returns its images, each an *Image.
-// Cancelling ctx stops the request before its next denoising step (or before decoding); the
-// error then matches both ErrCancelled and ctx.Err() (context.Canceled or
-// context.DeadlineExceeded). Params.Progress returning false also cancels (ErrCancelled only).
+// Cancelling ctx stops the request before its next denoising step (or before decoding; a remote
+// request before its next attempt); the error then matches both ErrCancelled and ctx.Err()
+// (context.Canceled or context.DeadlineExceeded). Params.Progress returning false also cancels
+// (ErrCancelled only).
 func (p *Pipeline) Generate(ctx context.Context, params Params) ([]image.Image, error) {
 	res, err := p.GenerateResult(ctx, params)
 	if err != nil {
@@ -97,6 +109,9 @@ func (p *Pipeline) GenerateResult(ctx context.Context, params Params) (*Result, 
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, &Error{Code: ErrCancelled, Message: "request cancelled by its context before it started", cause: err}
+	}
+	if params.Progress != nil && params.OnProgress != nil {
+		return nil, invalidArg("set Params.Progress or Params.OnProgress, not both")
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -142,8 +157,8 @@ func (p *Pipeline) GenerateResult(ctx context.Context, params Params) (*Result, 
 	// deterministically.
 	var handle C.uintptr_t
 	var st *progressState
-	if params.Progress != nil || ctx.Done() != nil {
-		st = &progressState{fn: params.Progress, ctx: ctx}
+	if params.Progress != nil || params.OnProgress != nil || ctx.Done() != nil {
+		st = &progressState{fn: params.Progress, fnInfo: params.OnProgress, ctx: ctx}
 		h := cgo.NewHandle(st)
 		defer h.Delete()
 		handle = C.uintptr_t(h)
@@ -172,7 +187,10 @@ func (p *Pipeline) GenerateResult(ctx context.Context, params Params) (*Result, 
 	}
 	defer C.dg_images_free(out)
 
-	res := &Result{Seed: uint64(C.dg_images_seed(out))}
+	res := &Result{
+		Seed:     uint64(C.dg_images_seed(out)),
+		Metadata: parseMetadata(C.GoString(C.dg_images_metadata(out))),
+	}
 	n := int(C.dg_images_count(out))
 	res.Images = make([]*Image, n)
 	for i := 0; i < n; i++ {

@@ -56,6 +56,10 @@ static inline const char *code_name(int code) {
     case DG_ERROR_CANCELLED: return "DG_ERROR_CANCELLED";
     case DG_ERROR_BACKEND: return "DG_ERROR_BACKEND";
     case DG_ERROR_PANIC: return "DG_ERROR_PANIC";
+    case DG_ERROR_REMOTE: return "DG_ERROR_REMOTE";
+    case DG_ERROR_RATE_LIMITED: return "DG_ERROR_RATE_LIMITED";
+    case DG_ERROR_TIMEOUT: return "DG_ERROR_TIMEOUT";
+    case DG_ERROR_REFUSED: return "DG_ERROR_REFUSED";
     default: return "unknown code";
     }
 }

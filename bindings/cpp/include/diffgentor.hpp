@@ -10,15 +10,19 @@
 // gone; the pixels are never copied. Images and Image are immutable and cheap to copy, and may be
 // read from any thread.
 //
+// Pipelines are local (a model package loaded on a Runtime) or remote (Pipeline::remote: an
+// OpenAI-compatible or Gemini image service, configured by RemoteOptions); both generate alike.
+//
 // Threading: Runtime and Pipeline are thread-safe (many threads may call Pipeline::generate on
-// one pipeline at once); Params and RuntimeOptions are builders for one thread at a time;
-// CancelToken::cancel may be called from any thread. See bindings/cpp/README.md.
+// one pipeline at once); Params, RuntimeOptions and RemoteOptions are builders for one thread at
+// a time; CancelToken::cancel may be called from any thread. See bindings/cpp/README.md.
 
 #ifndef DIFFGENTOR_HPP
 #define DIFFGENTOR_HPP
 
 #include <diffgentor.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -43,6 +47,14 @@ enum class ErrorCode : int {
     Cancelled = DG_ERROR_CANCELLED,
     Backend = DG_ERROR_BACKEND,
     Panic = DG_ERROR_PANIC,
+    /// A remote service answered with an error, sent something unusable, or was unreachable.
+    Remote = DG_ERROR_REMOTE,
+    /// A remote service still refused for rate or quota after the retries.
+    RateLimited = DG_ERROR_RATE_LIMITED,
+    /// A remote call did not finish within its timeout (retries included).
+    Timeout = DG_ERROR_TIMEOUT,
+    /// A remote service's safety or moderation system blocked the prompt or the image.
+    Refused = DG_ERROR_REFUSED,
 };
 
 /// The DG_ERROR_* name of a code, e.g. "DG_ERROR_MODEL".
@@ -58,6 +70,10 @@ inline const char *to_string(ErrorCode code) noexcept {
     case ErrorCode::Cancelled: return "DG_ERROR_CANCELLED";
     case ErrorCode::Backend: return "DG_ERROR_BACKEND";
     case ErrorCode::Panic: return "DG_ERROR_PANIC";
+    case ErrorCode::Remote: return "DG_ERROR_REMOTE";
+    case ErrorCode::RateLimited: return "DG_ERROR_RATE_LIMITED";
+    case ErrorCode::Timeout: return "DG_ERROR_TIMEOUT";
+    case ErrorCode::Refused: return "DG_ERROR_REFUSED";
     }
     return "DG_ERROR_UNKNOWN";
 }
@@ -71,6 +87,11 @@ public:
     /// The numeric DG_ERROR_* value.
     int raw_code() const noexcept { return static_cast<int>(code_); }
     bool cancelled() const noexcept { return code_ == ErrorCode::Cancelled; }
+    /// Whether a remote service caused it (Remote, RateLimited, Timeout or Refused).
+    bool remote() const noexcept {
+        return code_ == ErrorCode::Remote || code_ == ErrorCode::RateLimited ||
+               code_ == ErrorCode::Timeout || code_ == ErrorCode::Refused;
+    }
 
 private:
     ErrorCode code_;
@@ -91,6 +112,9 @@ struct RuntimeOptionsDeleter {
 };
 struct RuntimeDeleter {
     void operator()(dg_runtime_t *r) const noexcept { dg_runtime_free(r); }
+};
+struct GeneratorOptionsDeleter {
+    void operator()(dg_generator_options_t *o) const noexcept { dg_generator_options_free(o); }
 };
 struct PipelineDeleter {
     void operator()(dg_pipeline_t *p) const noexcept { dg_pipeline_free(p); }
@@ -185,6 +209,61 @@ private:
     std::unique_ptr<dg_runtime_options_t, detail::RuntimeOptionsDeleter> handle_;
 };
 
+/// Settings of a remote pipeline (Pipeline::remote): a fluent builder (one thread at a time),
+/// string keys as in dg_generator_options_set. Keys are checked by Pipeline::remote (an unknown
+/// key or a bad value is InvalidArg naming it); an empty value removes a key. Keys not set come
+/// from the backend's DG_<BACKEND>_* environment variables (DG_OPENAI_API_KEY, ...).
+class RemoteOptions {
+public:
+    RemoteOptions() {
+        dg_generator_options_t *raw = nullptr;
+        detail::check(dg_generator_options_new(&raw));
+        handle_.reset(raw);
+    }
+
+    /// Any key: "base_url", "api_key", "model", "timeout_s", "max_retries", "max_in_flight",
+    /// "pool_file" or the backend's own (docs/backends.md).
+    RemoteOptions &set(const std::string &key, const std::string &value) {
+        // The value is never quoted in an error: it may be the API key.
+        detail::check(dg_generator_options_set(get(), detail::c_str(key, "key"),
+                                               detail::c_str(value, "value")));
+        return *this;
+    }
+    /// The service's base URL, e.g. "https://api.openai.com/v1" or "http://127.0.0.1:8080/v1".
+    RemoteOptions &base_url(const std::string &url) { return set("base_url", url); }
+    /// The key sent with every request (openai: "Authorization: Bearer KEY"); never shown in
+    /// error messages.
+    RemoteOptions &api_key(const std::string &key) { return set("api_key", key); }
+    /// The remote model, e.g. "gpt-image-1".
+    RemoteOptions &model(const std::string &name) { return set("model", name); }
+    /// The limit of each HTTP call (millisecond resolution; positive, at most a day).
+    template <class Rep, class Period>
+    RemoteOptions &timeout(std::chrono::duration<Rep, Period> limit) {
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(limit).count();
+        if (ms <= 0) throw Error(ErrorCode::InvalidArg, "timeout must be at least 1 ms");
+        const auto whole = static_cast<unsigned long long>(ms / 1000);
+        std::string frac = std::to_string(ms % 1000);
+        frac.insert(0, 3 - frac.size(), '0');
+        return set("timeout_s", std::to_string(whole) + "." + frac);
+    }
+    /// Retries after a failed first attempt (429, 5xx, timeout, broken connection); default 2.
+    RemoteOptions &max_retries(std::uint32_t retries) {
+        return set("max_retries", std::to_string(retries));
+    }
+
+    const dg_generator_options_t *get() const {
+        if (!handle_) detail::moved_from("RemoteOptions");
+        return handle_.get();
+    }
+    dg_generator_options_t *get() {
+        if (!handle_) detail::moved_from("RemoteOptions");
+        return handle_.get();
+    }
+
+private:
+    std::unique_ptr<dg_generator_options_t, detail::GeneratorOptionsDeleter> handle_;
+};
+
 class Pipeline;
 
 /// A loaded ONNX Runtime with its execution provider. Thread-safe; share one per process.
@@ -263,6 +342,10 @@ public:
         detail::check(dg_params_set_scheduler(get(), detail::c_str(name, "scheduler")));
         return *this;
     }
+    /// Remote pipelines: leave out the fields the service cannot honour (negative prompt, seed,
+    /// scheduler, ...) and list them in Images::metadata()'s "ignored", instead of throwing
+    /// Unsupported. Local pipelines honour every field anyway.
+    Params &best_effort(bool on = true) { return set("best_effort", on ? "true" : "false"); }
     /// Any parameter by key, e.g. set("guidance_scale", "7.5") or
     /// set("scheduler.timestep_spacing", "trailing"); an unknown key is InvalidArg naming it.
     Params &set(const std::string &key, const std::string &value) {
@@ -308,11 +391,14 @@ private:
     std::unique_ptr<dg_cancel_token_t, detail::CancelTokenDeleter> handle_;
 };
 
-/// Progress of a running request, reported after every denoising step.
+/// Progress of a running request, reported after every denoising step (remote pipelines: after
+/// every image received).
 struct Progress {
     std::uint32_t step = 0;        ///< steps finished so far (1 after the first)
     std::uint32_t total = 0;       ///< steps in the request
     double elapsed_seconds = 0.0;  ///< since the request started
+    std::uint32_t stage = 1;       ///< the plan stage running, 1-based (1 without a plan)
+    std::uint32_t stages = 1;      ///< stages in the request (1 without a plan)
 };
 
 /// Called on the generating thread after every step; return false to cancel the request. An
@@ -396,6 +482,10 @@ public:
     const_iterator end() const noexcept { return images_.end(); }
     /// The seed the request used (the one set, or the one drawn when none was).
     std::uint64_t seed() const noexcept { return seed_; }
+    /// What the generator reported besides the images, as JSON object text: a remote service's
+    /// "model" and "revised_prompts", the request fields it "ignored" (Params::best_effort);
+    /// "{}" for local pipelines and "" for empty Images.
+    std::string metadata() const { return dg_images_metadata(owner_.get()); }
 
     const dg_images_t *get() const noexcept { return owner_.get(); }
 
@@ -437,6 +527,10 @@ inline bool progress_trampoline(const dg_progress_t *progress, void *user_data) 
             p.total = progress->total;
         if (size >= offsetof(dg_progress_t, elapsed_seconds) + sizeof progress->elapsed_seconds)
             p.elapsed_seconds = progress->elapsed_seconds;
+        if (size >= offsetof(dg_progress_t, stages) + sizeof progress->stages) {
+            p.stage = progress->stage;
+            p.stages = progress->stages;
+        }
         return (*ctx->callback)(p);
     } catch (...) {
         ctx->error = std::current_exception();
@@ -446,8 +540,9 @@ inline bool progress_trampoline(const dg_progress_t *progress, void *user_data) 
 
 }  // namespace detail
 
-/// A model package loaded on a runtime. Thread-safe: generate may run on many threads at once.
-/// Keeps its runtime alive. Do not destroy it while a generate on it is running.
+/// What draws the images: a model package loaded on a runtime, or a remote image service
+/// (Pipeline::remote). Thread-safe: generate may run on many threads at once. Keeps its runtime
+/// alive. Do not destroy it while a generate on it is running.
 class Pipeline {
 public:
     /// Loads the package in `model_dir` (optimum/diffusers ONNX layout).
@@ -457,6 +552,22 @@ public:
             dg_pipeline_load(runtime.get(), detail::c_str(model_dir, "model_dir"), &raw));
         handle_.reset(raw);
     }
+
+    /// A pipeline that sends requests to a remote image service: `backend` is "openai" (OpenAI
+    /// Images or any server with its API) or "gemini". Nothing is sent until the first generate.
+    /// An unknown backend or option is InvalidArg; failures of the service throw Remote,
+    /// RateLimited, Timeout or Refused; fields it cannot honour throw Unsupported naming them
+    /// unless the params set best_effort().
+    static Pipeline remote(const std::string &backend,
+                           const RemoteOptions &options = RemoteOptions()) {
+        dg_pipeline_t *raw = nullptr;
+        detail::check(
+            dg_pipeline_new_remote(detail::c_str(backend, "backend"), options.get(), &raw));
+        return Pipeline(raw);
+    }
+
+    /// "local", "openai" or "gemini".
+    std::string kind() const { return dg_pipeline_kind(get()); }
 
     /// Runs one text-to-image request. `progress` (may be empty) is called after every step;
     /// returning false cancels. `cancel` (may be null) may be raised from any thread. A cancelled
@@ -489,6 +600,8 @@ public:
     explicit operator bool() const noexcept { return static_cast<bool>(handle_); }
 
 private:
+    explicit Pipeline(dg_pipeline_t *raw) noexcept : handle_(raw) {}
+
     std::unique_ptr<dg_pipeline_t, detail::PipelineDeleter> handle_;
 };
 
