@@ -13,6 +13,7 @@ def test_fox_request(tiny: diffgentor.Pipeline) -> None:
     images = tiny.generate(FOX_PROMPT, **FOX, output="raw")
     assert isinstance(images, diffgentor.ImageList) and isinstance(images, list)
     assert len(images) == 1 and images.seed == 42
+    assert images.metadata == {} and tiny.kind == "local"  # a local pipeline reports no metadata
     fox = images[0]
     assert (fox.width, fox.height) == (64, 64) and len(fox.data) == 64 * 64 * 3
     assert len(set(fox.data)) > 16, "a flat image"
@@ -38,10 +39,29 @@ def test_progress_reports(tiny: diffgentor.Pipeline) -> None:
     seen: List[diffgentor.Progress] = []
     tiny.generate(FOX_PROMPT, **FOX, output="raw", progress=seen.append)  # returns None: go on
     assert [p.step for p in seen] == [1, 2, 3]
-    assert all(p.total == 3 for p in seen)
+    assert all(p.total == 3 and (p.stage, p.stages) == (1, 1) for p in seen)
     elapsed = [p.elapsed_seconds for p in seen]
     assert elapsed == sorted(elapsed) and elapsed[0] >= 0.0
-    assert "step=1" in repr(seen[0])
+    assert "step=1" in repr(seen[0]) and "stages=1" in repr(seen[0])
+
+
+def test_plan_progress_reports_stages(tiny: diffgentor.Pipeline) -> None:
+    plan = ('{"stages": [{"width": 64, "height": 64, "steps": 2},'
+            ' {"width": 96, "height": 96, "steps": 2, "strength": 0.5}]}')
+    seen: List[diffgentor.Progress] = []
+    (image,) = tiny.generate(FOX_PROMPT, seed=1, extra={"plan": plan}, output="raw", progress=seen.append)
+    assert (image.width, image.height) == (96, 96)
+    assert all(p.stages == 2 for p in seen)
+    stages = [p.stage for p in seen]
+    assert stages == sorted(stages) and stages[0] == 1 and stages[-1] == 2, stages
+    assert [p.step for p in seen] == list(range(1, len(seen) + 1))
+
+
+def test_best_effort_changes_nothing_locally(tiny: diffgentor.Pipeline) -> None:
+    # A local pipeline honours every field, so there is nothing to leave out.
+    exact = tiny.generate(FOX_PROMPT, **FOX, negative_prompt="blurry", output="raw")
+    loose = tiny.generate(FOX_PROMPT, **FOX, negative_prompt="blurry", best_effort=True, output="raw")
+    assert loose[0] == exact[0] and loose.metadata == {}
 
 
 def test_typed_parameters(tiny: diffgentor.Pipeline) -> None:

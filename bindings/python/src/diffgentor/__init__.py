@@ -6,6 +6,11 @@
         images = pipe.generate("a red fox", seed=42, steps=3, scheduler="euler", output="raw")
         images[0].save("fox.png")  # a RawImage: writes a PNG without Pillow
 
+    # A hosted service instead: same generate(); options also from DG_OPENAI_* variables.
+    with diffgentor.Remote("openai", model="gpt-image-1") as remote:
+        images = remote.generate("a red fox", output="raw")
+        print(images.metadata)  # {"model": ..., "revised_prompts": [...], ...}
+
 The C library is found through DG_LIBRARY_PATH, a copy bundled in ``diffgentor/lib/``, then the
 system loader; ONNX Runtime through ``Runtime(ort_library=...)`` or DG_ORT_DYLIB_PATH. See README.md.
 """
@@ -29,7 +34,9 @@ from ._errors import (
     UnsupportedError,
 )
 from ._images import ImageList, OutputKind, RawImage
+from ._remote import Remote
 from ._runtime import (
+    BasePipeline,
     CancelToken,
     Pipeline,
     Progress,
@@ -43,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "BasePipeline",
     "CancelToken",
     "CancelledError",
     "EpUnavailableError",
@@ -62,6 +70,7 @@ __all__ = [
     "RateLimitedError",
     "RawImage",
     "RefusedError",
+    "Remote",
     "RemoteError",
     "RemoteTimeoutError",
     "Runtime",

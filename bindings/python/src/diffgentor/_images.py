@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import struct
 import zlib
-from typing import TYPE_CHECKING, Any, List, Literal, Optional, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Tuple, TypeVar, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -87,14 +88,30 @@ class RawImage:
 
 class ImageList(List[T]):
     """The images of one request (a plain list), with the request's ``seed``: the one given, or
-    the one the library drew when none was."""
+    the one the library drew when none was (0 from a remote service, which takes no seed); and
+    ``metadata``: what the generator reported besides the images (``dg_images_metadata``, parsed):
+    a remote service's ``"model"``, ``"revised_prompts"`` and the fields it ``"ignored"`` under
+    best effort; ``{}`` from a local pipeline."""
 
-    def __init__(self, images: List[T], seed: int) -> None:
+    def __init__(self, images: List[T], seed: int, metadata: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(images)
         self.seed: int = seed
+        self.metadata: Dict[str, Any] = {} if metadata is None else metadata
 
     def __repr__(self) -> str:
-        return f"ImageList({list.__repr__(self)}, seed={self.seed})"
+        shown = f", metadata={self.metadata!r}" if self.metadata else ""
+        return f"ImageList({list.__repr__(self)}, seed={self.seed}{shown})"
+
+
+def parse_metadata(text: bytes) -> Dict[str, Any]:
+    """``dg_images_metadata``'s JSON object as a dict. Lenient, like the Go binding: the images are
+    what the caller asked for, so text that is not a JSON object (which the library never sends)
+    gives ``{}`` instead of losing them."""
+    try:
+        value = json.loads(text.decode("utf-8")) if text else {}
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def encode_png(width: int, height: int, rgb: bytes) -> bytes:

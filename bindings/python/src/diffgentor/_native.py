@@ -46,13 +46,16 @@ BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
 
 
 class DgProgress(Structure):
-    """``dg_progress_t``."""
+    """``dg_progress_t``. The library reports its own ``struct_size``: a field past it (an older
+    library) must not be read."""
 
     _fields_ = [
         ("struct_size", c_uint32),
         ("step", c_uint32),
         ("total", c_uint32),
         ("elapsed_seconds", c_double),
+        ("stage", c_uint32),
+        ("stages", c_uint32),
     ]
 
 

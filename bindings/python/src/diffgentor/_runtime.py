@@ -1,4 +1,5 @@
-"""Runtime, Pipeline, CancelToken and Progress: the Python face of the C handles."""
+"""Runtime, Pipeline, CancelToken and Progress: the Python face of the C handles. (Remote
+pipelines, which share BasePipeline's generate, are in _remote.py.)"""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import (
 
 from . import _inflight, _native
 from ._errors import ErrorCode, InvalidArgError, NullArgError
-from ._images import ImageList, OutputKind, RawImage, convert, resolve_output
+from ._images import ImageList, OutputKind, RawImage, convert, parse_metadata, resolve_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from types import TracebackType
@@ -154,20 +155,26 @@ def _param_text(value: Any, key: str) -> str:
 
 
 class Progress:
-    """Progress of a running request, passed to the ``progress`` callback after every step."""
+    """Progress of a running request, passed to the ``progress`` callback after every step (a
+    remote pipeline reports once, when the service has answered: step 1 of 1)."""
 
-    __slots__ = ("step", "total", "elapsed_seconds")
+    __slots__ = ("step", "total", "elapsed_seconds", "stage", "stages")
 
-    def __init__(self, step: int, total: int, elapsed_seconds: float) -> None:
-        #: Denoising steps finished so far (1 after the first step).
+    def __init__(self, step: int, total: int, elapsed_seconds: float, stage: int = 1, stages: int = 1) -> None:
+        #: Denoising steps finished so far (1 after the first step); with a plan, of all stages.
         self.step: int = step
         #: Denoising steps in the request.
         self.total: int = total
         #: Seconds since the request started.
         self.elapsed_seconds: float = elapsed_seconds
+        #: The plan stage running, 1-based (1 without a plan, or from a library that predates stages).
+        self.stage: int = stage
+        #: Stages in the request (1 without a plan).
+        self.stages: int = stages
 
     def __repr__(self) -> str:
-        return f"Progress(step={self.step}, total={self.total}, elapsed_seconds={self.elapsed_seconds:.3f})"
+        return (f"Progress(step={self.step}, total={self.total}, elapsed_seconds={self.elapsed_seconds:.3f}, "
+                f"stage={self.stage}, stages={self.stages})")
 
 
 #: ``progress`` callback type: return False to cancel the request (None or True go on).
@@ -175,6 +182,8 @@ ProgressCallback = Callable[[Progress], Optional[bool]]
 
 _ELAPSED_END = _native.DgProgress.elapsed_seconds.offset + ctypes.sizeof(ctypes.c_double)
 _TOTAL_END = _native.DgProgress.total.offset + ctypes.sizeof(ctypes.c_uint32)
+_STAGE_END = _native.DgProgress.stage.offset + ctypes.sizeof(ctypes.c_uint32)
+_STAGES_END = _native.DgProgress.stages.offset + ctypes.sizeof(ctypes.c_uint32)
 
 
 class CancelToken(_Closeable):
@@ -262,25 +271,25 @@ class Runtime(_Closeable):
         return f"<diffgentor.Runtime {self.execution_provider!r}{state}>"
 
 
-class Pipeline(_Closeable):
-    """A model package loaded on a runtime. Thread-safe: many threads may call :meth:`generate` on
-    one pipeline at once (the GIL is released while the library works). ``close()`` while other
-    threads generate is safe: the handle is freed when the last of them returns."""
+class BasePipeline(_Closeable):
+    """What :class:`Pipeline` (a local model package) and :class:`Remote` (a remote image service)
+    share: :meth:`generate`, :attr:`kind`, ``close()`` and ``with``; code that takes either can be
+    annotated with it. Not made directly. Thread-safe: many threads may call :meth:`generate` on one pipeline at once
+    (the GIL is released while the library works). ``close()`` while other threads generate is
+    safe: the handle is freed when the last of them returns."""
 
-    def __init__(self, runtime: Runtime, model_dir: PathLike) -> None:
-        if not isinstance(runtime, Runtime):
-            raise TypeError(f"runtime must be a diffgentor.Runtime, not {type(runtime).__name__}")
+    _kind: str
+
+    def _own_pipeline(self, ptr: int, what: str) -> None:
         lib = _native.lib()
-        path = _native.encode(model_dir, "model_dir")
-        with _inflight.running(), runtime._handle.borrow() as rt:
-            ptr = _new(lib.dg_pipeline_load, rt, path)
-        self._own(ptr, lib.dg_pipeline_free, "Pipeline")
-        self.runtime: Runtime = runtime
-        self.model_dir: str = os.fsdecode(path)
+        self._own(ptr, lib.dg_pipeline_free, what)
+        # A static string that never changes: read once, so `kind` works on a closed pipeline too.
+        self._kind = (lib.dg_pipeline_kind(ptr) or b"").decode("ascii", errors="replace")
 
-    def __repr__(self) -> str:
-        state = " closed" if self.closed else ""
-        return f"<diffgentor.Pipeline {self.model_dir!r}{state}>"
+    @property
+    def kind(self) -> str:
+        """What draws the images: "local", "openai" or "gemini" (``dg_pipeline_kind``)."""
+        return self._kind
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
@@ -288,7 +297,7 @@ class Pipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 output: "Literal['raw']") -> ImageList[RawImage]: ...
+                 best_effort: bool = ..., output: "Literal['raw']") -> ImageList[RawImage]: ...
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
@@ -296,7 +305,7 @@ class Pipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 output: "Literal['numpy']") -> "ImageList[numpy.ndarray]": ...
+                 best_effort: bool = ..., output: "Literal['numpy']") -> "ImageList[numpy.ndarray]": ...
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
@@ -304,7 +313,7 @@ class Pipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 output: "Literal['pil']") -> "ImageList[PIL.Image.Image]": ...
+                 best_effort: bool = ..., output: "Literal['pil']") -> "ImageList[PIL.Image.Image]": ...
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
@@ -312,7 +321,7 @@ class Pipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 output: None = ...) -> ImageList[Any]: ...
+                 best_effort: bool = ..., output: None = ...) -> ImageList[Any]: ...
 
     def generate(
         self,
@@ -330,19 +339,25 @@ class Pipeline(_Closeable):
         extra: Optional[Mapping[str, Any]] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
+        best_effort: bool = False,
         output: Optional[OutputKind] = None,
     ) -> ImageList[Any]:
         """Runs one text-to-image request and returns its images (an :class:`ImageList`, a list
-        with the request's ``seed``).
+        with the request's ``seed`` and the generator's ``metadata``).
 
         Unset arguments keep diffusers' defaults: 50 steps, guidance 7.5, one image, the package's
-        size and scheduler, a random seed. ``extra`` sets any parameter by its C API key
-        (``dg_params_set``: "rng", "scheduler.<diffusers_key>", ...; values are strings, numbers
-        are formatted) before the keyword arguments, which win. ``progress`` is called on this
-        thread after every step; returning False cancels (:class:`CancelledError`), and an
+        size and scheduler, a random seed (a remote service: its own). ``extra`` sets any parameter
+        by its C API key (``dg_params_set``: "rng", "scheduler.<diffusers_key>", ...; values are
+        strings, numbers are formatted) before the keyword arguments, which win. ``progress`` is
+        called on this thread after every step; returning False cancels (:class:`CancelledError`), and an
         exception it raises cancels the request and is re-raised here. ``cancel`` may be raised
         from another thread. ``output``: "pil", "numpy" (uint8 [H, W, 3]) or "raw"
         (:class:`RawImage`); None picks Pillow if installed, else numpy, else raw.
+
+        A remote service refuses fields it has no equivalent for (a negative prompt, a seed, a
+        scheduler, changed steps or guidance, ...) with :class:`UnsupportedError` naming them;
+        ``best_effort=True`` (the "best_effort" parameter) sends the request without them and lists
+        them in ``metadata["ignored"]``. A local pipeline honours every field: there it does nothing.
         """
         kind = resolve_output(output)
         if not isinstance(prompt, str):
@@ -351,12 +366,14 @@ class Pipeline(_Closeable):
             raise TypeError(f"cancel must be a diffgentor.CancelToken, not {type(cancel).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
+        if not isinstance(best_effort, bool):
+            raise TypeError(f"best_effort must be a bool, not {type(best_effort).__name__}")
         lib = _native.lib()
         with _inflight.running() as call:
             params = _new(lib.dg_params_new)
             try:
                 self._fill(lib, params, prompt, negative_prompt, steps, guidance_scale, width, height,
-                           seed, num_images, scheduler, eta, extra)
+                           seed, num_images, scheduler, eta, extra, best_effort)
                 return self._run(lib, params, progress, cancel, kind, call)
             finally:
                 lib.dg_params_free(params)
@@ -365,7 +382,7 @@ class Pipeline(_Closeable):
     def _fill(lib: Any, params: int, prompt: str, negative_prompt: Optional[str], steps: Optional[int],
               guidance_scale: Optional[float], width: Optional[int], height: Optional[int],
               seed: Optional[int], num_images: Optional[int], scheduler: Optional[str],
-              eta: Optional[float], extra: Optional[Mapping[str, Any]]) -> None:
+              eta: Optional[float], extra: Optional[Mapping[str, Any]], best_effort: bool) -> None:
         check, enc = _native.check, _native.encode
         if extra is not None:
             for key, value in extra.items():
@@ -393,6 +410,8 @@ class Pipeline(_Closeable):
             check(lib.dg_params_set_scheduler(params, enc(scheduler, "scheduler")))
         if eta is not None:
             check(lib.dg_params_set(params, b"eta", repr(_number(eta, "eta")).encode()))
+        if best_effort:  # False leaves extra={"best_effort": ...} alone
+            check(lib.dg_params_set(params, b"best_effort", b"true"))
 
     def _run(self, lib: Any, params: int, progress: Optional[ProgressCallback],
              cancel: Optional[CancelToken], kind: str, call: _inflight.Call) -> ImageList[Any]:
@@ -412,6 +431,8 @@ class Pipeline(_Closeable):
                     c.step,
                     c.total if size >= _TOTAL_END else 0,
                     c.elapsed_seconds if size >= _ELAPSED_END else 0.0,
+                    c.stage if size >= _STAGE_END else 1,
+                    c.stages if size >= _STAGES_END else 1,
                 )
                 answer = progress(report)
                 return answer is None or bool(answer)
@@ -461,9 +482,31 @@ class Pipeline(_Closeable):
                 img = lib.dg_images_get(images, i)
                 result.append(convert(lib.dg_image_width(img), lib.dg_image_height(img),
                                       lib.dg_image_stride(img), lib.dg_image_pixels(img), kind))
-            return ImageList(result, lib.dg_images_seed(images))
+            return ImageList(result, lib.dg_images_seed(images), parse_metadata(lib.dg_images_metadata(images)))
         finally:
             lib.dg_images_free(images)
+
+
+class Pipeline(BasePipeline):
+    """A model package loaded on a runtime (``kind`` "local"). Thread-safe: many threads may call
+    :meth:`generate` on one pipeline at once (the GIL is released while the library works).
+    ``close()`` while other threads generate is safe: the handle is freed when the last of them
+    returns."""
+
+    def __init__(self, runtime: Runtime, model_dir: PathLike) -> None:
+        if not isinstance(runtime, Runtime):
+            raise TypeError(f"runtime must be a diffgentor.Runtime, not {type(runtime).__name__}")
+        lib = _native.lib()
+        path = _native.encode(model_dir, "model_dir")
+        with _inflight.running(), runtime._handle.borrow() as rt:
+            ptr = _new(lib.dg_pipeline_load, rt, path)
+        self._own_pipeline(ptr, "Pipeline")
+        self.runtime: Runtime = runtime
+        self.model_dir: str = os.fsdecode(path)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<diffgentor.Pipeline {self.model_dir!r}{state}>"
 
 
 _hook_lock = threading.Lock()
