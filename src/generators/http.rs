@@ -3,6 +3,8 @@
 //! bodies.
 use std::time::{Duration, SystemTime};
 
+use super::remote::cut;
+
 /// Largest response body read (a 4K PNG as base64 JSON is about 40 MB).
 const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -82,11 +84,19 @@ impl HttpResponse {
 
     /// The body as UTF-8 text, lossy, cut for error messages.
     pub fn text_excerpt(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        let text = text.trim();
-        match text.char_indices().nth(300) {
-            Some((end, _)) => format!("{}...", &text[..end]),
-            None => text.to_string(),
+        cut(String::from_utf8_lossy(&self.body).trim(), 300)
+    }
+
+    /// A response as a test needs it.
+    #[cfg(test)]
+    pub fn fake(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: body.into(),
         }
     }
 }
@@ -237,14 +247,7 @@ mod tests {
     use super::*;
 
     fn response(headers: &[(&str, &str)]) -> HttpResponse {
-        HttpResponse {
-            status: 429,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-        }
+        HttpResponse::fake(429, headers, Vec::new())
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod local;
 pub mod openai;
 pub mod options;
 pub mod pool;
+mod remote;
 
 use std::fmt;
 use std::sync::Arc;
