@@ -255,21 +255,39 @@ fn seconds(key: &str, value: &str) -> Result<Duration> {
 
 /// Base URLs are http(s) and carry no credentials (keys go in headers, never in URLs or logs).
 fn check_url(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
+    let (scheme, rest) = url
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
         .ok_or_else(|| {
             Error::InvalidArg(format!(
-                "base URL `{url}` must start with http:// or https://"
+                "base URL `{}` must start with http:// or https://",
+                without_credentials(url)
             ))
         })?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() || authority.contains('@') {
         return Err(Error::InvalidArg(format!(
-            "base URL `{url}` needs a host and no user:password@ part"
+            "base URL `{scheme}://{}` needs a host and no user:password@ part",
+            without_credentials(rest)
         )));
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// `url` with anything before an `@` in its authority shown as `<redacted>`: an error message must
+/// not carry the password a caller put there.
+fn without_credentials(url: &str) -> String {
+    let (prefix, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_string(),
+    };
+    match prefix {
+        "" => format!("{authority}{path}"),
+        scheme => format!("{scheme}://{authority}{path}"),
+    }
 }
 
 #[cfg(test)]
@@ -327,7 +345,16 @@ mod tests {
             ("breaker_failures", "0", "breaker_failures `0`"),
             ("backoff_s", "soon", "backoff_s `soon`"),
             ("base_url", "ftp://x", "must start with http"),
-            ("base_url", "https://user:pw@host/v1", "no user:password@"),
+            (
+                "base_url",
+                "https://user:pw@host/v1",
+                "`https://<redacted>@host/v1` needs a host",
+            ),
+            (
+                "base_url",
+                "ftp://user:pw@host/v1",
+                "`ftp://<redacted>@host/v1` must start",
+            ),
             (
                 "pool_file",
                 "/nonexistent/pool.json",
@@ -340,6 +367,7 @@ mod tests {
                 .resolve("openai", &["quality"], "https://api.openai.com/v1", &no_env)
                 .unwrap_err();
             assert!(err.to_string().contains(needle), "{key}: {err}");
+            assert!(!err.to_string().contains("user:pw"), "{err}");
         }
     }
 
