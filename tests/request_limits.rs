@@ -121,6 +121,15 @@ fn schedulers_are_refused_on_families_they_do_not_fit() {
     }
 }
 
+/// A copy of package `model` whose model_index.json names only `class`.
+fn with_class(model: &str, class: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::copy_model(model, tmp.path());
+    let index = serde_json::json!({ "_class_name": class });
+    fs::write(dir.join("model_index.json"), index.to_string()).unwrap();
+    (tmp, dir)
+}
+
 fn load_err(dir: &Path) -> Error {
     Pipeline::load(common::runtime(), dir).expect_err("loading must fail")
 }
@@ -144,13 +153,7 @@ fn model_index_that_is_not_utf8_is_a_model_error() {
 
 #[test]
 fn unknown_pipeline_class_runs_only_when_the_denoiser_names_the_family() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = common::copy_model("tiny-sd", tmp.path());
-    fs::write(
-        dir.join("model_index.json"),
-        r#"{"_class_name": "FooPipeline"}"#,
-    )
-    .unwrap();
+    let (_tmp, dir) = with_class("tiny-sd", "FooPipeline");
     let package = ModelPackage::open(&dir).unwrap();
     assert_eq!(package.family, Family::StableDiffusion);
     let note = package
@@ -186,13 +189,7 @@ fn unknown_pipeline_class_runs_only_when_the_denoiser_names_the_family() {
 
 #[test]
 fn unknown_pipeline_class_over_a_transformer_package() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = common::copy_model("tiny-sd3", tmp.path());
-    fs::write(
-        dir.join("model_index.json"),
-        r#"{"_class_name": "MyOwnSD3Pipeline"}"#,
-    )
-    .unwrap();
+    let (_tmp, dir) = with_class("tiny-sd3", "MyOwnSD3Pipeline");
     let package = ModelPackage::open(&dir).unwrap();
     assert_eq!(package.family, Family::Sd3);
     assert!(package
@@ -317,13 +314,7 @@ fn cli_refuses_odd_sizes_before_onnx_runtime_runs() {
 
 #[test]
 fn doctor_prints_the_size_multiple_and_a_guessed_family() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = common::copy_model("tiny-sd", tmp.path());
-    fs::write(
-        dir.join("model_index.json"),
-        r#"{"_class_name": "FooPipeline"}"#,
-    )
-    .unwrap();
+    let (_tmp, dir) = with_class("tiny-sd", "FooPipeline");
     let output = common::dg(&["doctor", "--model", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
