@@ -186,19 +186,40 @@ impl Image {
     /// Decodes a PNG, JPEG or WebP (what image services return) by its signature, as RGB8 with
     /// alpha dropped, refusing sides over [`MAX_IMAGE_SIDE`] before allocating pixels.
     pub fn decode(bytes: &[u8]) -> Result<Image> {
-        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-            Image::decode_png(std::io::Cursor::new(bytes))
-        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            decode_jpeg(bytes)
-        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-            decode_webp(bytes)
-        } else {
-            Err(Error::InvalidArg(format!(
-                "not a PNG, JPEG or WebP image ({} bytes starting {:02x?})",
-                bytes.len(),
-                &bytes[..bytes.len().min(8)]
-            )))
+        match Format::of(bytes)? {
+            Format::Png => Image::decode_png(std::io::Cursor::new(bytes)),
+            Format::Jpeg => decode_jpeg(bytes),
+            Format::WebP => decode_webp(bytes),
         }
+    }
+
+    /// The width and height of a PNG, JPEG or WebP read from its header alone, without
+    /// allocating or decoding pixels: what a caller checks before letting [`Image::decode`] spend
+    /// the memory. Errors as [`Image::decode`] does for what is not such an image, and refuses
+    /// sides over [`MAX_IMAGE_SIDE`].
+    pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+        let (width, height) = match Format::of(bytes)? {
+            Format::Png => {
+                let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+                    .read_info()
+                    .map_err(|e| Error::InvalidArg(format!("not a readable PNG: {e}")))?;
+                let header = reader.info();
+                (header.width, header.height)
+            }
+            Format::Jpeg => {
+                let mut decoder = jpeg_decoder(bytes);
+                decoder.decode_headers().map_err(bad_jpeg)?;
+                let info = decoder
+                    .info()
+                    .ok_or_else(|| Error::InvalidArg("not a readable JPEG: no header".into()))?;
+                (u32::from(info.width), u32::from(info.height))
+            }
+            Format::WebP => image_webp::WebPDecoder::new(std::io::Cursor::new(bytes))
+                .map_err(bad_webp)?
+                .dimensions(),
+        };
+        check_dimensions(width, height)?;
+        Ok((width, height))
     }
 
     /// Writes a PNG atomically: parent directories are created, the bytes go to a temporary file
@@ -216,7 +237,33 @@ fn bare(err: Error) -> String {
     }
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<Image> {
+/// The image formats services return, told apart by their signatures.
+enum Format {
+    Png,
+    Jpeg,
+    WebP,
+}
+
+impl Format {
+    fn of(bytes: &[u8]) -> Result<Format> {
+        if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Ok(Format::Png)
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Ok(Format::Jpeg)
+        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+            Ok(Format::WebP)
+        } else {
+            Err(Error::InvalidArg(format!(
+                "not a PNG, JPEG or WebP image ({} bytes starting {:02x?})",
+                bytes.len(),
+                &bytes[..bytes.len().min(8)]
+            )))
+        }
+    }
+}
+
+/// A JPEG decoder to RGB that refuses sides over [`MAX_IMAGE_SIDE`].
+fn jpeg_decoder(bytes: &[u8]) -> zune_jpeg::JpegDecoder<std::io::Cursor<&[u8]>> {
     use zune_jpeg::zune_core::colorspace::ColorSpace;
     use zune_jpeg::zune_core::options::DecoderOptions;
     let side = MAX_IMAGE_SIDE as usize;
@@ -224,15 +271,24 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Image> {
         .set_max_width(side)
         .set_max_height(side)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder =
-        zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
-    let bad =
-        |e: zune_jpeg::errors::DecodeErrors| Error::InvalidArg(format!("not a readable JPEG: {e}"));
-    decoder.decode_headers().map_err(bad)?;
+    zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options)
+}
+
+fn bad_jpeg(e: zune_jpeg::errors::DecodeErrors) -> Error {
+    Error::InvalidArg(format!("not a readable JPEG: {e}"))
+}
+
+fn bad_webp(e: image_webp::DecodingError) -> Error {
+    Error::InvalidArg(format!("not a readable WebP: {e}"))
+}
+
+fn decode_jpeg(bytes: &[u8]) -> Result<Image> {
+    let mut decoder = jpeg_decoder(bytes);
+    decoder.decode_headers().map_err(bad_jpeg)?;
     let info = decoder
         .info()
         .ok_or_else(|| Error::InvalidArg("not a readable JPEG: no header".into()))?;
-    let pixels = decoder.decode().map_err(bad)?;
+    let pixels = decoder.decode().map_err(bad_jpeg)?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     if pixels.len() != width as usize * height as usize * 3 {
         return Err(Error::InvalidArg(format!(
@@ -248,15 +304,15 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Image> {
 }
 
 fn decode_webp(bytes: &[u8]) -> Result<Image> {
-    let bad = |e: image_webp::DecodingError| Error::InvalidArg(format!("not a readable WebP: {e}"));
-    let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    let mut decoder =
+        image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(bad_webp)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height)?;
     let size = decoder
         .output_buffer_size()
         .ok_or_else(|| Error::InvalidArg("WebP too large".into()))?;
     let mut buf = vec![0; size];
-    decoder.read_image(&mut buf).map_err(bad)?;
+    decoder.read_image(&mut buf).map_err(bad_webp)?;
     let channels = if decoder.has_alpha() { 4 } else { 3 };
     let pixels = buf
         .chunks_exact(channels)
@@ -297,6 +353,9 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Most bytes of the output's name kept in its temporary file's name.
+const TEMP_NAME_BYTES: usize = 100;
+
 /// Creates parent directories, writes to a sibling temporary file, then renames it over `path`.
 /// Only a regular file (or nothing) is ever replaced: a directory, FIFO, socket or device at
 /// `path` is refused. A symlink is followed, and the file it points to is replaced atomically, so
@@ -314,9 +373,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     // Unique per process and call, so concurrent writers of the same path never share a temp file.
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The name is cut so the temporary name stays within NAME_MAX (255 bytes) for any valid
+    // output name: the dot, pid, counter and suffix add at most 47 bytes.
+    let name = file_name.to_string_lossy();
     let tmp = parent.join(format!(
         ".{}.{}.{n}.tmp",
-        file_name.to_string_lossy(),
+        truncate_utf8(&name, TEMP_NAME_BYTES),
         std::process::id()
     ));
     let result = std::fs::File::create(&tmp)

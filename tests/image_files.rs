@@ -267,6 +267,29 @@ fn outputs_through_symlinks_replace_the_file_pointed_to() {
 }
 
 #[test]
+fn outputs_with_the_longest_names_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // 250 bytes (NAME_MAX is 255) of ASCII, of three-byte characters (which a cut at a fixed
+    // byte count would split), and a name of the full 255 bytes.
+    for name in [
+        format!("{}.png", "a".repeat(246)),
+        format!("{}.png", "猫".repeat(82)),
+        "x".repeat(255),
+    ] {
+        assert!(name.len() >= 250 && name.len() <= 255, "{}", name.len());
+        let path = dir.path().join(&name);
+        write_atomically(&path, b"first").unwrap_or_else(|e| panic!("{}: {e}", name.len()));
+        small_image().save_png(&path, &[]).unwrap();
+        assert_eq!(Image::load_png(&path).unwrap(), small_image());
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "no temporary file is left: {names:?}");
+}
+
+#[test]
 fn cli_metadata_keeps_utf8_prompts_and_the_settings_line_of_huge_prompts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fox.png");
@@ -357,4 +380,34 @@ fn service_images_decode_as_png_jpeg_or_webp() {
     // A PNG header over the limit is refused from bytes as from a file.
     let err = Image::decode(&lying_png(100_000, 8)).expect_err("too wide");
     assert_names_limit(&err.to_string());
+}
+
+#[test]
+fn image_sizes_are_read_from_headers_without_decoding() {
+    let original = small_image();
+    let png = original.encode_png(&[]).unwrap();
+    let jpeg = original.encode_jpeg(90).unwrap();
+    let mut webp = Vec::new();
+    image_webp::WebPEncoder::new(&mut webp)
+        .encode(&original.pixels, 4, 4, image_webp::ColorType::Rgb8)
+        .unwrap();
+    for bytes in [&png, &jpeg, &webp] {
+        assert_eq!(Image::dimensions(bytes).unwrap(), (4, 4));
+    }
+    // What a header claims is all that is read: a 16384x16384 PNG holding one empty block.
+    assert_eq!(
+        Image::dimensions(&lying_png(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)).unwrap(),
+        (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)
+    );
+    let err = Image::dimensions(&lying_png(100_000, 8)).expect_err("too wide");
+    assert_names_limit(&err.to_string());
+    for (bytes, needle) in [
+        (&b"GIF89a......"[..], "not a PNG, JPEG or WebP"),
+        (&jpeg[..4], "not a readable JPEG"),
+        (&png[..20], "not a readable PNG"),
+    ] {
+        let err = Image::dimensions(bytes).expect_err(needle);
+        assert_eq!(err.code(), ErrorCode::InvalidArg);
+        assert!(err.to_string().contains(needle), "{err}");
+    }
 }

@@ -211,6 +211,40 @@ fn keys_come_from_the_environment_only_and_never_show() {
 }
 
 #[test]
+fn the_local_backend_needs_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.png");
+    let out = out.to_str().unwrap();
+    let image = dir.path().join("in.png");
+    std::fs::write(&image, served_png()).unwrap();
+    let image = image.to_str().unwrap();
+    // The default backend (which clap's `required_if_eq` does not see): the error is the missing
+    // --model, not an unknown backend `local`.
+    for args in [
+        &["generate", "--prompt", "x", "-o", out][..],
+        &["edit", "--image", image, "--prompt", "x", "-o", out][..],
+    ] {
+        let output = dg(args, &[]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--model DIR is required for the local backend"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("unknown backend"), "{stderr}");
+        assert!(!Path::new(out).exists());
+    }
+    // Named, clap refuses it as a usage error.
+    let output = dg(
+        &["generate", "--backend", "local", "--prompt", "x", "-o", out],
+        &[],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--model <DIR>"), "{stderr}");
+}
+
+#[test]
 fn doctor_checks_a_remote_backend() {
     let server = openai_server();
     let url = server.url("/v1");

@@ -315,6 +315,68 @@ fn server_errors_are_retried_then_reported_with_the_attempts() {
     assert_eq!(server.requests().len(), 2);
 }
 
+/// Gemini's answer to a wrong key: 400 INVALID_ARGUMENT with `ErrorInfo` reason API_KEY_INVALID.
+fn invalid_key() -> Reply {
+    api_error(
+        400,
+        "INVALID_ARGUMENT",
+        "API key not valid. Please pass a valid API key.",
+        json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+            "metadata": {"service": "generativelanguage.googleapis.com"}}]),
+    )
+}
+
+#[test]
+fn a_refused_key_leaves_the_rotation_and_another_serves() {
+    let refused = TestServer::start(|_, _| invalid_key());
+    let denied = TestServer::start(|_, _| {
+        api_error(
+            403,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers.",
+            json!([]),
+        )
+    });
+    let live = TestServer::start(|_, _| Reply::json(200, &image_answer(4, 4)));
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints: Vec<Value> = [&refused, &denied, &live]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"base_url": s.url(""), "api_key": format!("g-pool-key-{i}")}))
+        .collect();
+    let file = dir.path().join("pool.json");
+    std::fs::write(&file, json!({"endpoints": endpoints}).to_string()).unwrap();
+    let mut options = GeneratorOptions::new();
+    options
+        .set("pool_file", file.to_str().unwrap())
+        .set("model", MODEL)
+        .set("timeout_s", "5")
+        .set("max_retries", "0");
+    let generator = remote("gemini", &options).unwrap();
+    for _ in 0..4 {
+        run(&*generator, &Request::new("x")).expect("the live key serves every call");
+    }
+    assert_eq!(refused.requests().len(), 1, "the invalid key is tried once");
+    assert_eq!(denied.requests().len(), 1, "the denied key is tried once");
+    assert_eq!(live.requests().len(), 4);
+
+    // Alone, the service's own error is reported, after one attempt.
+    let err = run(
+        &*gemini(&refused, &[("max_retries", "3")]),
+        &Request::new("x"),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Remote, "{err}");
+    let remote = err.remote().unwrap();
+    assert_eq!(
+        (remote.status, remote.error_type.as_deref(), remote.attempts),
+        (Some(400), Some("INVALID_ARGUMENT"), 1)
+    );
+    assert!(err.to_string().contains("API key not valid"), "{err}");
+    assert_eq!(refused.requests().len(), 2);
+}
+
 #[test]
 fn client_errors_are_final_and_bodies_that_are_not_json_are_quoted() {
     let server = TestServer::start(|_, _| {

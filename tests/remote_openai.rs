@@ -51,8 +51,12 @@ fn openai(server: &TestServer, extra: &[(&str, &str)]) -> Arc<dyn Generator> {
 #[test]
 fn generations_send_the_documented_body_and_decode_the_images() {
     let served = [image(6, 4), image(6, 4)];
-    let reply = answer(&served);
-    let server = TestServer::start(move |_, _| reply.clone());
+    // As many images as asked for (more would be refused).
+    let replies = [answer(&served[..1]), answer(&served)];
+    let server = TestServer::start(move |recorded, _| {
+        let n = recorded.json()["n"].as_u64().unwrap_or(1);
+        replies[usize::from(n > 1)].clone()
+    });
     let generator = openai(
         &server,
         &[
@@ -406,6 +410,138 @@ fn malformed_answers_are_remote_errors_and_not_retried() {
             (server.requests().len(), remote.attempts),
             (1, 1),
             "{needle}"
+        );
+    }
+}
+
+/// An 8x8 JPEG whose frame header claims `width` x `height` (JPEG headers carry no checksum):
+/// decoding it would allocate for the claimed size.
+fn lying_jpeg(width: u16, height: u16) -> Vec<u8> {
+    let mut jpeg = image(8, 8).encode_jpeg(90).unwrap();
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline frame header");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    jpeg
+}
+
+#[test]
+fn answers_with_more_images_than_asked_for_are_refused_before_decoding() {
+    let three = answer(&[image(2, 2), image(2, 2), image(2, 2)]);
+    let server = TestServer::start(move |_, _| three.clone());
+    let generator = openai(&server, &[("max_retries", "2")]);
+    let (text, remote) =
+        remote_failure(run(&*generator, &Request::new("a fox")), ErrorCode::Remote);
+    assert!(
+        text.contains(
+            "HTTP 200: invalid_response: the answer's `data` holds 3 images but 1 was asked for"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        (server.requests().len(), remote.attempts),
+        (1, 1),
+        "not retried"
+    );
+    assert_eq!(server.requests()[0].json()["n"], json!(1));
+    // Asked for 3, the same answer is fine.
+    let request = Request {
+        num_images: 3,
+        ..Request::new("a fox")
+    };
+    assert_eq!(run(&*generator, &request).unwrap().images.len(), 3);
+
+    // URLs are counted too, before any is fetched.
+    let server = TestServer::start(move |recorded, _| {
+        let host = recorded.header("host").unwrap_or_default().to_string();
+        let url = |name: &str| json!({"url": format!("http://{host}/files/{name}")});
+        Reply::json(
+            200,
+            &json!({"created": 1, "data": [url("0.png"), url("1.png")]}),
+        )
+    });
+    let generator = openai(
+        &server,
+        &[("model", "dall-e-2"), ("response_format", "url")],
+    );
+    let (text, _) = remote_failure(run(&*generator, &Request::new("a fox")), ErrorCode::Remote);
+    assert!(
+        text.contains("holds 2 images but 1 was asked for"),
+        "{text}"
+    );
+    assert_eq!(server.requests().len(), 1, "nothing was downloaded");
+}
+
+#[test]
+fn answers_over_the_pixel_budget_are_refused_from_their_headers() {
+    // 9000x9000 is 81 Mpx, over the 64 Mpx one image asked for may bring.
+    let huge = STANDARD.encode(lying_jpeg(9000, 9000));
+    let server = TestServer::start(move |_, _| {
+        Reply::json(200, &json!({"created": 1, "data": [{"b64_json": huge}]}))
+    });
+    let generator = openai(&server, &[("max_retries", "2")]);
+    let (text, remote) =
+        remote_failure(run(&*generator, &Request::new("a fox")), ErrorCode::Remote);
+    assert!(
+        text.contains(
+            "data[0].b64_json is 9000x9000: the answer's images would hold more than 67108864 pixels"
+        ),
+        "{text}"
+    );
+    assert_eq!((server.requests().len(), remote.attempts), (1, 1));
+
+    // A downloaded image is held to what is left of the budget too.
+    let jpeg = lying_jpeg(9000, 9000);
+    let server = TestServer::start(move |recorded, _| {
+        let host = recorded.header("host").unwrap_or_default().to_string();
+        match recorded.path.as_str() {
+            "/v1/images/generations" => Reply::json(
+                200,
+                &json!({"created": 1, "data": [{"url": format!("http://{host}/files/0.jpg")}]}),
+            ),
+            _ => Reply::raw(200, "image/jpeg", jpeg.clone()),
+        }
+    });
+    let generator = openai(
+        &server,
+        &[("model", "dall-e-2"), ("response_format", "url")],
+    );
+    let (text, _) = remote_failure(run(&*generator, &Request::new("a fox")), ErrorCode::Remote);
+    assert!(
+        text.contains("downloading data[0].url") && text.contains("the image is 9000x9000"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_refused_key_alone_reports_the_services_error_after_one_attempt() {
+    for (status, kind, code) in [
+        (401, "invalid_request_error", "invalid_api_key"),
+        (
+            403,
+            "invalid_request_error",
+            "unsupported_country_region_territory",
+        ),
+    ] {
+        let server = TestServer::start(move |_, _| {
+            api_error(status, kind, Some(code), "this key may not do that")
+        });
+        let generator = openai(&server, &[("max_retries", "3")]);
+        let (text, remote) =
+            remote_failure(run(&*generator, &Request::new("a fox")), ErrorCode::Remote);
+        assert!(
+            text.contains(&format!(
+                "HTTP {status}: {kind}/{code}: this key may not do that"
+            )),
+            "{text}"
+        );
+        assert_eq!(remote.status, Some(status));
+        assert_eq!(
+            (server.requests().len(), remote.attempts),
+            (1, 1),
+            "{status} is not retried"
         );
     }
 }

@@ -155,3 +155,122 @@ fn a_key_without_quota_is_never_retried() {
     assert!(err.to_string().contains("quota"), "{err}");
     assert!(!format!("{err} {err:?} {alone:?}").contains("sk-pool-key"));
 }
+
+/// One endpoint with `options`, for the tests below.
+fn single(server: &TestServer, extra: &[(&str, &str)]) -> Arc<dyn Generator> {
+    let mut options = vec![
+        ("model", "sd-turbo"),
+        ("backoff_s", "0.01"),
+        ("max_backoff_s", "0.02"),
+    ];
+    options.extend_from_slice(extra);
+    common::remote::generator("openai", &server.url("/v1"), "sk-single-key", &options)
+}
+
+fn rate_limited(retry_after: (&str, &str)) -> Reply {
+    Reply::json(
+        429,
+        &json!({"error": {"message": "Rate limit reached", "type": "requests",
+                          "param": null, "code": "rate_limit_exceeded"}}),
+    )
+    .header(retry_after.0, retry_after.1)
+}
+
+#[test]
+fn an_absurd_retry_after_fails_the_call_and_frees_the_slot() {
+    let server = TestServer::start(|_, index| {
+        if index == 0 {
+            rate_limited(("retry-after", "1e20"))
+        } else {
+            ok()
+        }
+    });
+    let generator = single(&server, &[("max_in_flight", "1"), ("timeout_s", "2")]);
+    let err = generator.generate(&request(), &mut |_| true).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RateLimited, "{err}");
+    assert!(err.to_string().contains("asks to retry after"), "{err}");
+    // The only slot is free again: the next call goes straight through.
+    generator.generate(&request(), &mut |_| true).unwrap();
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn rate_limits_are_retried_but_never_open_the_breaker() {
+    let server = TestServer::start(|_, _| rate_limited(("retry-after-ms", "10")));
+    let generator = single(&server, &[("breaker_failures", "2"), ("max_retries", "3")]);
+    for _ in 0..3 {
+        let err = generator.generate(&request(), &mut |_| true).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::RateLimited, "{err}");
+        assert!(err.to_string().contains("(after 4 attempts)"), "{err}");
+    }
+    assert_eq!(server.requests().len(), 12);
+}
+
+#[test]
+fn a_request_cancelled_while_waiting_for_a_slot_is_never_sent() {
+    let server = TestServer::start(|_, _| ok().delayed(Duration::from_millis(800)));
+    let generator = single(&server, &[("max_in_flight", "1")]);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| generator.generate(&request(), &mut |_| true));
+        std::thread::sleep(Duration::from_millis(100));
+        let token = diffgentor::CancelToken::new();
+        let mut waiting = request();
+        waiting.cancel = Some(token.clone());
+        let canceller = scope.spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            token.cancel();
+        });
+        let started = std::time::Instant::now();
+        let err = generator.generate(&waiting, &mut |_| true).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Cancelled, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "stopped waiting soon after the cancel, not when the slot freed"
+        );
+        canceller.join().unwrap();
+        first.join().unwrap().expect("the first call completes");
+    });
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "the cancelled call was never sent"
+    );
+}
+
+#[test]
+fn an_oversized_error_answer_is_final() {
+    let server = TestServer::start(|_, _| Reply::raw(500, "text/plain", vec![b'x'; 2 << 20]));
+    let generator = single(&server, &[("max_retries", "2")]);
+    let err = generator.generate(&request(), &mut |_| true).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Remote, "{err}");
+    assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+    assert_eq!(server.requests().len(), 1, "not downloaded again");
+}
+
+#[test]
+fn a_refused_key_leaves_the_rotation() {
+    let refused = TestServer::start(|_, _| {
+        Reply::json(
+            401,
+            &json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                              "param": null, "code": "invalid_api_key"}}),
+        )
+    });
+    let live = TestServer::start(|_, _| ok());
+    let dir = tempfile::tempdir().unwrap();
+    let generator = pooled(&[&refused, &live], dir.path(), &[]);
+    for _ in 0..6 {
+        generator.generate(&request(), &mut |_| true).unwrap();
+    }
+    assert_eq!(
+        refused.requests().len(),
+        1,
+        "the refused key was tried once"
+    );
+    assert_eq!(live.requests().len(), 6);
+    // Alone, its error is the service's own: REMOTE with the 401, not a rate limit.
+    let alone = pooled(&[&refused], dir.path(), &[]);
+    let err = alone.generate(&request(), &mut |_| true).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Remote, "{err}");
+    assert!(err.to_string().contains("HTTP 401"), "{err}");
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use diffgentor::model::tokenizer::Tokenizer;
 use diffgentor::model::{Family, ModelPackage};
-use diffgentor::request::MAX_PROMPT_BYTES;
+use diffgentor::request::{MAX_PROMPT_BYTES, MAX_SEQUENCE_LENGTH};
 use diffgentor::runtime::{MAX_INTRA_THREADS, MAX_SESSIONS_PER_GRAPH};
 use diffgentor::{Error, ErrorCode, Pipeline, Request, Runtime, RuntimeOptions};
 
@@ -224,6 +224,31 @@ fn prompts_are_bounded() {
     let mut r = request();
     r.prompt = "x".repeat(MAX_PROMPT_BYTES);
     pipeline.generate(&r).expect("a prompt at the limit runs");
+}
+
+#[test]
+fn t5_sequence_lengths_are_bounded() {
+    assert_eq!(MAX_SEQUENCE_LENGTH, 512, "diffusers refuses more than 512");
+    let pipeline = common::pipeline("tiny-flux");
+    // Set as the C ABI does (`dg_params_set`): 2^40 tokens used to abort allocating the
+    // conditioning.
+    for value in ["1099511627776", "0", "513"] {
+        let mut r = request();
+        r.set("max_sequence_length", value).unwrap();
+        let err = pipeline.generate(&r).expect_err(value);
+        assert_err(
+            &err,
+            ErrorCode::InvalidArg,
+            &[
+                "max_sequence_length must be between 1 and 512",
+                &format!("got {value}"),
+            ],
+        );
+    }
+    let mut r = request();
+    r.steps = 1;
+    r.max_sequence_length = Some(8);
+    pipeline.generate(&r).expect("a short T5 length runs");
 }
 
 #[test]

@@ -7,6 +7,8 @@ use super::remote::cut;
 
 /// Largest response body read (a 4K PNG as base64 JSON is about 40 MB).
 const MAX_BODY_BYTES: u64 = 128 * 1024 * 1024;
+/// Largest error answer read: error objects are small, and a hostile one must not cost more.
+const MAX_ERROR_BODY_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Method {
@@ -66,14 +68,13 @@ impl HttpResponse {
         if let Some(ms) = self.header("retry-after-ms") {
             if let Ok(ms) = ms.trim().parse::<f64>() {
                 if ms.is_finite() && ms >= 0.0 {
-                    return Some(Duration::from_secs_f64(ms / 1000.0));
+                    return Some(seconds(ms / 1000.0));
                 }
             }
         }
         let value = self.header("retry-after")?.trim();
         if let Ok(seconds) = value.parse::<f64>() {
-            return (seconds.is_finite() && seconds >= 0.0)
-                .then(|| Duration::from_secs_f64(seconds));
+            return (seconds.is_finite() && seconds >= 0.0).then(|| self::seconds(seconds));
         }
         let at = httpdate::parse_http_date(value).ok()?;
         Some(
@@ -105,6 +106,8 @@ impl HttpResponse {
 #[derive(Debug)]
 pub(crate) enum TransportError {
     Timeout,
+    /// The body is longer than the limit (in bytes) for its kind of answer.
+    TooLarge(u64),
     /// Connecting failed, the connection broke, or the answer was not HTTP.
     Failed(String),
 }
@@ -149,12 +152,20 @@ pub(crate) fn send(
             )
         })
         .collect();
+    let limit = if (200..300).contains(&status) {
+        MAX_BODY_BYTES
+    } else {
+        MAX_ERROR_BODY_BYTES
+    };
     let body = response
         .body_mut()
         .with_config()
-        .limit(MAX_BODY_BYTES)
+        .limit(limit)
         .read_to_vec()
-        .map_err(transport_error)?;
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => TransportError::TooLarge(limit),
+            other => transport_error(other),
+        })?;
     Ok(HttpResponse {
         status,
         headers,
@@ -171,6 +182,12 @@ fn prepare<B>(
         builder = builder.header(*name, *value);
     }
     builder.config().timeout_global(Some(timeout)).build()
+}
+
+/// A non-negative number of seconds as a `Duration`; one too large for it (a hostile
+/// `retry-after: 1e20`) is `Duration::MAX` rather than a panic.
+pub(crate) fn seconds(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
 fn transport_error(err: ureq::Error) -> TransportError {
@@ -267,6 +284,14 @@ mod tests {
             response(&[("retry-after", &past)]).retry_after(),
             Some(Duration::ZERO)
         );
+        // Absurd delays saturate (and the pool refuses to wait that long) instead of panicking.
+        for huge in [("retry-after", "1e20"), ("retry-after-ms", "1e300")] {
+            assert_eq!(
+                response(&[huge]).retry_after(),
+                Some(Duration::MAX),
+                "{huge:?}"
+            );
+        }
         for bad in ["soon", "-1", "NaN"] {
             assert_eq!(
                 response(&[("retry-after", bad)]).retry_after(),

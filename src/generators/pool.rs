@@ -130,15 +130,30 @@ impl Service for Probe<'_> {
     }
 }
 
+/// How long a key stays out of the rotation after its quota ran out or it was refused: long
+/// enough not to hammer a dead key, short enough that a daily quota's reset or a fixed key is
+/// noticed by a long-running process.
+const OUT_OF_ROTATION: Duration = Duration::from_secs(3600);
+
 /// Per-endpoint health, guarded by the pool's lock.
 #[derive(Debug, Default)]
 struct Health {
     in_flight: usize,
+    /// Failures in a row that say the endpoint is unwell (not 429s, which say it is busy).
     consecutive_failures: u32,
+    /// The breaker is open until then; once that has passed, the next call is its one trial.
     open_until: Option<Instant>,
-    /// Why the key left the rotation.
-    exhausted: Option<String>,
+    /// Why and until when the key is out of the rotation.
+    exhausted: Option<(Failure, Instant)>,
     calls: u64,
+}
+
+impl Health {
+    fn usable(&self, now: Instant) -> bool {
+        self.exhausted
+            .as_ref()
+            .is_none_or(|(_, until)| *until <= now)
+    }
 }
 
 /// Endpoints with their health; shared by every call of one generator.
@@ -216,7 +231,7 @@ impl Pool {
                 base_url: e.base_url.clone(),
                 calls: h.calls,
                 breaker_open: h.open_until.is_some_and(|t| t > now),
-                exhausted: h.exhausted.is_some(),
+                exhausted: !h.usable(now),
             })
             .collect()
     }
@@ -227,7 +242,7 @@ impl Pool {
     }
 
     /// Sends `request` until an endpoint answers with success, a final failure, or the retries run
-    /// out. `cancelled` is polled while waiting between attempts.
+    /// out. `cancelled` is polled while waiting for a free endpoint and between attempts.
     pub(crate) fn call(
         &self,
         service: &dyn Service,
@@ -236,12 +251,17 @@ impl Pool {
     ) -> Result<HttpResponse> {
         let mut attempts = 0u32;
         let mut retries = 0u32;
+        // The last real failure: what a caller sees if the pool runs out of endpoints mid-way.
+        let mut last: Option<Error> = None;
         loop {
             if cancelled() {
                 return Err(Error::Cancelled);
             }
-            let index = self.acquire(service, attempts)?;
-            let endpoint = &self.endpoints[index];
+            let slot = match self.acquire(service, attempts, cancelled) {
+                Ok(slot) => slot,
+                Err(err) => return Err(last.unwrap_or(err)),
+            };
+            let endpoint = &self.endpoints[slot.index];
             attempts += 1;
             let auth = endpoint.key.as_ref().map(|k| service.auth_header(k));
             let headers: Vec<(&str, &str)> = auth
@@ -254,35 +274,16 @@ impl Pool {
                 &headers,
                 request,
                 self.config.timeout,
-            );
+            )
+            .map(|response| self.scrub_error_body(response));
             let verdict = match &sent {
                 Ok(response) => service.classify(response),
-                Err(TransportError::Timeout) => Verdict::Retry {
-                    after: None,
-                    failure: Failure {
-                        kind: RemoteFailure::Timeout,
-                        status: None,
-                        error_type: None,
-                        message: format!(
-                            "no answer within {:.1} s",
-                            self.config.timeout.as_secs_f64()
-                        ),
-                    },
-                },
-                Err(TransportError::Failed(reason)) => Verdict::Retry {
-                    after: None,
-                    failure: Failure {
-                        kind: RemoteFailure::Error,
-                        status: None,
-                        error_type: None,
-                        message: format!("request failed: {reason}"),
-                    },
-                },
+                Err(err) => transport_verdict(err, self.config.timeout),
             };
             // OpenAI quotes a wrong key back, and a proxy might echo headers: no key may reach
             // an error message.
             let verdict = self.scrub(verdict);
-            self.release(index, &verdict);
+            slot.release(&verdict);
             let error = |failure: Failure| {
                 Error::Remote(Box::new(RemoteError {
                     kind: failure.kind,
@@ -299,11 +300,8 @@ impl Pool {
                     return sent.map_err(|_| Error::internal(service.name(), "lost response"))
                 }
                 Verdict::Fail(failure) => return Err(error(failure)),
-                Verdict::KeyExhausted(failure) => {
-                    if !self.any_usable() {
-                        return Err(error(failure));
-                    }
-                }
+                // Another endpoint may still serve the call; `acquire` says when none can.
+                Verdict::KeyExhausted(failure) => last = Some(error(failure)),
                 Verdict::Retry { after, failure } => {
                     if retries >= self.config.max_retries {
                         return Err(error(failure));
@@ -325,25 +323,36 @@ impl Pool {
                         None => self.backoff(retries),
                     };
                     retries += 1;
+                    last = Some(error(failure));
                     self.sleep(delay, cancelled)?;
                 }
             }
         }
     }
 
-    /// The verdict with every endpoint's key replaced by `<redacted>` in what the service said.
-    fn scrub(&self, verdict: Verdict) -> Verdict {
-        let keys: Vec<&str> = self
-            .endpoints
+    /// An error answer with the keys removed from its body, before the service reads (and cuts)
+    /// it: a key split by a cut could not be found afterwards.
+    fn scrub_error_body(&self, mut response: HttpResponse) -> HttpResponse {
+        if !(200..300).contains(&response.status) {
+            let text = String::from_utf8_lossy(&response.body).into_owned();
+            response.body = self.clean(text).into_bytes();
+        }
+        response
+    }
+
+    /// `text` with every endpoint's key replaced by `<redacted>`.
+    fn clean(&self, text: String) -> String {
+        self.endpoints
             .iter()
             .filter_map(|e| e.key.as_ref().map(ApiKey::expose))
             // A very short key would blank out ordinary words; real keys are long.
             .filter(|k| k.len() >= 4)
-            .collect();
-        let clean = |text: String| {
-            keys.iter()
-                .fold(text, |text, key| text.replace(key, "<redacted>"))
-        };
+            .fold(text, |text, key| text.replace(key, "<redacted>"))
+    }
+
+    /// The verdict with every endpoint's key replaced by `<redacted>` in what the service said.
+    fn scrub(&self, verdict: Verdict) -> Verdict {
+        let clean = |text: String| self.clean(text);
         let scrub = |failure: Failure| Failure {
             message: clean(failure.message),
             error_type: failure.error_type.map(clean),
@@ -390,40 +399,56 @@ impl Pool {
         }
     }
 
-    fn any_usable(&self) -> bool {
-        self.lock().iter().any(|h| h.exhausted.is_none())
-    }
-
-    /// Picks an endpoint and counts the call in flight: among keys not exhausted and breakers not
-    /// open, one whose breaker is due a trial call, else the one with the fewest calls in flight,
-    /// then the fewest calls overall (so load spreads). Waits while every usable endpoint is at
-    /// its cap.
-    fn acquire(&self, service: &dyn Service, attempt: u32) -> Result<usize> {
+    /// Picks an endpoint and counts the call in flight: among keys in the rotation and breakers
+    /// not open, one whose breaker is due its trial call, else the one with the fewest calls in
+    /// flight, then the fewest calls overall (so load spreads). Waits while every usable endpoint
+    /// is at its cap, until the timeout or `cancelled`.
+    fn acquire(
+        &self,
+        service: &dyn Service,
+        attempt: u32,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Slot<'_>> {
         let deadline = Instant::now() + self.config.timeout;
         let mut health = self.lock();
         loop {
             let now = Instant::now();
+            let remote = |kind, endpoint: usize, error_type: Option<&str>, message: String| {
+                Error::Remote(Box::new(RemoteError {
+                    kind,
+                    service: service.name().to_string(),
+                    endpoint: self.endpoints[endpoint].base_url.clone(),
+                    status: None,
+                    error_type: error_type.map(str::to_string),
+                    message,
+                    attempts: attempt,
+                }))
+            };
             let usable: Vec<usize> = (0..self.endpoints.len())
-                .filter(|&i| health[i].exhausted.is_none())
+                .filter(|&i| health[i].usable(now))
                 .collect();
             if usable.is_empty() {
+                // Say why, in the words of the failure that took the first key out.
                 let reasons: Vec<String> = health
                     .iter()
                     .zip(&self.endpoints)
-                    .filter_map(|(h, e)| Some(format!("{}: {}", e.base_url, h.exhausted.as_ref()?)))
+                    .filter_map(|(h, e)| {
+                        let (failure, _) = h.exhausted.as_ref()?;
+                        Some(format!("{}: {}", e.base_url, failure.message))
+                    })
                     .collect();
-                return Err(Error::Remote(Box::new(RemoteError {
-                    kind: RemoteFailure::RateLimited,
-                    service: service.name().to_string(),
-                    endpoint: self.endpoints[0].base_url.clone(),
-                    status: None,
-                    error_type: Some("quota_exhausted".into()),
-                    message: format!(
-                        "every endpoint's key has exhausted its quota ({})",
+                let first = health.iter().find_map(|h| h.exhausted.as_ref());
+                let kind = first.map_or(RemoteFailure::RateLimited, |(f, _)| f.kind);
+                let error_type = first.and_then(|(f, _)| f.error_type.clone());
+                return Err(remote(
+                    kind,
+                    0,
+                    error_type.as_deref(),
+                    format!(
+                        "every endpoint's key is out of the rotation ({})",
                         reasons.join("; ")
                     ),
-                    attempts: attempt,
-                })));
+                ));
             }
             let closed: Vec<usize> = usable
                 .iter()
@@ -436,18 +461,16 @@ impl Pool {
                     .filter_map(|&i| health[i].open_until)
                     .min()
                     .map_or(0.0, |t| (t - now).as_secs_f64());
-                return Err(Error::Remote(Box::new(RemoteError {
-                    kind: RemoteFailure::Error,
-                    service: service.name().to_string(),
-                    endpoint: self.endpoints[usable[0]].base_url.clone(),
-                    status: None,
-                    error_type: Some("circuit_open".into()),
-                    message: format!(
-                        "every endpoint failed {} times in a row; the next is tried again in {reopen:.1} s",
+                return Err(remote(
+                    RemoteFailure::Error,
+                    usable[0],
+                    Some("circuit_open"),
+                    format!(
+                        "every endpoint failed {} times in a row; the next is tried again in \
+                         {reopen:.1} s",
                         self.config.breaker_failures
                     ),
-                    attempts: attempt,
-                })));
+                ));
             }
             let best = closed
                 .iter()
@@ -455,8 +478,6 @@ impl Pool {
                 .filter(|&i| health[i].in_flight < self.endpoints[i].max_in_flight)
                 .min_by_key(|&i| {
                     let h = &health[i];
-                    // A breaker whose cool-down is over gets its trial call first; then the
-                    // fewest calls in flight, then the fewest calls so far (round robin).
                     let trial_due = h.open_until.is_some();
                     (!trial_due, h.in_flight, h.calls)
                 });
@@ -464,54 +485,121 @@ impl Pool {
                 let h = &mut health[i];
                 h.in_flight += 1;
                 h.calls += 1;
-                if h.open_until.is_some_and(|t| t <= now) {
-                    // Half-open: this call is the trial; failing it reopens the breaker at once.
-                    h.open_until = None;
+                if h.open_until.is_some() {
+                    // Half-open: this call is the one trial; the breaker stays open for the others
+                    // until it answers.
+                    h.open_until = Some(now + self.config.breaker_cooldown);
                 }
-                return Ok(i);
+                if h.exhausted.as_ref().is_some_and(|(_, until)| *until <= now) {
+                    h.exhausted = None;
+                }
+                return Ok(Slot {
+                    pool: self,
+                    index: i,
+                    released: false,
+                });
+            }
+            if cancelled() {
+                return Err(Error::Cancelled);
             }
             if now >= deadline {
-                return Err(Error::Remote(Box::new(RemoteError {
-                    kind: RemoteFailure::Timeout,
-                    service: service.name().to_string(),
-                    endpoint: self.endpoints[closed[0]].base_url.clone(),
-                    status: None,
-                    error_type: None,
-                    message: "every endpoint stayed at its max_in_flight for the whole timeout"
-                        .into(),
-                    attempts: attempt,
-                })));
+                return Err(remote(
+                    RemoteFailure::Timeout,
+                    closed[0],
+                    None,
+                    "every endpoint stayed at its max_in_flight for the whole timeout".into(),
+                ));
             }
+            // Short waits, so a cancelled request stops waiting soon.
+            let wait = (deadline - now).min(Duration::from_millis(50));
             health = self
                 .freed
-                .wait_timeout(health, deadline - now)
+                .wait_timeout(health, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 
-    /// Ends a call: updates the endpoint's breaker and quota state and wakes a waiting call.
-    fn release(&self, index: usize, verdict: &Verdict) {
+    /// Ends a call on endpoint `index`: updates its breaker and rotation state (when the call got
+    /// a verdict) and wakes the calls waiting for a slot.
+    fn release(&self, index: usize, verdict: Option<&Verdict>) {
         let mut health = self.lock();
         let h = &mut health[index];
         h.in_flight -= 1;
         match verdict {
-            Verdict::Success => {
+            // An answer, even a final error, says the endpoint is up.
+            Some(Verdict::Success | Verdict::Fail(_)) => {
                 h.consecutive_failures = 0;
                 h.open_until = None;
             }
-            Verdict::KeyExhausted(failure) => h.exhausted = Some(failure.message.clone()),
-            // A final failure says the request was bad, not that the endpoint is unwell.
-            Verdict::Fail(_) => {}
-            Verdict::Retry { .. } => {
+            Some(Verdict::KeyExhausted(failure)) => {
+                h.exhausted = Some((failure.clone(), Instant::now() + OUT_OF_ROTATION));
+            }
+            // 429 means busy, not unwell: it is retried, never counted toward the breaker.
+            Some(Verdict::Retry { failure, .. }) if failure.kind == RemoteFailure::RateLimited => {}
+            Some(Verdict::Retry { .. }) => {
                 h.consecutive_failures += 1;
                 if h.consecutive_failures >= self.config.breaker_failures {
                     h.open_until = Some(Instant::now() + self.config.breaker_cooldown);
                 }
             }
+            // No verdict: the call unwound (a panic); only the slot is given back.
+            None => {}
         }
         drop(health);
-        self.freed.notify_one();
+        // Every waiter re-checks: a spent key or an opened breaker may end their wait too.
+        self.freed.notify_all();
+    }
+}
+
+/// A call's hold on one endpoint's slot; given back when dropped, so a panic while reading an
+/// answer cannot leak it.
+struct Slot<'a> {
+    pool: &'a Pool,
+    index: usize,
+    released: bool,
+}
+
+impl Slot<'_> {
+    fn release(mut self, verdict: &Verdict) {
+        self.released = true;
+        self.pool.release(self.index, Some(verdict));
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            self.pool.release(self.index, None);
+        }
+    }
+}
+
+/// What the pool makes of a call that got no answer.
+fn transport_verdict(err: &TransportError, timeout: Duration) -> Verdict {
+    let failure = |kind, message| Failure {
+        kind,
+        status: None,
+        error_type: None,
+        message,
+    };
+    match err {
+        TransportError::Timeout => Verdict::Retry {
+            after: None,
+            failure: failure(
+                RemoteFailure::Timeout,
+                format!("no answer within {:.1} s", timeout.as_secs_f64()),
+            ),
+        },
+        // Asking again would download it again.
+        TransportError::TooLarge(limit) => Verdict::Fail(failure(
+            RemoteFailure::Error,
+            format!("the answer is larger than {} MiB", limit >> 20),
+        )),
+        TransportError::Failed(reason) => Verdict::Retry {
+            after: None,
+            failure: failure(RemoteFailure::Error, format!("request failed: {reason}")),
+        },
     }
 }
 

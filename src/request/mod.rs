@@ -31,6 +31,9 @@ pub const MAX_GUIDANCE_SCALE: f32 = 1000.0;
 /// (CLIP 77, T5 256 or 512), about 2 KiB of English, so this leaves room for any real prompt while
 /// keeping a runaway one from costing seconds and gigabytes to tokenize.
 pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+/// Most T5 tokens an SD3 or FLUX prompt may be encoded to (`max_sequence_length`): what diffusers
+/// accepts. The conditioning is allocated at this length, so an unbounded one could exhaust memory.
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
 /// One request for every task: text-to-image, img2img (`init_image`), inpainting (`init_image` +
 /// `mask`), instruction editing (`init_image` on an InstructPix2Pix package) and progressive plans
@@ -300,6 +303,13 @@ impl Request {
         if let Some(strength) = self.strength {
             check_strength(strength)?;
         }
+        if let Some(length) = self.max_sequence_length {
+            if length == 0 || length > MAX_SEQUENCE_LENGTH {
+                return Err(Error::InvalidArg(format!(
+                    "max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {length}"
+                )));
+            }
+        }
         for (name, latents) in [
             ("latents", &self.latents),
             ("init_latents", &self.init_latents),
@@ -500,6 +510,20 @@ mod tests {
                     ..Request::default()
                 },
                 "between 1 and",
+            ),
+            (
+                Request {
+                    max_sequence_length: Some(0),
+                    ..Request::default()
+                },
+                "max_sequence_length must be between 1 and 512, got 0",
+            ),
+            (
+                Request {
+                    max_sequence_length: Some(513),
+                    ..Request::default()
+                },
+                "max_sequence_length must be between 1 and 512, got 513",
             ),
         ];
         for (request, needle) in cases {

@@ -137,6 +137,12 @@ impl RequestArgs {
                     local: Some(pipeline),
                 })
             }
+            // clap's `required_if_eq` does not fire for the default value, so say it here.
+            (None, "local") => Err(Error::InvalidArg(
+                "--model DIR is required for the local backend (or choose --backend openai or \
+                 gemini)"
+                    .into(),
+            )),
             (_, name) => {
                 let mut options = GeneratorOptions::new();
                 if let Some(url) = &self.endpoint {

@@ -1,12 +1,12 @@
-//! Error answers: what is worth retrying and when (`RetryInfo`, `retry-after`), which quotas take
-//! a key out of the rotation (a daily quota, or one of 0), and the service's `status` as the
-//! error type.
+//! Error answers: what is worth retrying and when (`RetryInfo`, `retry-after`), what takes a key
+//! out of the rotation (a daily quota, one of 0, or a key the service refuses), and the service's
+//! `status` as the error type.
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::error::RemoteFailure;
-use crate::generators::http::HttpResponse;
+use crate::generators::http::{self, HttpResponse};
 use crate::generators::pool::{Failure, Verdict};
 use crate::generators::remote::cut;
 
@@ -38,6 +38,9 @@ pub(super) fn classify_error(response: &HttpResponse) -> Verdict {
         message: message.clone(),
     };
     match status {
+        // A wrong, expired or unauthorised key: no retry with it helps, another key may serve.
+        401 | 403 => Verdict::KeyExhausted(failure(RemoteFailure::Error)),
+        400 if refuses_the_key(details) => Verdict::KeyExhausted(failure(RemoteFailure::Error)),
         429 => {
             if let Some(quota) = daily_quota(details, &message) {
                 let mut failure = failure(RemoteFailure::RateLimited);
@@ -60,6 +63,16 @@ pub(super) fn classify_error(response: &HttpResponse) -> Verdict {
         },
         _ => Verdict::Fail(failure(RemoteFailure::Error)),
     }
+}
+
+/// Whether a 400's `ErrorInfo` says the key itself is bad (`API_KEY_INVALID`: "API key not
+/// valid"), which Gemini answers with 400 rather than 401.
+fn refuses_the_key(details: &[Value]) -> bool {
+    details
+        .iter()
+        .filter(|d| type_is(d, "google.rpc.ErrorInfo"))
+        .filter_map(|d| d.get("reason").and_then(Value::as_str))
+        .any(|reason| reason == "API_KEY_INVALID")
 }
 
 /// The quota a 429 says is gone until tomorrow (or was never granted: a limit of 0), if any.
@@ -97,7 +110,8 @@ fn retry_delay(details: &[Value]) -> Option<Duration> {
 
 fn parse_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.trim().strip_suffix('s')?.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    // A hostile "1e30s" saturates (the pool then refuses to wait) rather than panicking.
+    (seconds.is_finite() && seconds >= 0.0).then(|| http::seconds(seconds))
 }
 
 /// Whether a `details` entry has the given protobuf type (`type.googleapis.com/<name>`).
@@ -138,6 +152,11 @@ mod tests {
         assert_eq!(parse_duration("37s"), Some(Duration::from_secs(37)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration(" 0.200s "), Some(Duration::from_millis(200)));
+        assert_eq!(
+            parse_duration("1e30s"),
+            Some(Duration::MAX),
+            "saturates, no panic"
+        );
         for bad in ["37", "-1s", "NaNs", "soon", "s", ""] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
@@ -212,7 +231,6 @@ mod tests {
             (503, true, RemoteFailure::Error),
             (504, true, RemoteFailure::Timeout),
             (400, false, RemoteFailure::Error),
-            (403, false, RemoteFailure::Error),
             (404, false, RemoteFailure::Error),
             (501, false, RemoteFailure::Error),
         ] {
@@ -229,14 +247,66 @@ mod tests {
             assert_eq!(failure.error_type.as_deref(), Some("SOME_STATUS"));
             assert_eq!(failure.message, "said the service");
         }
-        let html = HttpResponse::fake(403, &[], "<html>Forbidden by proxy</html>");
+        let html = HttpResponse::fake(404, &[], "<html>Not found by proxy</html>");
         let Verdict::Fail(failure) = classify_error(&html) else {
-            panic!("403 is final");
+            panic!("404 is final");
         };
         assert_eq!(failure.error_type, None);
+        assert!(
+            failure.message.contains("Not found by proxy"),
+            "{failure:?}"
+        );
+    }
+
+    #[test]
+    fn refused_keys_leave_the_rotation_as_errors() {
+        let invalid = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "API key not valid. Please pass a valid API key.",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"}}]}});
+        let denied = json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+            "message": "Method doesn't allow unregistered callers."}});
+        let unauthenticated = json!({"error": {"code": 401, "status": "UNAUTHENTICATED",
+            "message": "Request had invalid authentication credentials."}});
+        for (status, body, error_type) in [
+            (400, &invalid, Some("INVALID_ARGUMENT")),
+            (403, &denied, Some("PERMISSION_DENIED")),
+            (401, &unauthenticated, Some("UNAUTHENTICATED")),
+        ] {
+            let verdict = classify_error(&response(status, &[], body));
+            let Verdict::KeyExhausted(failure) = verdict else {
+                panic!("{status}: {verdict:?}");
+            };
+            assert_eq!(failure.kind, RemoteFailure::Error, "{status}");
+            assert_eq!(failure.status, Some(status));
+            assert_eq!(failure.error_type.as_deref(), error_type);
+            assert_eq!(
+                failure.message,
+                body["error"]["message"].as_str().unwrap(),
+                "{status}"
+            );
+        }
+        // Whatever sent it, a 403 says this key may not do this.
+        let html = HttpResponse::fake(403, &[], "<html>Forbidden by proxy</html>");
+        let Verdict::KeyExhausted(failure) = classify_error(&html) else {
+            panic!("403 takes the key out");
+        };
+        assert_eq!(
+            (failure.kind, failure.error_type.as_deref()),
+            (RemoteFailure::Error, None)
+        );
         assert!(
             failure.message.contains("Forbidden by proxy"),
             "{failure:?}"
         );
+        // Any other 400 is the request's fault, final and not the key's.
+        let other = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "bad field", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "FIELD_INVALID"}]}});
+        assert!(matches!(
+            classify_error(&response(400, &[], &other)),
+            Verdict::Fail(_)
+        ));
     }
 }

@@ -39,8 +39,10 @@
 //! **Errors** (`{error:{code,message,status,details}}`): 429 is retried after
 //! `RetryInfo.retryDelay` (else `retry-after`), except a daily quota (a `QuotaFailure` violation
 //! whose quota id or metric says `PerDay`, a quota of 0, or a message saying "per day"), which
-//! takes the key out of the pool's rotation; 408, 500, 502, 503 and 504 are retried (the statuses
-//! google-genai retries); any other status is final, with the service's `status`
+//! takes the key out of the pool's rotation, as does a refused key (401, 403, or 400 whose
+//! `ErrorInfo` reason is `API_KEY_INVALID`; alone, the service's error is reported); 408, 500,
+//! 502, 503 and 504 are retried (the statuses google-genai retries); any other status is final,
+//! with the service's `status`
 //! (`INVALID_ARGUMENT`) as the error type. Keys are scrubbed from every message a service sends.
 use std::time::Instant;
 

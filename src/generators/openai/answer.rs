@@ -1,13 +1,21 @@
 //! Reading the service's answers while the pool classifies them: a successful one checked entry
 //! by entry and decoded, a failed one turned into the pool's verdict (retry, take the key out,
 //! refused or final) with what the service said, in any of the shapes servers use.
+use std::sync::Mutex;
+
 use serde_json::Value;
 
+use super::{bearer, SERVICE};
 use crate::error::{Error, RemoteFailure, Result};
 use crate::generators::http::HttpResponse;
-use crate::generators::pool::{Failure, Verdict};
+use crate::generators::pool::{ApiKey, Failure, Service, Verdict};
 use crate::generators::remote::{cut, decode_base64};
 use crate::image::Image;
+
+/// Most pixels an answer may bring per image asked for (64 Mpx, 8192x8192: eight times the
+/// largest image any OpenAI model makes). Each image's size is read from its header and counted
+/// before it is decoded, so a hostile server cannot make the client decode gigapixels.
+pub(super) const MAX_PIXELS_PER_IMAGE: u64 = 8192 * 8192;
 
 /// A successful answer.
 #[derive(Debug)]
@@ -16,6 +24,88 @@ pub(super) struct Answer {
     pub items: Vec<Item>,
     pub revised_prompts: Vec<Option<String>>,
     pub usage: Option<Value>,
+    /// What is left of the answer's pixel budget, for the `data[].url` images still to fetch.
+    pub budget: PixelBudget,
+}
+
+/// The pixels an answer's images may hold in all: [`MAX_PIXELS_PER_IMAGE`] per image asked for.
+#[derive(Debug)]
+pub(super) struct PixelBudget {
+    asked: usize,
+    left: u64,
+}
+
+impl PixelBudget {
+    pub fn new(asked: usize) -> PixelBudget {
+        PixelBudget {
+            asked,
+            left: MAX_PIXELS_PER_IMAGE.saturating_mul(asked as u64),
+        }
+    }
+
+    /// Counts a `width` x `height` image (read from its header) against what is left; the
+    /// error, to follow the image's name, says why it is refused.
+    pub fn take(&mut self, width: u32, height: u32) -> Result<(), String> {
+        let pixels = u64::from(width) * u64::from(height);
+        match self.left.checked_sub(pixels) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "is {width}x{height}: the answer's images would hold more than {} pixels \
+                 ({MAX_PIXELS_PER_IMAGE} for each of the {} asked for); not decoded",
+                MAX_PIXELS_PER_IMAGE.saturating_mul(self.asked as u64),
+                self.asked
+            )),
+        }
+    }
+}
+
+/// One call's exchange with the service: the key as a bearer token, answers read by
+/// [`classify`] against the number of images asked for, and the successful answer kept (so a
+/// final failure found in a 2xx body is not retried and carries the right attempt count).
+pub(super) struct Call {
+    asked: usize,
+    answer: Mutex<Option<Answer>>,
+}
+
+impl Call {
+    /// A call that asked for `asked` images (the `n` sent).
+    pub fn new(asked: usize) -> Call {
+        Call {
+            asked,
+            answer: Mutex::new(None),
+        }
+    }
+
+    /// The answer kept from the successful call.
+    pub fn into_answer(self) -> Result<Answer> {
+        self.answer
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or_else(|| Error::internal(SERVICE, "a successful answer was not kept"))
+    }
+}
+
+impl Service for Call {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn auth_header(&self, key: &ApiKey) -> (&'static str, String) {
+        bearer(key)
+    }
+
+    fn classify(&self, response: &HttpResponse) -> Verdict {
+        match classify(response, self.asked) {
+            Ok(answer) => {
+                *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+                Verdict::Success
+            }
+            Err(verdict) => verdict,
+        }
+    }
 }
 
 /// One `data[]` entry: an image sent inline, or a URL to fetch it from.
@@ -25,11 +115,12 @@ pub(super) enum Item {
     Url(String),
 }
 
-/// Reads one answer: a successful one decoded, else what the pool should do.
-pub(super) fn classify(response: &HttpResponse) -> Result<Answer, Verdict> {
+/// Reads one answer to a call that asked for `asked` images: a successful one decoded, else
+/// what the pool should do.
+pub(super) fn classify(response: &HttpResponse, asked: usize) -> Result<Answer, Verdict> {
     let status = response.status;
     if (200..300).contains(&status) {
-        return read_answer(response).map_err(|message| {
+        return read_answer(response, asked).map_err(|message| {
             Verdict::Fail(Failure {
                 kind: RemoteFailure::Error,
                 status: Some(status),
@@ -54,6 +145,11 @@ pub(super) fn classify(response: &HttpResponse) -> Result<Answer, Verdict> {
     {
         return Err(Verdict::Fail(failure(RemoteFailure::Refused)));
     }
+    if matches!(status, 401 | 403) {
+        // A wrong, revoked or unauthorised key (`invalid_api_key`, a region or organisation it
+        // may not use): no retry with it helps, but another key in the pool may serve the call.
+        return Err(Verdict::KeyExhausted(failure(RemoteFailure::Error)));
+    }
     let kind = if status == 429 {
         RemoteFailure::RateLimited
     } else {
@@ -74,8 +170,9 @@ pub(super) fn classify(response: &HttpResponse) -> Result<Answer, Verdict> {
     })
 }
 
-/// Checks and decodes a 2xx body; the error says what is wrong with it.
-fn read_answer(response: &HttpResponse) -> Result<Answer, String> {
+/// Checks and decodes a 2xx body to a call that asked for `asked` images; the error says what is
+/// wrong with it.
+fn read_answer(response: &HttpResponse, asked: usize) -> Result<Answer, String> {
     let body: Value = serde_json::from_slice(&response.body)
         .map_err(|e| format!("the answer is not JSON ({e}): {}", response.text_excerpt()))?;
     let Some(body) = body.as_object() else {
@@ -105,7 +202,19 @@ fn read_answer(response: &HttpResponse) -> Result<Answer, String> {
     if data.is_empty() {
         return Err("the answer's `data` holds no images".into());
     }
-    let mut items = Vec::with_capacity(data.len());
+    if data.len() > asked {
+        // Nothing is decoded: a hostile server could otherwise make the client decode far more
+        // than it asked for.
+        return Err(format!(
+            "the answer's `data` holds {} images but {asked} {} asked for",
+            data.len(),
+            if asked == 1 { "was" } else { "were" }
+        ));
+    }
+    // First every entry is read and its image's size taken from its header, so an answer over
+    // the pixel budget is refused before any image is decoded.
+    let mut budget = PixelBudget::new(asked);
+    let mut sources = Vec::with_capacity(data.len());
     let mut revised_prompts = Vec::with_capacity(data.len());
     for (index, entry) in data.iter().enumerate() {
         let text = |key: &str| {
@@ -114,18 +223,21 @@ fn read_answer(response: &HttpResponse) -> Result<Answer, String> {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         };
-        let item = if let Some(b64) = text("b64_json") {
+        let source = if let Some(b64) = text("b64_json") {
             let bytes = decode_base64(b64)
                 .map_err(|e| format!("data[{index}].b64_json is not valid base64: {e}"))?;
-            let image = Image::decode(&bytes).map_err(|e| {
+            let (width, height) = Image::dimensions(&bytes).map_err(|e| {
                 format!(
                     "data[{index}].b64_json is not an image: {}",
                     plain_message(&e)
                 )
             })?;
-            Item::Image(image)
+            budget
+                .take(width, height)
+                .map_err(|e| format!("data[{index}].b64_json {e}"))?;
+            Ok(bytes)
         } else if let Some(url) = text("url") {
-            Item::Url(url.to_string())
+            Err(url.to_string())
         } else {
             return Err(format!(
                 "data[{index}] has neither `b64_json` nor `url` (keys: {})",
@@ -135,14 +247,27 @@ fn read_answer(response: &HttpResponse) -> Result<Answer, String> {
                     .unwrap_or_else(|| "not an object".into())
             ));
         };
-        items.push(item);
+        sources.push(source);
         revised_prompts.push(text("revised_prompt").map(str::to_string));
+    }
+    let mut items = Vec::with_capacity(sources.len());
+    for (index, source) in sources.into_iter().enumerate() {
+        items.push(match source {
+            Ok(bytes) => Item::Image(Image::decode(&bytes).map_err(|e| {
+                format!(
+                    "data[{index}].b64_json is not an image: {}",
+                    plain_message(&e)
+                )
+            })?),
+            Err(url) => Item::Url(url),
+        });
     }
     Ok(Answer {
         created,
         items,
         revised_prompts,
         usage: body.get("usage").filter(|u| u.is_object()).cloned(),
+        budget,
     })
 }
 
@@ -251,7 +376,7 @@ mod tests {
     }
 
     fn verdict(status: u16, body: &str, headers: &[(&str, &str)]) -> Verdict {
-        match classify(&response(status, body, headers)) {
+        match classify(&response(status, body, headers), 1) {
             Ok(_) => Verdict::Success,
             Err(v) => v,
         }
@@ -273,6 +398,11 @@ mod tests {
         let blocked = error_body("image_generation_user_error", "moderation_blocked");
         let policy = error_body("invalid_request_error", "content_policy_violation");
         let bad = error_body("invalid_request_error", "invalid_size");
+        let invalid_key = error_body("invalid_request_error", "invalid_api_key");
+        let region = error_body(
+            "invalid_request_error",
+            "unsupported_country_region_territory",
+        );
         for (status, body, headers, want) in [
             (429, quota.as_str(), &[][..], ("exhausted", RateLimited)),
             (429, "{}", &[][..], ("retry", RateLimited)),
@@ -283,7 +413,15 @@ mod tests {
             (400, blocked.as_str(), &[][..], ("fail", Refused)),
             (400, policy.as_str(), &[][..], ("fail", Refused)),
             (400, bad.as_str(), &[][..], ("fail", Error)),
-            (401, "", &[][..], ("fail", Error)),
+            (401, "", &[][..], ("exhausted", Error)),
+            (401, invalid_key.as_str(), &[][..], ("exhausted", Error)),
+            (403, region.as_str(), &[][..], ("exhausted", Error)),
+            (
+                401,
+                "",
+                &[("x-should-retry", "true")][..],
+                ("exhausted", Error),
+            ),
             (404, "", &[][..], ("fail", Error)),
             (422, "", &[][..], ("fail", Error)),
             (500, "", &[("x-should-retry", "false")][..], ("fail", Error)),
@@ -336,6 +474,78 @@ mod tests {
         );
     }
 
+    /// An 8x8 JPEG whose frame header claims `width` x `height` (JPEG headers carry no checksum).
+    fn lying_jpeg(width: u16, height: u16) -> Vec<u8> {
+        let mut jpeg = Image::from_raw(&[100; 8 * 8 * 3], 8, 8, 3, 24)
+            .unwrap()
+            .encode_jpeg(90)
+            .unwrap();
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        jpeg
+    }
+
+    fn refusal(body: &Value, asked: usize) -> String {
+        match classify(&response(200, &body.to_string(), &[]), asked) {
+            Err(Verdict::Fail(f)) => {
+                assert_eq!(f.error_type.as_deref(), Some("invalid_response"));
+                f.message
+            }
+            other => panic!("asked {asked}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_hold_no_more_images_or_pixels_than_asked_for() {
+        let png = Image::from_raw(&[1, 2, 3], 1, 1, 3, 3)
+            .unwrap()
+            .encode_png(&[])
+            .unwrap();
+        let entry = serde_json::json!({"b64_json": encode_base64(&png)});
+        let three = serde_json::json!({"created": 1, "data": [entry, entry, entry]});
+        assert_eq!(
+            refusal(&three, 1),
+            "the answer's `data` holds 3 images but 1 was asked for"
+        );
+        assert_eq!(
+            refusal(&three, 2),
+            "the answer's `data` holds 3 images but 2 were asked for"
+        );
+        // Counted before anything is decoded: entries that are not even images say nothing.
+        let junk = serde_json::json!({"created": 1, "data": [{"b64_json": "!!"}, {"x": 1}]});
+        assert!(refusal(&junk, 1).contains("holds 2 images but 1 was"));
+        assert_eq!(
+            classify(&response(200, &three.to_string(), &[]), 3)
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
+
+        // 9000x9000 is 81 Mpx, over one image's 64 Mpx: refused from the header, not decoded.
+        let big = |w, h| serde_json::json!({"b64_json": encode_base64(&lying_jpeg(w, h))});
+        let one = serde_json::json!({"created": 1, "data": [big(9000, 9000)]});
+        let message = refusal(&one, 1);
+        assert!(
+            message.starts_with("data[0].b64_json is 9000x9000: the answer's images would hold more than 67108864 pixels"),
+            "{message}"
+        );
+        // The budget is the answer's, checked before any image is decoded: two 6000x6000 images
+        // (72 Mpx) are over one asked for, and two 9000x9000 (162 Mpx) over two.
+        let two =
+            |side| serde_json::json!({"created": 1, "data": [big(side, side), big(side, side)]});
+        let message = refusal(&two(6000), 1);
+        assert!(message.contains("holds 2 images but 1 was"), "{message}");
+        let message = refusal(&two(9000), 2);
+        assert!(message.starts_with("data[1].b64_json is 9000x9000: the answer's images would hold more than 134217728 pixels"), "{message}");
+        let mut budget = PixelBudget::new(2);
+        budget.take(8192, 8192).unwrap();
+        budget.take(8192, 4096).unwrap();
+        budget.take(8192, 4096).unwrap();
+        assert!(budget.take(1, 1).is_err(), "nothing is left");
+    }
+
     #[test]
     fn answers_are_checked_entry_by_entry() {
         let png = Image::from_raw(&[9, 8, 7], 1, 1, 3, 3)
@@ -346,7 +556,7 @@ mod tests {
         let ok = format!(
             r#"{{"created":1,"data":[{{"b64_json":"{b64}","revised_prompt":"r"}},{{"url":"http://x/1.png"}}]}}"#
         );
-        let answer = classify(&response(200, &ok, &[])).unwrap();
+        let answer = classify(&response(200, &ok, &[]), 2).unwrap();
         assert_eq!(answer.created, 1);
         assert!(matches!(&answer.items[0], Item::Image(i) if i.pixels == [9, 8, 7]));
         assert!(matches!(&answer.items[1], Item::Url(u) if u == "http://x/1.png"));
@@ -354,7 +564,7 @@ mod tests {
         // Unpadded and line-wrapped base64 still decodes.
         let wrapped = format!("{}\n{}", &b64[..10], b64[10..].trim_end_matches('='));
         let body = serde_json::json!({"created": 1, "data": [{"b64_json": wrapped}]}).to_string();
-        assert!(classify(&response(200, &body, &[])).is_ok());
+        assert!(classify(&response(200, &body, &[]), 1).is_ok());
 
         for (body, needle) in [
             (r#"{"data":[]}"#.to_string(), "no `created`"),
@@ -375,7 +585,7 @@ mod tests {
                 "data[0].b64_json is not an image: not a PNG, JPEG or WebP image",
             ),
         ] {
-            let Err(Verdict::Fail(f)) = classify(&response(200, &body, &[])) else {
+            let Err(Verdict::Fail(f)) = classify(&response(200, &body, &[]), 2) else {
                 panic!("{body} is refused");
             };
             assert!(f.message.contains(needle), "{body}: {}", f.message);

@@ -1,15 +1,21 @@
 //! `data[].url` images, fetched after the answer: one GET each, within the pool's timeout and
 //! without the API key, as the URL may name another host. Errors show the URL without its query
 //! (signed URLs carry their signature there).
-use super::answer::plain_message;
+use super::answer::{plain_message, PixelBudget};
 use super::{OpenAi, SERVICE};
 use crate::error::{Error, RemoteError, RemoteFailure, Result};
 use crate::generators::http::{self, HttpRequest, TransportError};
 use crate::image::Image;
 
 impl OpenAi {
-    /// Fetches a `data[index].url` image. No key goes with it: the URL may name any host.
-    pub(super) fn download(&self, index: usize, url: &str) -> Result<Image> {
+    /// Fetches a `data[index].url` image. No key goes with it: the URL may name any host. Its
+    /// size, read from its header, is taken from `budget` before it is decoded.
+    pub(super) fn download(
+        &self,
+        index: usize,
+        url: &str,
+        budget: &mut PixelBudget,
+    ) -> Result<Image> {
         let shown = shown_url(url);
         let failure = |kind, status, message: String| {
             Error::Remote(Box::new(RemoteError {
@@ -42,6 +48,13 @@ impl OpenAi {
             Err(TransportError::Failed(reason)) => {
                 return Err(failure(RemoteFailure::Error, None, reason))
             }
+            Err(TransportError::TooLarge(limit)) => {
+                return Err(failure(
+                    RemoteFailure::Error,
+                    None,
+                    format!("the image is larger than {} MiB", limit >> 20),
+                ))
+            }
         };
         if !(200..300).contains(&response.status) {
             return Err(failure(
@@ -50,13 +63,22 @@ impl OpenAi {
                 format!("HTTP {}: {}", response.status, response.text_excerpt()),
             ));
         }
-        Image::decode(&response.body).map_err(|e| {
+        let not_an_image = |e: Error| {
             failure(
                 RemoteFailure::Error,
                 Some(response.status),
                 format!("not an image: {}", plain_message(&e)),
             )
-        })
+        };
+        let (width, height) = Image::dimensions(&response.body).map_err(not_an_image)?;
+        budget.take(width, height).map_err(|e| {
+            failure(
+                RemoteFailure::Error,
+                Some(response.status),
+                format!("the image {e}"),
+            )
+        })?;
+        Image::decode(&response.body).map_err(not_an_image)
     }
 }
 

@@ -34,13 +34,17 @@
 //!
 //! **Answers** are read while the pool classifies them, so a final failure is not retried and
 //! the error carries the right attempt count: a 2xx whose body is not JSON, lacks `created` or
-//! `data`, or holds an entry that is not a PNG, JPEG or WebP is a `Remote` error naming the entry
-//! and the reason. `data[].url` images are downloaded afterwards (one GET each, the pool's
-//! timeout, no API key: the URL may be another host's). `revised_prompt`s are kept in
+//! `data`, holds more entries than the `n` sent, or holds an entry that is not a PNG, JPEG or
+//! WebP is a `Remote` error naming the entry (or the counts) and the reason. The answer's images
+//! may hold 64 Mpx per image asked for in all (`answer::MAX_PIXELS_PER_IMAGE`), counted from
+//! their headers before anything is decoded. `data[].url` images are downloaded afterwards (one
+//! GET each, the pool's timeout, no API key: the URL may be another host's), within what is left
+//! of that budget. `revised_prompt`s are kept in
 //! `metadata["revised_prompts"]` (one entry per image, null where absent).
 //!
 //! **Errors** (`{error:{message,type,param,code}}`, sd-server's `{"error":"..."}`, or any text):
-//! 429 `insufficient_quota` takes the key out of the pool's rotation; other 429s, 408, 409 and 5xx
+//! 429 `insufficient_quota` and 401 or 403 (a wrong or unauthorised key) take the key out of the
+//! pool's rotation (alone, the service's error is reported); other 429s, 408, 409 and 5xx
 //! are retried after `retry-after-ms`/`retry-after` or the pool's backoff; `x-should-retry`
 //! overrides that; a moderation block (`moderation_blocked`, `content_policy_violation`) is
 //! `Refused`; anything else is final. The error type is `type/code`, or whichever one is given.
@@ -54,7 +58,7 @@ use self::answer::Item;
 use self::sizes::{fit_size, requested_size, Family};
 use super::http::{self, HttpRequest, Multipart};
 use super::pool::{ApiKey, Pool, Probe};
-use super::remote::{self, Exchange};
+use super::remote;
 use super::{Description, Generator, GeneratorOptions, Task};
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -246,6 +250,7 @@ impl OpenAi {
             http,
             ignored,
             size,
+            n,
         })
     }
 
@@ -299,12 +304,6 @@ impl OpenAi {
         }
         Ok(form.into_request("/images/edits"))
     }
-
-    /// One call's exchange with the service: the key as a bearer token, answers read by
-    /// [`answer::classify`].
-    fn exchange(&self) -> Exchange<answer::Answer> {
-        Exchange::new(SERVICE, bearer, answer::classify)
-    }
 }
 
 fn bearer(key: &ApiKey) -> (&'static str, String) {
@@ -318,13 +317,15 @@ struct Prepared {
     ignored: Vec<String>,
     /// The `size` sent, if any.
     size: Option<String>,
+    /// The `n` sent: the most images the answer may hold.
+    n: usize,
 }
 
 impl Generator for OpenAi {
     /// Lists the models (`GET {base}/models`): the endpoint answers and takes the key.
     fn check(&self) -> Result<String> {
         let response = self.pool.call(
-            &Probe(&self.exchange()),
+            &Probe(&answer::Call::new(1)),
             &HttpRequest::get("/models"),
             &|| false,
         )?;
@@ -356,10 +357,10 @@ impl Generator for OpenAi {
         request.validate()?;
         let prepared = self.prepare(request)?;
         request.check_cancelled()?;
-        let exchange = self.exchange();
+        let call = answer::Call::new(prepared.n);
         let cancelled = || request.check_cancelled().is_err();
-        self.pool.call(&exchange, &prepared.http, &cancelled)?;
-        let answer = exchange.into_answer()?;
+        self.pool.call(&call, &prepared.http, &cancelled)?;
+        let mut answer = call.into_answer()?;
 
         let mut images = Vec::with_capacity(answer.items.len());
         for (index, item) in answer.items.into_iter().enumerate() {
@@ -367,7 +368,7 @@ impl Generator for OpenAi {
                 Item::Image(image) => image,
                 Item::Url(url) => {
                     request.check_cancelled()?;
-                    self.download(index, &url)?
+                    self.download(index, &url, &mut answer.budget)?
                 }
             });
         }
