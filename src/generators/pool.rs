@@ -253,11 +253,13 @@ impl Pool {
         let mut retries = 0u32;
         // The last real failure: what a caller sees if the pool runs out of endpoints mid-way.
         let mut last: Option<Error> = None;
+        // Endpoints whose key this call found spent or refused: never asked again by this call.
+        let mut spent: Vec<usize> = Vec::new();
         loop {
             if cancelled() {
                 return Err(Error::Cancelled);
             }
-            let slot = match self.acquire(service, attempts, cancelled) {
+            let slot = match self.acquire(service, attempts, &spent, cancelled) {
                 Ok(slot) => slot,
                 Err(err) => return Err(last.unwrap_or(err)),
             };
@@ -283,6 +285,7 @@ impl Pool {
             // OpenAI quotes a wrong key back, and a proxy might echo headers: no key may reach
             // an error message.
             let verdict = self.scrub(verdict);
+            let index = slot.index;
             slot.release(&verdict);
             let error = |failure: Failure| {
                 Error::Remote(Box::new(RemoteError {
@@ -301,7 +304,10 @@ impl Pool {
                 }
                 Verdict::Fail(failure) => return Err(error(failure)),
                 // Another endpoint may still serve the call; `acquire` says when none can.
-                Verdict::KeyExhausted(failure) => last = Some(error(failure)),
+                Verdict::KeyExhausted(failure) => {
+                    spent.push(index);
+                    last = Some(error(failure));
+                }
                 Verdict::Retry { after, failure } => {
                     if retries >= self.config.max_retries {
                         return Err(error(failure));
@@ -399,14 +405,16 @@ impl Pool {
         }
     }
 
-    /// Picks an endpoint and counts the call in flight: among keys in the rotation and breakers
-    /// not open, one whose breaker is due its trial call, else the one with the fewest calls in
-    /// flight, then the fewest calls overall (so load spreads). Waits while every usable endpoint
-    /// is at its cap, until the timeout or `cancelled`.
+    /// Picks an endpoint and counts the call in flight: among keys in the rotation (all of them
+    /// when every key is out, so a reset quota or a fixed key is noticed at once) that this call
+    /// has not found `spent`, and breakers not open, one whose breaker is due its trial call, else
+    /// the one with the fewest calls in flight, then the fewest calls overall (so load spreads).
+    /// Waits while every usable endpoint is at its cap, until the timeout or `cancelled`.
     fn acquire(
         &self,
         service: &dyn Service,
         attempt: u32,
+        spent: &[usize],
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Slot<'_>> {
         let deadline = Instant::now() + self.config.timeout;
@@ -424,9 +432,14 @@ impl Pool {
                     attempts: attempt,
                 }))
             };
-            let usable: Vec<usize> = (0..self.endpoints.len())
-                .filter(|&i| health[i].usable(now))
-                .collect();
+            let untried = (0..self.endpoints.len()).filter(|i| !spent.contains(i));
+            let in_rotation: Vec<usize> =
+                untried.clone().filter(|&i| health[i].usable(now)).collect();
+            let usable = if in_rotation.is_empty() {
+                untried.collect()
+            } else {
+                in_rotation
+            };
             if usable.is_empty() {
                 // Say why, in the words of the failure that took the first key out.
                 let reasons: Vec<String> = health
