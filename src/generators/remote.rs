@@ -30,21 +30,24 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 pub(crate) struct Exchange<A> {
     service: &'static str,
     auth: fn(&ApiKey) -> (&'static str, String),
-    read: fn(&HttpResponse) -> Result<A, Verdict>,
+    /// A closure, so a reader can know what the call asked for (how many images).
+    read: Box<ReadAnswer<A>>,
     answer: Mutex<Option<A>>,
 }
+
+type ReadAnswer<A> = dyn Fn(&HttpResponse) -> Result<A, Verdict> + Send + Sync;
 
 impl<A> Exchange<A> {
     /// `read` decodes an answer, or says what the pool should do with it.
     pub fn new(
         service: &'static str,
         auth: fn(&ApiKey) -> (&'static str, String),
-        read: fn(&HttpResponse) -> Result<A, Verdict>,
+        read: impl Fn(&HttpResponse) -> Result<A, Verdict> + Send + Sync + 'static,
     ) -> Exchange<A> {
         Exchange {
             service,
             auth,
-            read,
+            read: Box::new(read),
             answer: Mutex::new(None),
         }
     }

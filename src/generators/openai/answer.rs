@@ -1,15 +1,14 @@
 //! Reading the service's answers while the pool classifies them: a successful one checked entry
 //! by entry and decoded, a failed one turned into the pool's verdict (retry, take the key out,
 //! refused or final) with what the service said, in any of the shapes servers use.
-use std::sync::Mutex;
 
 use serde_json::Value;
 
 use super::{bearer, SERVICE};
 use crate::error::{Error, RemoteFailure, Result};
 use crate::generators::http::HttpResponse;
-use crate::generators::pool::{ApiKey, Failure, Service, Verdict};
-use crate::generators::remote::{cut, decode_base64};
+use crate::generators::pool::{Failure, Verdict};
+use crate::generators::remote::{cut, decode_base64, Exchange};
 use crate::image::Image;
 
 /// Most pixels an answer may bring per image asked for (64 Mpx, 8192x8192: eight times the
@@ -62,50 +61,10 @@ impl PixelBudget {
     }
 }
 
-/// One call's exchange with the service: the key as a bearer token, answers read by
-/// [`classify`] against the number of images asked for, and the successful answer kept (so a
-/// final failure found in a 2xx body is not retried and carries the right attempt count).
-pub(super) struct Call {
-    asked: usize,
-    answer: Mutex<Option<Answer>>,
-}
-
-impl Call {
-    /// A call that asked for `asked` images (the `n` sent).
-    pub fn new(asked: usize) -> Call {
-        Call {
-            asked,
-            answer: Mutex::new(None),
-        }
-    }
-
-    /// The answer kept from the successful call.
-    pub fn into_answer(self) -> Result<Answer> {
-        self.answer
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .ok_or_else(|| Error::internal(SERVICE, "a successful answer was not kept"))
-    }
-}
-
-impl Service for Call {
-    fn name(&self) -> &'static str {
-        SERVICE
-    }
-
-    fn auth_header(&self, key: &ApiKey) -> (&'static str, String) {
-        bearer(key)
-    }
-
-    fn classify(&self, response: &HttpResponse) -> Verdict {
-        match classify(response, self.asked) {
-            Ok(answer) => {
-                *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
-                Verdict::Success
-            }
-            Err(verdict) => verdict,
-        }
-    }
+/// One call's exchange with the service: the key as a bearer token, answers read by [`classify`]
+/// against the `asked` images (the `n` sent).
+pub(super) fn exchange(asked: usize) -> Exchange<Answer> {
+    Exchange::new(SERVICE, bearer, move |response| classify(response, asked))
 }
 
 /// One `data[]` entry: an image sent inline, or a URL to fetch it from.

@@ -325,7 +325,7 @@ impl Generator for OpenAi {
     /// Lists the models (`GET {base}/models`): the endpoint answers and takes the key.
     fn check(&self) -> Result<String> {
         let response = self.pool.call(
-            &Probe(&answer::Call::new(1)),
+            &Probe(&answer::exchange(1)),
             &HttpRequest::get("/models"),
             &|| false,
         )?;
@@ -357,7 +357,7 @@ impl Generator for OpenAi {
         request.validate()?;
         let prepared = self.prepare(request)?;
         request.check_cancelled()?;
-        let call = answer::Call::new(prepared.n);
+        let call = answer::exchange(prepared.n);
         let cancelled = || request.check_cancelled().is_err();
         self.pool.call(&call, &prepared.http, &cancelled)?;
         let mut answer = call.into_answer()?;
