@@ -879,76 +879,6 @@ fn contract_spec() -> PathBuf {
     common::repo().join("../shared/contracts/openai-images.yaml")
 }
 
-/// A skip the environment causes; `DG_CONTRACT_REQUIRED=1` (set by `make test`) turns it into a
-/// failure. Only the spec's absence (no ../shared checkout) always skips.
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("DG_CONTRACT_REQUIRED").is_none(),
-        "contract test required but: {why}"
-    );
-    eprintln!("skipping the OpenAI contract test: {why}");
-}
-
-/// The Python with openapi-core: one venv under the target dir, made once and reused. It is
-/// built under a private name and renamed into place, so concurrent test runs never see (or
-/// delete) a half-made one; only `bin/python` is used, which survives the rename.
-fn contract_python() -> Result<PathBuf, String> {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .ok_or("no target dir")?
-        .to_path_buf();
-    let venv = target.join("contract-venv");
-    let ready = |dir: &Path| dir.join(".openapi-core-ready").is_file();
-    if ready(&venv) {
-        return Ok(venv.join("bin/python"));
-    }
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    let building = target.join(format!("contract-venv.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    let built = run(Command::new("python3").args(["-m", "venv"]).arg(&building))
-        .and_then(|()| {
-            run(Command::new(building.join("bin/python")).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                // The stub works around this series' multipart handling (see its notes).
-                "openapi-core>=0.23,<0.24",
-            ]))
-        })
-        .and_then(|()| {
-            std::fs::write(building.join(".openapi-core-ready"), b"").map_err(|e| e.to_string())
-        });
-    if let Err(why) = built {
-        let _ = std::fs::remove_dir_all(&building);
-        return Err(why);
-    }
-    // A stale, unfinished venv from an interrupted older run is replaced.
-    if venv.exists() && !ready(&venv) {
-        let _ = std::fs::remove_dir_all(&venv);
-    }
-    if std::fs::rename(&building, &venv).is_err() {
-        // Another run finished first; use its venv.
-        let _ = std::fs::remove_dir_all(&building);
-    }
-    if ready(&venv) {
-        Ok(venv.join("bin/python"))
-    } else {
-        Err(format!("{} was not made", venv.display()))
-    }
-}
-
 /// The validating stub, killed when dropped.
 struct Proxy {
     child: Child,
@@ -1009,9 +939,14 @@ fn requests_conform_to_the_openai_spec() {
         return;
     }
     let started = Instant::now();
-    let python = match contract_python() {
+    let python = match common::peers::python() {
         Ok(python) => python,
-        Err(why) => return skip(&format!("no Python with openapi-core: {why}")),
+        Err(why) => {
+            return common::peers::skip(
+                "the OpenAI contract test",
+                &format!("no Python with openapi-core: {why}"),
+            )
+        }
     };
     let venv_ready = started.elapsed();
     let proxy = Proxy::start(&python, &spec);

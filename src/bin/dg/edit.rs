@@ -44,7 +44,7 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
     request.strength = args.strength;
     request.image_guidance_scale = args.image_guidance;
     let mode: Resample = args.upscale.parse()?;
-    let backend = args.request.load()?;
+    let backend = args.request.backend.load()?;
     if let Some(path) = &args.init_latents {
         let pipeline = backend
             .local

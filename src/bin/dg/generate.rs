@@ -4,17 +4,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use std::sync::Arc;
 
-use diffgentor::generators::{self, Generator, GeneratorOptions, Task};
+use diffgentor::generators::Task;
 use diffgentor::request::Plan;
 use diffgentor::rng::RngMode;
-use diffgentor::{npy, Error, Output, Pipeline, Request};
+use diffgentor::{npy, Error, Output, Request};
 use serde_json::Value;
 
+use crate::backend::{Backend, BackendArgs};
 use crate::output::Out;
 use crate::progress::{Mode, ProgressDisplay};
-use crate::RuntimeArgs;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -25,19 +24,8 @@ pub struct GenerateArgs {
 /// The flags every request takes, for `dg generate` and `dg edit`.
 #[derive(Args)]
 pub struct RequestArgs {
-    /// Model package directory (optimum/diffusers ONNX export): what the local backend runs.
-    #[arg(long, value_name = "DIR", required_if_eq("backend", "local"))]
-    model: Option<PathBuf>,
-    /// Who draws the image: local (ONNX Runtime), openai or gemini (docs/backends.md; keys only
-    /// from DG_OPENAI_API_KEY / DG_GEMINI_API_KEY or a pool file).
-    #[arg(long, default_value = "local", value_name = "NAME")]
-    backend: String,
-    /// Remote backends: the service's base URL (else DG_<BACKEND>_BASE_URL, else its public API).
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
-    /// Remote backends: the model the service runs (else DG_<BACKEND>_MODEL, else its default).
-    #[arg(long, value_name = "NAME")]
-    remote_model: Option<String>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Remote backends: ignore request fields the service cannot honour (listed in the PNG's
     /// metadata) instead of failing.
     #[arg(long)]
@@ -106,59 +94,16 @@ pub struct RequestArgs {
     /// Output PNG path.
     #[arg(long, short)]
     output: PathBuf,
-    #[command(flatten)]
-    runtime: RuntimeArgs,
 }
 
 pub fn run(args: GenerateArgs, out: &mut Out) -> diffgentor::Result<()> {
     let args = args.request;
     let request = args.build_request()?;
-    let backend = args.load()?;
+    let backend = args.backend.load()?;
     args.run(&backend, &request, out)
 }
 
-/// What draws the images: a generator, and the local pipeline behind it when there is one (for
-/// what only a model package knows, such as its VAE factor).
-pub struct Backend {
-    pub generator: Arc<dyn Generator>,
-    pub local: Option<Arc<Pipeline>>,
-}
-
 impl RequestArgs {
-    pub fn load(&self) -> diffgentor::Result<Backend> {
-        match (&self.model, self.backend.as_str()) {
-            (Some(model), "local") => {
-                let pipeline = Arc::new(Pipeline::load(self.runtime.build()?, model)?);
-                if let Some(note) = &pipeline.model().package.family_note {
-                    errln!("warning: {note}");
-                }
-                Ok(Backend {
-                    generator: pipeline.clone(),
-                    local: Some(pipeline),
-                })
-            }
-            // clap's `required_if_eq` does not fire for the default value, so say it here.
-            (None, "local") => Err(Error::InvalidArg(
-                "--model DIR is required for the local backend (or choose --backend openai or \
-                 gemini)"
-                    .into(),
-            )),
-            (_, name) => {
-                let mut options = GeneratorOptions::new();
-                if let Some(url) = &self.endpoint {
-                    options.set("base_url", url);
-                }
-                if let Some(model) = &self.remote_model {
-                    options.set("model", model);
-                }
-                Ok(Backend {
-                    generator: generators::remote(name, &options)?,
-                    local: None,
-                })
-            }
-        }
-    }
-
     /// Runs the request and writes its images (and latents when asked).
     pub fn run(
         &self,
@@ -170,7 +115,7 @@ impl RequestArgs {
         if args.save_latents.is_some() && backend.local.is_none() {
             return Err(Error::InvalidArg(format!(
                 "--save-latents: the {} backend returns images, not latents",
-                args.backend
+                args.backend.backend
             )));
         }
         let mut display = ProgressDisplay::new(Mode::detect(args.quiet));
@@ -189,7 +134,10 @@ impl RequestArgs {
             npy::write_f32(path, &output.latents)?;
         }
         if let Some(ignored) = output.metadata.get("ignored") {
-            errln!("warning: the {} backend ignored {ignored}", args.backend);
+            errln!(
+                "warning: the {} backend ignored {ignored}",
+                args.backend.backend
+            );
         }
         if request.seed.is_none() && backend.local.is_some() {
             outln!(out, "seed {}", output.seed);
@@ -242,7 +190,7 @@ impl RequestArgs {
 }
 
 /// PATH.png for one image; PATH_00.png, PATH_01.png ... for several.
-fn output_paths(path: &Path, count: usize) -> Vec<PathBuf> {
+pub fn output_paths(path: &Path, count: usize) -> Vec<PathBuf> {
     if count == 1 {
         return vec![path.to_path_buf()];
     }
@@ -279,7 +227,7 @@ fn a1111_sampler(scheduler: &str) -> &str {
 const PROMPT_CHARS_IN_METADATA: usize = 2000;
 
 /// The `parameters` text chunk in the layout AUTOMATIC1111 writes and PNG-info readers parse.
-fn parameters_text(request: &Request, output: &Output, backend: &Backend) -> String {
+pub fn parameters_text(request: &Request, output: &Output, backend: &Backend) -> String {
     let clip = |text: &str| -> String { text.chars().take(PROMPT_CHARS_IN_METADATA).collect() };
     let description = backend.generator.describe();
     let model = &description.name;

@@ -5,6 +5,7 @@
 #[macro_use]
 mod output;
 
+mod backend;
 mod doctor;
 mod edit;
 mod generate;
