@@ -35,6 +35,29 @@ pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
 /// accepts. The conditioning is allocated at this length, so an unbounded one could exhaust memory.
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
+/// The keys [`Request::set`] takes (besides `scheduler.<key>`): the one table the C ABI, the
+/// server's extra fields and the batch columns read.
+pub const KEYS: &[&str] = &[
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+    "num_images",
+    "scheduler",
+    "eta",
+    "rng",
+    "strength",
+    "image_guidance_scale",
+    "plan",
+    "max_sequence_length",
+    "best_effort",
+    "aesthetic_score",
+    "negative_aesthetic_score",
+];
+
 /// One request for every task: text-to-image, img2img (`init_image`), inpainting (`init_image` +
 /// `mask`), instruction editing (`init_image` on an InstructPix2Pix package) and progressive plans
 /// (`plan`). Fields left `None` take the package's defaults (size from the UNet's `sample_size` x
@@ -192,16 +215,19 @@ impl Request {
                 }
                 _ => {
                     return Err(Error::InvalidArg(format!(
-                        "unknown parameter `{key}` (expected prompt, negative_prompt, steps, \
-                         guidance_scale, width, height, seed, num_images, scheduler, eta, rng, \
-                         strength, image_guidance_scale, plan, max_sequence_length, best_effort, \
-                         aesthetic_score, negative_aesthetic_score or \
-                         scheduler.<diffusers config key>)"
+                        "unknown parameter `{key}` (expected {} or \
+                         scheduler.<diffusers config key>)",
+                        KEYS.join(", ")
                     )))
                 }
             },
         }
         Ok(())
+    }
+
+    /// Whether [`Request::set`] takes `key` (one of [`KEYS`] or `scheduler.<key>`).
+    pub fn is_key(key: &str) -> bool {
+        KEYS.contains(&key) || key.strip_prefix("scheduler.").is_some_and(|k| !k.is_empty())
     }
 
     /// The fields set to something only a diffusion pipeline can honour, by request key: a
@@ -410,6 +436,22 @@ pub struct Progress {
 mod tests {
     use super::*;
     use crate::ErrorCode;
+
+    #[test]
+    fn every_listed_key_is_taken() {
+        for key in KEYS {
+            assert!(Request::is_key(key));
+            if let Err(e) = Request::default().set(key, "1") {
+                assert!(!e.to_string().contains("unknown parameter"), "{key}: {e}");
+            }
+        }
+        assert!(Request::is_key("scheduler.timestep_spacing"));
+        for key in ["scheduler.", "latents", "Prompt", "n"] {
+            assert!(!Request::is_key(key), "{key}");
+            let e = Request::default().set(key, "1").unwrap_err();
+            assert!(e.to_string().contains("unknown parameter"), "{key}: {e}");
+        }
+    }
 
     #[test]
     fn set_parses_every_key() {

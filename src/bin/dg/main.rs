@@ -11,6 +11,7 @@ mod edit;
 mod generate;
 mod montage;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,8 @@ enum Command {
     /// Every cell is as large as the largest input (times --scale); an image of another size sits
     /// at the top-left of its cell, the rest of the cell white.
     Montage(montage::MontageArgs),
+    /// Serve the OpenAI Images API (and a job API) over a model or a remote backend.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Flags that choose and configure ONNX Runtime, shared by subcommands that load models.
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Edit(args) => edit::run(*args, &mut out),
         Command::Doctor(args) => doctor::run(args, &mut out),
         Command::Montage(args) => montage::run(args, &mut out),
+        Command::Serve(args) => serve::run(*args, &mut out),
     };
     output::exit_code(result, out.finish())
 }

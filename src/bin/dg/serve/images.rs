@@ -1,0 +1,157 @@
+//! Images going out (encoded as the call asked, with the `parameters` text `dg generate` writes)
+//! and coming in (uploads checked by their header before any pixel is allocated), and the
+//! short-lived store behind `response_format: url`.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use diffgentor::Image;
+
+use super::error::{ApiError, ApiResult};
+use super::params::OutputFormat;
+
+/// Encodes one generated image.
+pub fn encode(image: &Image, format: OutputFormat, parameters: &str) -> ApiResult<Vec<u8>> {
+    let encoded = match format {
+        OutputFormat::Png => image.encode_png(&[("parameters", parameters)]),
+        OutputFormat::Jpeg(quality) => image.encode_jpeg(quality),
+        OutputFormat::WebP => {
+            let mut out = Vec::new();
+            image_webp::WebPEncoder::new(&mut out)
+                .encode(
+                    &image.pixels,
+                    image.width,
+                    image.height,
+                    image_webp::ColorType::Rgb8,
+                )
+                .map(|()| out)
+                .map_err(|e| diffgentor::Error::InvalidArg(format!("WebP encoding: {e}")))
+        }
+    };
+    encoded.map_err(ApiError::from)
+}
+
+/// Decodes an uploaded image (PNG, JPEG or WebP), refusing one whose header claims more than
+/// `max_side` pixels a side before its pixels are allocated.
+pub fn decode_upload(bytes: &[u8], param: &str, max_side: u32) -> ApiResult<Image> {
+    check_size(bytes, param, max_side)?;
+    Image::decode(bytes).map_err(|e| ApiError::invalid(param, format!("`{param}`: {e}")))
+}
+
+/// Decodes an uploaded mask. OpenAI masks mark the area to repaint as transparent; a mask with an
+/// alpha channel is read that way (alpha below half: repaint), one without as diffusers reads
+/// masks (white: repaint).
+pub fn decode_mask(bytes: &[u8], max_side: u32) -> ApiResult<Image> {
+    check_size(bytes, "mask", max_side)?;
+    let Some(alpha) = png_alpha(bytes) else {
+        return decode_upload(bytes, "mask", max_side);
+    };
+    let (width, height, alpha) = alpha.map_err(|e| ApiError::invalid("mask", e))?;
+    let pixels = alpha
+        .iter()
+        .flat_map(|&a| [if a < 128 { 255 } else { 0 }; 3])
+        .collect();
+    Ok(Image {
+        width,
+        height,
+        pixels,
+    })
+}
+
+/// Reads an upload's size from its header and refuses it when a side is over `max_side`.
+fn check_size(bytes: &[u8], param: &str, max_side: u32) -> ApiResult<()> {
+    let (width, height) = Image::dimensions(bytes)
+        .map_err(|e| ApiError::invalid(param, format!("`{param}`: {e}")))?;
+    if width > max_side || height > max_side {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` is {width}x{height}; this server takes images up to {max_side} a side"),
+        )
+        .code("image_too_large"));
+    }
+    Ok(())
+}
+
+/// A PNG's alpha channel, when it has one (grey+alpha or RGBA, 8-bit).
+fn png_alpha(bytes: &[u8]) -> Option<Result<(u32, u32, Vec<u8>), String>> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().ok()?;
+    let info = reader.info();
+    let channels = match (info.color_type, info.bit_depth) {
+        (png::ColorType::Rgba, png::BitDepth::Eight) => 4,
+        (png::ColorType::GrayscaleAlpha, png::BitDepth::Eight) => 2,
+        _ => return None,
+    };
+    let (width, height) = (info.width, info.height);
+    let mut buffer = vec![0; reader.output_buffer_size()?];
+    let frame = match reader.next_frame(&mut buffer) {
+        Ok(frame) => frame,
+        Err(e) => return Some(Err(format!("`mask`: not a readable PNG: {e}"))),
+    };
+    let alpha = buffer[..frame.buffer_size()]
+        .chunks_exact(channels)
+        .map(|px| px[channels - 1])
+        .collect();
+    Some(Ok((width, height, alpha)))
+}
+
+/// Encoded images served under random paths for `response_format: url`, each for a while.
+pub struct FileStore {
+    files: Mutex<HashMap<String, Stored>>,
+    ttl: Duration,
+}
+
+struct Stored {
+    bytes: Vec<u8>,
+    mime: &'static str,
+    expires: Instant,
+}
+
+impl FileStore {
+    pub fn new(ttl: Duration) -> FileStore {
+        FileStore {
+            files: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// Keeps `bytes` and returns the unguessable name they are served under.
+    pub fn put(&self, bytes: Vec<u8>, format: OutputFormat) -> ApiResult<String> {
+        let name = format!("{}.{}", random_id(16)?, format.name());
+        let stored = Stored {
+            bytes,
+            mime: format.mime(),
+            expires: Instant::now() + self.ttl,
+        };
+        self.lock().insert(name.clone(), stored);
+        Ok(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<(Vec<u8>, &'static str)> {
+        let files = self.lock();
+        let stored = files.get(name).filter(|s| s.expires > Instant::now())?;
+        Some((stored.bytes.clone(), stored.mime))
+    }
+
+    /// Forgets expired files.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.lock().retain(|_, s| s.expires > now);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stored>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `bytes` random bytes from the OS as hex: job ids, file names, request ids.
+pub fn random_id(bytes: usize) -> ApiResult<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no randomness from the OS: {e}"),
+        )
+    })?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

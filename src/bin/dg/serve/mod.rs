@@ -1,0 +1,260 @@
+//! `dg serve`: an OpenAI-compatible image server (and a native job API) over any generator,
+//! with a bounded queue, progress streams, health, metrics, an API key and graceful shutdown.
+//! docs/serve.md shows every endpoint.
+mod error;
+mod images;
+mod jobs;
+mod metrics;
+mod middleware;
+mod ops;
+mod openai;
+mod params;
+mod queue;
+mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Args;
+use diffgentor::Error;
+
+use self::error::ApiError;
+use self::images::FileStore;
+use self::metrics::Metrics;
+use self::params::Overrides;
+use self::queue::Queue;
+use self::state::{AppState, Mode, Settings};
+use crate::backend::{Backend, BackendArgs};
+use crate::output::Out;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Address to listen on (only this machine by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed either way).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Which endpoints run: t2i (generations), edit (edits) or all.
+    #[arg(long, value_enum, default_value = "all")]
+    mode: Mode,
+    /// Generations run at once (default: one per replica for local models, 4 for remote ones).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// Requests that may wait for a worker; past it the server answers 429.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    queue_size: usize,
+    /// Local models: pipelines loaded, each with its own sessions (one per --devices entry).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    replicas: usize,
+    /// GPU ids the replicas run on, comma-separated (with --ep cuda or tensorrt): replica i
+    /// runs on the i-th id.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    devices: Vec<u32>,
+    /// Bearer key every request must send (else DG_SERVE_API_KEY; none: no check).
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Largest request body in MiB (larger: 413).
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    max_body_mib: usize,
+    /// Largest side of an uploaded image, in pixels.
+    #[arg(long, default_value_t = 4096, value_name = "PX")]
+    max_upload_side: u32,
+    /// Seconds a generation may take before it is cancelled (504).
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    request_timeout: u64,
+    /// Seconds finished jobs and image URLs are kept.
+    #[arg(long, default_value_t = 3600, value_name = "S")]
+    job_ttl: u64,
+    /// Seconds in-flight work may take to finish after SIGTERM/SIGINT before it is cancelled.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    shutdown_timeout: u64,
+}
+
+pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
+    init_logging();
+    let replicas = Arc::new(load_replicas(&args)?);
+    let description = replicas[0].generator.describe();
+    let local = replicas[0].local.is_some();
+    let workers = args
+        .concurrency
+        .unwrap_or(if local { replicas.len() } else { 4 })
+        .max(1);
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("DG_SERVE_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    let metrics = Arc::new(Metrics::default());
+    let (queue, workers) = Queue::start(replicas.clone(), workers, args.queue_size, metrics.clone());
+    let ttl = Duration::from_secs(args.job_ttl);
+    let state = Arc::new(AppState {
+        replicas,
+        description,
+        queue: queue.clone(),
+        jobs: Mutex::new(HashMap::new()),
+        files: FileStore::new(ttl),
+        metrics,
+        settings: Settings {
+            mode: args.mode,
+            api_key,
+            overrides: Overrides::from_env()?,
+            request_timeout: Duration::from_secs(args.request_timeout),
+            ttl,
+            max_upload_side: args.max_upload_side,
+        },
+        shutting_down: Default::default(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::InvalidArg(format!("cannot start the server's runtime: {e}")))?;
+    runtime.block_on(serve(state.clone(), &args, out))?;
+    queue.close();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
+
+/// Listens until SIGTERM or SIGINT, then stops accepting, lets in-flight work finish until the
+/// shutdown timeout and cancels what is left.
+async fn serve(state: Arc<AppState>, args: &ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| Error::InvalidArg(format!("cannot listen on {}:{}: {e}", args.host, args.port)))?;
+    let address: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidArg(format!("no local address: {e}")))?;
+    outln!(out, "listening on http://{address}");
+    tracing::info!(
+        model = %state.description.name,
+        backend = state.description.kind,
+        replicas = state.replicas.len(),
+        workers = state.queue.workers(),
+        "serving on http://{address}"
+    );
+    let sweeper = tokio::spawn({
+        let state = state.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                state.sweep();
+            }
+        }
+    });
+    let deadline = Duration::from_secs(args.shutdown_timeout);
+    let stopping = state.clone();
+    let shutdown = async move {
+        stop_signal().await;
+        tracing::info!("shutting down: no new requests, {} s for in-flight work", deadline.as_secs());
+        stopping.shutting_down.store(true, Ordering::Release);
+        stopping.queue.close();
+        let cancelling = stopping.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            tracing::warn!("shutdown deadline passed: cancelling in-flight work");
+            cancelling.cancel_all();
+        });
+    };
+    let served = axum::serve(listener, router(state, args.max_body_mib))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    served.map_err(|e| Error::InvalidArg(format!("the server failed: {e}")))
+}
+
+fn router(state: Arc<AppState>, max_body_mib: usize) -> Router {
+    Router::new()
+        .route("/v1/images/generations", post(openai::generations))
+        .route("/v1/images/edits", post(openai::edits))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/v1/files/{name}", get(openai::file))
+        .route("/v1/jobs", post(jobs::create))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/ws", get(jobs::websocket))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").code("not_found")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+                .code("method_not_allowed")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authorize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
+        .layer(DefaultBodyLimit::max(max_body_mib.saturating_mul(1 << 20)))
+        .with_state(state)
+}
+
+/// The pipelines (or the one remote generator) behind the queue.
+fn load_replicas(args: &ServeArgs) -> diffgentor::Result<Vec<Backend>> {
+    if args.backend.backend != "local" {
+        return Ok(vec![args.backend.load()?]);
+    }
+    let count = if args.devices.is_empty() {
+        args.replicas.max(1)
+    } else {
+        args.devices.len()
+    };
+    // CPU replicas share the cores rather than each spawning a pool as large as the machine.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..count)
+        .map(|i| {
+            let mut backend = args.backend.clone();
+            if let Some(device) = args.devices.get(i) {
+                let ep = backend.runtime.ep.split(':').next().unwrap_or("cpu").to_string();
+                backend.runtime.ep = format!("{ep}:{device}");
+            } else if count > 1 && backend.runtime.threads.is_none() {
+                backend.runtime.threads = Some((cores / count).max(1));
+            }
+            backend.load()
+        })
+        .collect()
+}
+
+/// Logs to stderr; `DG_LOG` (or `RUST_LOG`) filters, `info` by default.
+fn init_logging() {
+    let filter = std::env::var("DG_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn stop_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,364 @@
+//! An OpenAI Images request's fields (a JSON body, or the text parts of a multipart edit) turned
+//! into a [`Request`] and the answer's shape. Diffusion parameters come as extra fields named by
+//! the library's request keys (what the `openai` client's `extra_body` sends); fields neither
+//! OpenAI nor diffgentor knows are ignored, as the API does.
+use diffgentor::generators::{Description, Sizes};
+use diffgentor::Request;
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ApiResult};
+
+/// Most images one call may ask for (the OpenAI API's limit).
+pub const MAX_N: u64 = 10;
+
+/// What a call asked for besides the request itself.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub request: Request,
+    pub response_format: ResponseFormat,
+    pub output_format: OutputFormat,
+    pub stream: bool,
+    pub partial_images: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFormat {
+    B64Json,
+    Url,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Png,
+    /// With its quality (`output_compression`, 1..=100).
+    Jpeg(u8),
+    WebP,
+}
+
+impl OutputFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "png",
+            OutputFormat::Jpeg(_) => "jpeg",
+            OutputFormat::WebP => "webp",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "image/png",
+            OutputFormat::Jpeg(_) => "image/jpeg",
+            OutputFormat::WebP => "image/webp",
+        }
+    }
+}
+
+/// Values the operator forces on every request (`DG_SERVE_NUM_INFERENCE_STEPS`,
+/// `DG_SERVE_GUIDANCE_SCALE`, as the ancestor's server reads them).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f32>,
+}
+
+impl Overrides {
+    pub fn from_env() -> diffgentor::Result<Overrides> {
+        let read = |name: &str, key: &str, request: &mut Request| -> diffgentor::Result<bool> {
+            match std::env::var(name) {
+                Ok(value) => request.set(key, &value).map(|()| true).map_err(|e| {
+                    diffgentor::Error::InvalidArg(format!("{name}: {e}"))
+                }),
+                Err(_) => Ok(false),
+            }
+        };
+        let mut probe = Request::default();
+        let steps = read("DG_SERVE_NUM_INFERENCE_STEPS", "steps", &mut probe)?;
+        let guidance = read("DG_SERVE_GUIDANCE_SCALE", "guidance_scale", &mut probe)?;
+        Ok(Overrides {
+            steps: steps.then_some(probe.steps),
+            guidance_scale: guidance.then_some(probe.guidance_scale),
+        })
+    }
+
+    fn apply(&self, request: &mut Request) {
+        if let Some(steps) = self.steps {
+            request.steps = steps;
+        }
+        if let Some(guidance) = self.guidance_scale {
+            request.guidance_scale = guidance;
+        }
+    }
+}
+
+/// Request keys a caller may not set as extra fields: the OpenAI fields above say them.
+const RESERVED_KEYS: [&str; 4] = ["prompt", "num_images", "width", "height"];
+
+/// Reads a call's fields against what the generator can do.
+pub fn parse(
+    fields: &Map<String, Value>,
+    generator: &Description,
+    overrides: &Overrides,
+) -> ApiResult<Call> {
+    let prompt = match fields.get("prompt") {
+        Some(Value::String(p)) if !p.trim().is_empty() => p.clone(),
+        Some(Value::String(_)) => return Err(ApiError::invalid("prompt", "`prompt` is empty")),
+        Some(_) => return Err(ApiError::invalid("prompt", "`prompt` must be a string")),
+        None => return Err(ApiError::invalid("prompt", "`prompt` is required")),
+    };
+    let mut request = Request::new(prompt);
+    if let Some(n) = integer(fields, "n")? {
+        if !(1..=MAX_N).contains(&n) {
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}, got {n}"),
+            ));
+        }
+        request.num_images = n as usize;
+    }
+    if let Some(size) = text(fields, "size")? {
+        if let Some((w, h)) = parse_size(&size, &generator.sizes)? {
+            request.width = Some(w);
+            request.height = Some(h);
+        }
+    }
+    for (key, value) in fields {
+        // `num_inference_steps` is the diffusers name the ancestor's clients send.
+        let key = if key == "num_inference_steps" { "steps" } else { key.as_str() };
+        if !Request::is_key(key) || RESERVED_KEYS.contains(&key) {
+            continue;
+        }
+        let Some(value) = scalar(value) else {
+            continue;
+        };
+        request
+            .set(key, &value)
+            .map_err(|e| ApiError::invalid(key, e.to_string()))?;
+    }
+    overrides.apply(&mut request);
+    let response_format = match text(fields, "response_format")?.as_deref() {
+        None | Some("b64_json") => ResponseFormat::B64Json,
+        Some("url") => ResponseFormat::Url,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!("`response_format` must be b64_json or url, got `{other}`"),
+            ))
+        }
+    };
+    let compression = match integer(fields, "output_compression")? {
+        Some(c) if c > 100 => {
+            return Err(ApiError::invalid(
+                "output_compression",
+                format!("`output_compression` must be between 0 and 100, got {c}"),
+            ))
+        }
+        Some(c) => c as u8,
+        None => 100,
+    };
+    let output_format = match text(fields, "output_format")?.as_deref() {
+        None | Some("png") => OutputFormat::Png,
+        Some("jpeg") | Some("jpg") => OutputFormat::Jpeg(compression.max(1)),
+        Some("webp") => OutputFormat::WebP,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "output_format",
+                format!("`output_format` must be png, jpeg or webp, got `{other}`"),
+            ))
+        }
+    };
+    let partial_images = integer(fields, "partial_images")?.unwrap_or(0);
+    if partial_images > 3 {
+        return Err(ApiError::invalid(
+            "partial_images",
+            format!("`partial_images` must be between 0 and 3, got {partial_images}"),
+        ));
+    }
+    Ok(Call {
+        request,
+        response_format,
+        output_format,
+        stream: boolean(fields, "stream")?.unwrap_or(false),
+        partial_images: partial_images as usize,
+    })
+}
+
+/// `WxH`, or `auto` (`None`: the model's default size).
+fn parse_size(size: &str, sizes: &Sizes) -> ApiResult<Option<(u32, u32)>> {
+    if size == "auto" {
+        return Ok(None);
+    }
+    let bad = |why: String| ApiError::invalid("size", why).code("invalid_size");
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .ok_or_else(|| bad(format!("`size` must be WIDTHxHEIGHT or auto, got `{size}`")))?;
+    match sizes {
+        Sizes::Multiple { multiple, max, .. } => {
+            if w == 0 || h == 0 || w % multiple != 0 || h % multiple != 0 || w > *max || h > *max {
+                return Err(bad(format!(
+                    "this model makes sizes whose sides are multiples of {multiple} up to {max}, \
+                     not {size}"
+                )));
+            }
+        }
+        Sizes::Listed(listed) => {
+            if !listed.contains(&(w, h)) {
+                let names: Vec<String> = listed.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+                return Err(bad(format!(
+                    "this model makes {} (or auto), not {size}",
+                    names.join(", ")
+                )));
+            }
+        }
+        Sizes::Any => {}
+    }
+    Ok(Some((w, h)))
+}
+
+/// A field's value as [`Request::set`] takes it; `None` for null (and the string `null`, which is
+/// how multipart forms send it).
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) if s == "null" => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn text(fields: &Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
+    match fields.get(key).and_then(scalar) {
+        None => Ok(None),
+        Some(s) if fields.get(key).is_some_and(Value::is_string) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a string"))),
+    }
+}
+
+/// An integer field, given as a JSON number or (multipart) a decimal string.
+fn integer(fields: &Map<String, Value>, key: &str) -> ApiResult<Option<u64>> {
+    let Some(value) = fields.get(key).and_then(scalar) else {
+        return Ok(None);
+    };
+    value.trim().parse::<u64>().map(Some).map_err(|_| {
+        ApiError::invalid(key, format!("`{key}` must be a non-negative integer, got {value}"))
+    })
+}
+
+fn boolean(fields: &Map<String, Value>, key: &str) -> ApiResult<Option<bool>> {
+    match fields.get(key).and_then(scalar).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be true or false, got {other}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffgentor::generators::Task;
+    use serde_json::json;
+
+    fn local() -> Description {
+        Description {
+            name: "tiny".into(),
+            kind: "local",
+            tasks: vec![Task::TextToImage],
+            sizes: Sizes::Multiple {
+                multiple: 8,
+                max: 1024,
+                default: Some((64, 64)),
+            },
+            honours_seed: true,
+            negative_prompt: true,
+        }
+    }
+
+    fn parse_json(body: serde_json::Value) -> ApiResult<Call> {
+        let Value::Object(fields) = body else { panic!("an object") };
+        parse(&fields, &local(), &Overrides::default())
+    }
+
+    #[test]
+    fn openai_fields_and_extra_body_make_the_request() {
+        let call = parse_json(json!({
+            "prompt": "a fox", "n": 2, "size": "64x128", "response_format": "url",
+            "output_format": "jpeg", "output_compression": 80, "model": "anything",
+            "seed": 7, "steps": 3, "guidance_scale": 2.5, "negative_prompt": "blur",
+            "scheduler": "euler", "scheduler.timestep_spacing": "trailing", "future_field": [1],
+            "num_images": 9, "width": 8,
+        }))
+        .unwrap();
+        let r = &call.request;
+        assert_eq!((r.num_images, r.width, r.height), (2, Some(64), Some(128)));
+        assert_eq!((r.seed, r.steps, r.guidance_scale), (Some(7), 3, 2.5));
+        assert_eq!(r.negative_prompt.as_deref(), Some("blur"));
+        assert_eq!(r.scheduler_overrides["timestep_spacing"], "trailing");
+        assert_eq!(call.response_format, ResponseFormat::Url);
+        assert_eq!(call.output_format, OutputFormat::Jpeg(80));
+    }
+
+    #[test]
+    fn multipart_strings_parse_like_json() {
+        let call = parse_json(json!({
+            "prompt": "a fox", "n": "2", "stream": "true", "seed": "7", "size": "null",
+            "num_inference_steps": "4",
+        }))
+        .unwrap();
+        assert_eq!((call.request.num_images, call.request.seed), (2, Some(7)));
+        assert_eq!((call.request.steps, call.request.width), (4, None));
+        assert!(call.stream);
+    }
+
+    #[test]
+    fn bad_fields_name_their_param() {
+        for (body, param) in [
+            (json!({}), "prompt"),
+            (json!({"prompt": 3}), "prompt"),
+            (json!({"prompt": "x", "n": 0}), "n"),
+            (json!({"prompt": "x", "n": 1000}), "n"),
+            (json!({"prompt": "x", "n": -1}), "n"),
+            (json!({"prompt": "x", "size": "63x64"}), "size"),
+            (json!({"prompt": "x", "size": "2048x64"}), "size"),
+            (json!({"prompt": "x", "size": "big"}), "size"),
+            (json!({"prompt": "x", "steps": "many"}), "steps"),
+            (json!({"prompt": "x", "response_format": "gif"}), "response_format"),
+            (json!({"prompt": "x", "output_format": "gif"}), "output_format"),
+            (json!({"prompt": "x", "output_compression": 101}), "output_compression"),
+            (json!({"prompt": "x", "partial_images": 4}), "partial_images"),
+            (json!({"prompt": "x", "stream": "maybe"}), "stream"),
+        ] {
+            let e = parse_json(body.clone()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn operator_overrides_win() {
+        let Value::Object(fields) = json!({"prompt": "x", "steps": 30, "guidance_scale": 9})
+        else {
+            unreachable!()
+        };
+        let overrides = Overrides {
+            steps: Some(2),
+            guidance_scale: Some(1.0),
+        };
+        let call = parse(&fields, &local(), &overrides).unwrap();
+        assert_eq!((call.request.steps, call.request.guidance_scale), (2, 1.0));
+    }
+
+    #[test]
+    fn listed_sizes_are_the_only_ones() {
+        let mut remote = local();
+        remote.sizes = Sizes::Listed(vec![(1024, 1024)]);
+        let Value::Object(fields) = json!({"prompt": "x", "size": "512x512"}) else {
+            unreachable!()
+        };
+        let e = parse(&fields, &remote, &Overrides::default()).unwrap_err();
+        assert!(e.message.contains("1024x1024"), "{}", e.message);
+    }
+}

@@ -1,0 +1,158 @@
+//! What every handler shares: the replicas, the queue, the jobs by id, the file store, metrics
+//! and the server's settings.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use diffgentor::generators::{Description, Task};
+use diffgentor::Request;
+
+use super::error::{ApiError, ApiResult};
+use super::images::{random_id, FileStore};
+use super::metrics::Metrics;
+use super::params::Overrides;
+use super::queue::{Job, Queue, Refusal};
+use crate::backend::Backend;
+
+/// Which endpoints a server takes (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Text-to-image only.
+    T2i,
+    /// Edits only.
+    Edit,
+    /// Both.
+    All,
+}
+
+pub struct Settings {
+    pub mode: Mode,
+    pub api_key: Option<String>,
+    pub overrides: Overrides,
+    /// Longest a generation may take before it is cancelled.
+    pub request_timeout: Duration,
+    /// How long finished jobs (and url images) are kept.
+    pub ttl: Duration,
+    /// Largest uploaded image side.
+    pub max_upload_side: u32,
+}
+
+pub struct AppState {
+    pub replicas: Arc<Vec<Backend>>,
+    pub description: Description,
+    pub queue: Arc<Queue>,
+    pub jobs: Mutex<HashMap<String, Arc<Job>>>,
+    pub files: FileStore,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// Queues a request as a new job: 429 with a retry estimate when the queue is full, 503 once
+    /// the server is shutting down.
+    pub fn submit(&self, request: Request) -> ApiResult<Arc<Job>> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(shutting_down());
+        }
+        let job = Job::new(random_id(12)?, request);
+        match self.queue.submit(job.clone()) {
+            Ok(()) => {
+                self.jobs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(job.id.clone(), job.clone());
+                Ok(job)
+            }
+            Err(Refusal::Closed) => Err(shutting_down()),
+            Err(Refusal::Full) => {
+                let (waiting, _) = self.queue.depth();
+                let per_job = self.metrics.mean_generation().unwrap_or(Duration::from_secs(1));
+                let wait = per_job * (waiting / self.queue.workers().max(1) + 1) as u32;
+                Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "the queue is full ({waiting} requests waiting); retry later"
+                    ),
+                )
+                .code("queue_full")
+                .retry_after(wait.as_secs().max(1)))
+            }
+        }
+    }
+
+    pub fn job(&self, id: &str) -> ApiResult<Arc<Job>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}` (jobs expire)"))
+                    .code("job_not_found")
+            })
+    }
+
+    /// Forgets a job whose caller has its answer.
+    pub fn forget(&self, id: &str) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Forgets jobs that ended longer ago than the TTL, and expired files.
+    pub fn sweep(&self) {
+        let ttl = self.settings.ttl;
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, job| job.finished_for().is_none_or(|age| age < ttl));
+        self.files.sweep();
+    }
+
+    /// Cancels every job not yet finished (the shutdown deadline passed).
+    pub fn cancel_all(&self) {
+        for job in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            job.request_cancel();
+        }
+    }
+
+    /// Refuses a task this server (its `--mode`) or its generator does not take.
+    pub fn check_task(&self, request: &Request) -> ApiResult<()> {
+        let task = Task::of(request);
+        let editing = task != Task::TextToImage;
+        let allowed = match self.settings.mode {
+            Mode::All => true,
+            Mode::T2i => !editing,
+            Mode::Edit => editing,
+        };
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("this server runs with --mode {:?} and takes no {task} requests", self.settings.mode)
+                    .to_lowercase(),
+            )
+            .code("mode_disabled"));
+        }
+        let tasks = &self.description.tasks;
+        // An instruction-editing model takes an image for any edit it is asked.
+        if tasks.contains(&task) || (editing && tasks.contains(&Task::Edit)) {
+            return Ok(());
+        }
+        Err(ApiError::invalid(
+            if task == Task::Inpaint { "mask" } else { "image" },
+            format!(
+                "{} cannot do {task} (it does {})",
+                self.description.name,
+                tasks.iter().map(Task::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .code("unsupported_task"))
+    }
+}
+
+pub fn shutting_down() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down")
+        .code("shutting_down")
+        .retry_after(5)
+}
