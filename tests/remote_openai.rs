@@ -803,6 +803,68 @@ fn fields_openai_cannot_use_are_refused_or_listed() {
 }
 
 #[test]
+fn compatible_servers_can_be_sent_the_diffusion_fields() {
+    let ok = answer(&[image(2, 2)]);
+    let server = TestServer::start(move |_, _| ok.clone());
+    let generator = openai(
+        &server,
+        &[("model", "digits"), ("diffusion_fields", "true")],
+    );
+    assert!(generator.describe().honours_seed);
+    let mut request = Request {
+        negative_prompt: Some("blurry".into()),
+        seed: Some(u64::MAX),
+        steps: 3,
+        guidance_scale: 0.1,
+        scheduler: Some("euler".into()),
+        ..Request::new("a fox")
+    };
+    request
+        .scheduler_overrides
+        .insert("timestep_spacing".into(), json!("trailing"));
+    let output = run(&*generator, &request).unwrap();
+    assert!(!output.metadata.contains_key("ignored"));
+    let sent = server.requests()[0].json();
+    assert_eq!(sent["seed"], json!(u64::MAX));
+    assert_eq!(sent["steps"], json!(3));
+    assert_eq!(sent["guidance_scale"].as_f64().unwrap() as f32, 0.1);
+    assert_eq!(sent["negative_prompt"], json!("blurry"));
+    assert_eq!(sent["scheduler"], json!("euler"));
+    assert_eq!(sent["scheduler.timestep_spacing"], json!("trailing"));
+
+    // Edits send them as text parts.
+    request.init_image = Some(image(2, 2));
+    run(&*generator, &request).unwrap();
+    let parts = multipart(&server.requests()[1]);
+    let text = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| String::from_utf8_lossy(&p.3).into_owned())
+    };
+    assert_eq!(text("seed").as_deref(), Some("18446744073709551615"));
+    assert_eq!(text("steps").as_deref(), Some("3"));
+
+    // A plan cannot be sent: it stays refused.
+    request.plan = Some(
+        diffgentor::request::Plan::from_json(r#"{"stages": [{"width": 8, "height": 8}]}"#).unwrap(),
+    );
+    let err = run(&*generator, &request).unwrap_err();
+    assert!(err.to_string().contains("`plan`"), "{err}");
+
+    // OpenAI's own models refuse fields they do not define, so the option is refused for them.
+    let mut options = GeneratorOptions::new();
+    options
+        .set("base_url", &server.url("/v1"))
+        .set("api_key", KEY)
+        .set("model", "gpt-image-1")
+        .set("diffusion_fields", "true");
+    let err = remote("openai", &options).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArg);
+    assert!(err.to_string().contains("diffusion_fields"), "{err}");
+}
+
+#[test]
 fn cancelled_requests_send_nothing() {
     let ok = answer(&[image(2, 2)]);
     let server = TestServer::start(move |_, _| ok.clone());

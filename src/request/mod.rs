@@ -225,9 +225,42 @@ impl Request {
         Ok(())
     }
 
+    /// The value of `key` as [`Request::set`] takes it back (numbers as JSON numbers, which
+    /// round-trip exactly): what a caller forwarding a request to a server that reads request keys
+    /// sends. `None` for an unset optional field, an unknown key, and `plan` (forwarded only as
+    /// the plan JSON it was set from, which a request does not keep).
+    pub fn value(&self, key: &str) -> Option<Value> {
+        let number = |v: f32| Some(Value::from(f64::from(v)));
+        match key {
+            "prompt" => Some(self.prompt.clone().into()),
+            "negative_prompt" => self.negative_prompt.clone().map(Value::from),
+            "steps" => Some(self.steps.into()),
+            "guidance_scale" => number(self.guidance_scale),
+            "width" => self.width.map(Value::from),
+            "height" => self.height.map(Value::from),
+            "seed" => self.seed.map(Value::from),
+            "num_images" => Some(self.num_images.into()),
+            "scheduler" => self.scheduler.clone().map(Value::from),
+            "eta" => number(self.eta),
+            "rng" => Some(self.rng.as_str().into()),
+            "strength" => self.strength.map(Value::from),
+            "image_guidance_scale" => number(self.image_guidance_scale),
+            "max_sequence_length" => self.max_sequence_length.map(Value::from),
+            "best_effort" => Some(self.best_effort.into()),
+            "aesthetic_score" => number(self.aesthetic_score),
+            "negative_aesthetic_score" => number(self.negative_aesthetic_score),
+            _ => key
+                .strip_prefix("scheduler.")
+                .and_then(|name| self.scheduler_overrides.get(name).cloned()),
+        }
+    }
+
     /// Whether [`Request::set`] takes `key` (one of [`KEYS`] or `scheduler.<key>`).
     pub fn is_key(key: &str) -> bool {
-        KEYS.contains(&key) || key.strip_prefix("scheduler.").is_some_and(|k| !k.is_empty())
+        KEYS.contains(&key)
+            || key
+                .strip_prefix("scheduler.")
+                .is_some_and(|k| !k.is_empty())
     }
 
     /// The fields set to something only a diffusion pipeline can honour, by request key: a
@@ -451,6 +484,32 @@ mod tests {
             let e = Request::default().set(key, "1").unwrap_err();
             assert!(e.to_string().contains("unknown parameter"), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn values_set_back_to_the_same_request() {
+        let mut r = Request::new("a fox");
+        r.negative_prompt = Some("blur".into());
+        r.guidance_scale = 0.1;
+        r.eta = 1.0 / 3.0;
+        r.seed = Some(u64::MAX);
+        r.strength = Some(0.35);
+        r.rng = RngMode::Fast;
+        r.max_sequence_length = Some(77);
+        r.scheduler_overrides
+            .insert("use_karras_sigmas".into(), Value::Bool(true));
+        let mut copy = Request::default();
+        for key in KEYS.iter().copied().chain(["scheduler.use_karras_sigmas"]) {
+            if let Some(value) = r.value(key) {
+                let text = match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                copy.set(key, &text)
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
+            }
+        }
+        assert_eq!(format!("{copy:?}"), format!("{r:?}"));
     }
 
     #[test]

@@ -84,6 +84,11 @@ const OWN_KEYS: &[&str] = &[
     "user",
 ];
 
+/// Options that change how requests are sent rather than adding a field: `diffusion_fields`
+/// (boolean) sends the request's diffusion fields (seed, steps, negative prompt, scheduler ...) by
+/// their request keys, for OpenAI-compatible servers that read them, such as `dg serve`.
+const SETTINGS: &[&str] = &["diffusion_fields"];
+
 /// The values the spec allows for the enumerated options.
 const CHOICES: &[(&str, &[&str])] = &[
     (
@@ -105,6 +110,8 @@ pub struct OpenAi {
     fields: Vec<(&'static str, Value)>,
     /// For `data[].url` downloads, which go to whatever host the service names.
     agent: ureq::Agent,
+    /// Send diffusion fields instead of refusing them (the `diffusion_fields` option).
+    diffusion_fields: bool,
 }
 
 impl fmt::Debug for OpenAi {
@@ -131,7 +138,8 @@ impl OpenAi {
         options: &GeneratorOptions,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<OpenAi> {
-        let resolved = options.resolve(SERVICE, OWN_KEYS, DEFAULT_URL, env)?;
+        let keys: Vec<&str> = OWN_KEYS.iter().chain(SETTINGS).copied().collect();
+        let resolved = options.resolve(SERVICE, &keys, DEFAULT_URL, env)?;
         if let Some(endpoint) = resolved
             .endpoints
             .iter()
@@ -169,12 +177,23 @@ impl OpenAi {
                  the field; leave it unset (it is for dall-e models and compatible servers)"
             )));
         }
+        let diffusion_fields = match resolved.extra("diffusion_fields") {
+            Some(value) => crate::runtime::flag("diffusion_fields", value)?,
+            None => false,
+        };
+        if diffusion_fields && family != Family::Other {
+            return Err(Error::InvalidArg(format!(
+                "openai option diffusion_fields: {model} refuses fields it does not define; the \
+                 option is for OpenAI-compatible servers (such as dg serve) that read them"
+            )));
+        }
         Ok(OpenAi {
             pool: Pool::new(resolved.endpoints, resolved.pool)?,
             model,
             family,
             fields,
             agent: http::agent(),
+            diffusion_fields,
         })
     }
 
@@ -206,7 +225,7 @@ impl OpenAi {
             }
         }
 
-        let mut ignored = request.diffusion_fields();
+        let (sent, mut ignored) = self.diffusion_values(request);
         let mut refused: Vec<String> = ignored.iter().map(|n| format!("`{n}`")).collect();
         let n = match self.family.max_images() {
             Some(max) if request.num_images > max => {
@@ -243,8 +262,8 @@ impl OpenAi {
         }
 
         let http = match &request.init_image {
-            None => self.generation(request, n, size.as_deref()),
-            Some(image) => self.edit(request, image, n, size.as_deref())?,
+            None => self.generation(request, n, size.as_deref(), &sent),
+            Some(image) => self.edit(request, image, n, size.as_deref(), &sent)?,
         };
         Ok(Prepared {
             http,
@@ -254,7 +273,27 @@ impl OpenAi {
         })
     }
 
-    fn generation(&self, request: &Request, n: usize, size: Option<&str>) -> HttpRequest {
+    /// The request's diffusion fields split into those sent by their request keys (with the
+    /// `diffusion_fields` option) and those the service cannot take.
+    fn diffusion_values(&self, request: &Request) -> (Vec<(String, Value)>, Vec<String>) {
+        let mut sent = Vec::new();
+        let mut ignored = Vec::new();
+        for name in request.diffusion_fields() {
+            match request.value(&name).filter(|_| self.diffusion_fields) {
+                Some(value) => sent.push((name, value)),
+                None => ignored.push(name),
+            }
+        }
+        (sent, ignored)
+    }
+
+    fn generation(
+        &self,
+        request: &Request,
+        n: usize,
+        size: Option<&str>,
+        diffusion: &[(String, Value)],
+    ) -> HttpRequest {
         let mut body = Map::new();
         body.insert("model".into(), Value::from(self.model.as_str()));
         body.insert("prompt".into(), Value::from(request.prompt.as_str()));
@@ -265,6 +304,9 @@ impl OpenAi {
         for (key, value) in &self.fields {
             body.insert((*key).into(), value.clone());
         }
+        for (key, value) in diffusion {
+            body.insert(key.clone(), value.clone());
+        }
         HttpRequest::json("/images/generations", &Value::Object(body))
     }
 
@@ -274,6 +316,7 @@ impl OpenAi {
         image: &Image,
         n: usize,
         size: Option<&str>,
+        diffusion: &[(String, Value)],
     ) -> Result<HttpRequest> {
         let mut form = Multipart::new();
         let images = [image];
@@ -295,7 +338,11 @@ impl OpenAi {
         if let Some(size) = size {
             form.text("size", size);
         }
-        for (key, value) in self.fields.iter().filter(|(k, _)| *k != "moderation") {
+        let fields = self.fields.iter().filter(|(k, _)| *k != "moderation");
+        for (key, value) in fields
+            .map(|(k, v)| (*k, v))
+            .chain(diffusion.iter().map(|(k, v)| (k.as_str(), v)))
+        {
             // Multipart scalars are text, as the official client sends them.
             match value {
                 Value::String(text) => form.text(key, text),
@@ -345,7 +392,11 @@ impl Generator for OpenAi {
         } else {
             vec![Task::TextToImage]
         };
-        remote::description(&self.model, SERVICE, tasks, self.family.sizes())
+        let mut description = remote::description(&self.model, SERVICE, tasks, self.family.sizes());
+        // A server that reads the diffusion fields runs a diffusion model that honours them.
+        description.honours_seed = self.diffusion_fields;
+        description.negative_prompt = self.diffusion_fields;
+        description
     }
 
     fn generate(
