@@ -25,6 +25,10 @@ pub struct BackendArgs {
     /// Remote backends: the model the service runs (else DG_<BACKEND>_MODEL, else its default).
     #[arg(long, value_name = "NAME")]
     pub remote_model: Option<String>,
+    /// Remote backends: any generator option by key (docs/backends.md), e.g.
+    /// `diffusion_fields=true` or `timeout_s=30` (repeatable).
+    #[arg(long = "backend-option", value_name = "KEY=VALUE")]
+    pub backend_options: Vec<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -63,6 +67,12 @@ impl BackendArgs {
                 }
                 if let Some(model) = &self.remote_model {
                     options.set("model", model);
+                }
+                for option in &self.backend_options {
+                    let (key, value) = option.split_once('=').ok_or_else(|| {
+                        Error::InvalidArg(format!("--backend-option `{option}` is not KEY=VALUE"))
+                    })?;
+                    options.set(key.trim(), value.trim());
                 }
                 Ok(Backend {
                     generator: generators::remote(name, &options)?,
