@@ -11,7 +11,7 @@ DEMO_DIR := out/demo
 DEMO_SEED ?= 7
 
 .PHONY: all ort build demo test lint clean header-check c-build c-test c-valgrind-one c-test-install \
-	c-lib install bindings-test
+	c-lib install bindings-test bench-serve
 
 # The C API (docs/c-api.md): version numbers from Cargo.toml, the pinned cbindgen, install paths.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
@@ -67,6 +67,11 @@ demo: build
 	$(DG) montage --columns 10 --scale 16 --output $(DEMO_DIR)/digits.png \
 		$(foreach d,0 1 2 3 4 5 6 7 8 9,$(DEMO_DIR)/digit_$(d).png)
 	@echo "demo: open $(DEMO_DIR)/digits.png"
+
+# Throughput through dg serve against dg-bench in process, same pipeline and settings (a few
+# minutes; figures in docs/performance.md). MODEL=models/tiny-sd by default.
+bench-serve: build
+	scripts/bench-serve.sh $(or $(MODEL),models/tiny-sd)
 
 lint:
 	$(CARGO) fmt --all -- --check
