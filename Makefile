@@ -133,6 +133,14 @@ c-build:
 		echo "c-build: target/debug/libdiffgentor.so has SONAME '$$soname', expected libdiffgentor.so.$(VERSION_MAJOR)"; \
 		exit 1; \
 	fi
+	@# The server's and the batch runner's crates belong to dg alone, never to the library (the
+	@# symbol table lists every crate linked in; ureq, which the library does use, proves it is there).
+	@syms=$$(nm target/debug/libdiffgentor.so); \
+	if ! echo "$$syms" | grep -q ureq; then echo "c-build: no symbol table to check"; exit 1; fi; \
+	if echo "$$syms" | grep -q -i -e tokio -e axum -e hyper -e parquet -e indicatif -e tracing_; then \
+		echo "c-build: libdiffgentor.so links a crate only dg should (tokio, axum, hyper, parquet, indicatif, tracing)"; \
+		exit 1; \
+	fi
 	@mkdir -p $(C_TEST_DIR)/lib $(C_TEST_DIR)/bin $(C_TEST_DIR)/out
 	@ln -sf $(CURDIR)/target/debug/libdiffgentor.so $(C_TEST_DIR)/lib/libdiffgentor.so
 	@ln -sf $(CURDIR)/target/debug/libdiffgentor.so $(C_TEST_DIR)/lib/libdiffgentor.so.$(VERSION_MAJOR)
