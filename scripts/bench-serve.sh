@@ -33,9 +33,10 @@ done
 [ -n "$url" ] || { echo "bench-serve: dg serve did not start (see $OUT/serve.log)"; exit 1; }
 
 echo "bench-serve: dg-bench through dg serve at $url"
-# diffusion_fields sends the steps and guidance, so the server runs the same settings.
+# diffusion_fields sends the steps and guidance, so the server runs the same settings; the client
+# keeps as many calls in flight as dg-bench runs requests.
 # shellcheck disable=SC2086
-DG_OPENAI_API_KEY=unused DG_OPENAI_DIFFUSION_FIELDS=true \
+DG_OPENAI_API_KEY=unused DG_OPENAI_DIFFUSION_FIELDS=true DG_OPENAI_MAX_IN_FLIGHT=$CONCURRENCY \
 	$BENCH --backend openai --endpoint "$url/v1" --remote-model "$(basename "$MODEL")" $common \
 	--json "$OUT/through-serve.json"
 kill -TERM $server

@@ -65,15 +65,20 @@ fn check_size(bytes: &[u8], param: &str, max_side: u32) -> ApiResult<()> {
     if width > max_side || height > max_side {
         return Err(ApiError::invalid(
             param,
-            format!("`{param}` is {width}x{height}; this server takes images up to {max_side} a side"),
+            format!(
+                "`{param}` is {width}x{height}; this server takes images up to {max_side} a side"
+            ),
         )
         .code("image_too_large"));
     }
     Ok(())
 }
 
+/// An image's width, height and alpha values.
+type Alpha = (u32, u32, Vec<u8>);
+
 /// A PNG's alpha channel, when it has one (grey+alpha or RGBA, 8-bit).
-fn png_alpha(bytes: &[u8]) -> Option<Result<(u32, u32, Vec<u8>), String>> {
+fn png_alpha(bytes: &[u8]) -> Option<Result<Alpha, String>> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder.read_info().ok()?;
     let info = reader.info();

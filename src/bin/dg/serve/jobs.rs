@@ -59,16 +59,19 @@ pub async fn events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let job = state.job(&id)?;
     let changes = job.subscribe();
-    let events = stream::unfold(Some((state, job, changes)), |next| async move {
-        let (state, job, mut changes) = next?;
+    // Each event goes out as soon as its state is current; the wait for the next change comes
+    // after it (a queued job's `queued` must not wait for the job to start).
+    let events = stream::unfold(Some((state, job, changes, true)), |next| async move {
+        let (state, job, mut changes, first) = next?;
+        if !first && changes.changed().await.is_err() {
+            return None;
+        }
         let current = changes.borrow_and_update().clone();
         let event = Event::default()
             .event(current.name())
             .data(view(&state, &job).to_string());
-        if current.finished() || changes.changed().await.is_err() {
-            return Some((Ok(event), None));
-        }
-        Some((Ok(event), Some((state, job, changes))))
+        let more = (!current.finished()).then_some((state, job, changes, false));
+        Some((Ok(event), more))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
@@ -91,7 +94,10 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
         };
         let answer = match serde_json::from_str::<Value>(text.as_str()) {
             Ok(Value::Object(fields)) => command(&state, &fields),
-            _ => Err(ApiError::invalid("type", "messages are JSON objects with a `type`")),
+            _ => Err(ApiError::invalid(
+                "type",
+                "messages are JSON objects with a `type`",
+            )),
         };
         let followed = match answer {
             Ok(job) => follow(&state, &job, &mut socket).await,
@@ -149,8 +155,8 @@ fn error_message(e: &ApiError) -> Value {
 
 /// Queues a job from a generations body, with `image`/`mask` (base64) for edits.
 fn submit(state: &AppState, fields: &Map<String, Value>) -> ApiResult<Arc<Job>> {
-    let mut call = params::parse(fields, &state.description, &state.settings.overrides)?;
-    let max_side = state.settings.max_upload_side;
+    let mut call = params::parse(fields, &state.description, &state.settings.policy)?;
+    let max_side = state.settings.policy.max_side;
     if let Some(bytes) = base64_field(fields, "image")? {
         call.request.init_image = Some(decode_upload(&bytes, "image", max_side)?);
     }
@@ -196,7 +202,8 @@ fn view(state: &AppState, job: &Job) -> Value {
             stage,
             stages,
         } => {
-            view["progress"] = json!({"step": step, "total": total, "stage": stage, "stages": stages});
+            view["progress"] =
+                json!({"step": step, "total": total, "stage": stage, "stages": stages});
         }
         JobState::Done(output) => {
             let replica = &state.replicas[job.replica().unwrap_or(0)];

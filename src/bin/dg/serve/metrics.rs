@@ -56,7 +56,13 @@ impl Metrics {
         c.running = running;
     }
 
-    pub fn record_generation(&self, images: usize, steps: usize, denoise: Duration, total: Duration) {
+    pub fn record_generation(
+        &self,
+        images: usize,
+        steps: usize,
+        denoise: Duration,
+        total: Duration,
+    ) {
         let mut c = self.lock();
         c.images += images as u64;
         c.steps += steps as u64;
@@ -75,7 +81,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let c = self.lock();
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP dg_http_requests_total HTTP requests by route and status.");
+        let _ = writeln!(
+            out,
+            "# HELP dg_http_requests_total HTTP requests by route and status."
+        );
         let _ = writeln!(out, "# TYPE dg_http_requests_total counter");
         for ((route, status), n) in &c.requests {
             let _ = writeln!(
@@ -83,7 +92,10 @@ impl Metrics {
                 "dg_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
-        let _ = writeln!(out, "# HELP dg_http_request_duration_seconds HTTP request latency.");
+        let _ = writeln!(
+            out,
+            "# HELP dg_http_request_duration_seconds HTTP request latency."
+        );
         let _ = writeln!(out, "# TYPE dg_http_request_duration_seconds histogram");
         for (route, h) in &c.latency {
             for (count, bound) in h.counts.iter().zip(BUCKETS) {
@@ -97,15 +109,34 @@ impl Metrics {
                 "dg_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(out, "dg_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
-            let _ = writeln!(out, "dg_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "dg_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "dg_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
         }
         let gauges = [
-            ("dg_queue_depth", "Jobs waiting for a worker.", c.queued as f64),
-            ("dg_in_flight", "Jobs being generated now.", c.running as f64),
+            (
+                "dg_queue_depth",
+                "Jobs waiting for a worker.",
+                c.queued as f64,
+            ),
+            (
+                "dg_in_flight",
+                "Jobs being generated now.",
+                c.running as f64,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let steps_per_second = if c.denoise.is_zero() {
             0.0
@@ -113,13 +144,32 @@ impl Metrics {
             c.steps as f64 / c.denoise.as_secs_f64()
         };
         let counters = [
-            ("dg_images_generated_total", "Images generated.", c.images as f64),
-            ("dg_generations_total", "Generations run (finished or failed).", c.generations as f64),
-            ("dg_denoise_steps_total", "Denoising steps run.", c.steps as f64),
-            ("dg_denoise_seconds_total", "Time spent in denoising steps.", c.denoise.as_secs_f64()),
+            (
+                "dg_images_generated_total",
+                "Images generated.",
+                c.images as f64,
+            ),
+            (
+                "dg_generations_total",
+                "Generations run (finished or failed).",
+                c.generations as f64,
+            ),
+            (
+                "dg_denoise_steps_total",
+                "Denoising steps run.",
+                c.steps as f64,
+            ),
+            (
+                "dg_denoise_seconds_total",
+                "Time spent in denoising steps.",
+                c.denoise.as_secs_f64(),
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         let _ = writeln!(
             out,

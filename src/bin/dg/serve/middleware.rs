@@ -45,7 +45,11 @@ pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next:
     response
 }
 
-pub async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(key) = &state.settings.api_key else {
         return next.run(request).await;
     };

@@ -6,8 +6,8 @@ mod images;
 mod jobs;
 mod metrics;
 mod middleware;
-mod ops;
 mod openai;
+mod ops;
 mod params;
 mod queue;
 mod state;
@@ -21,6 +21,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use clap::Args;
 use diffgentor::Error;
@@ -28,7 +29,7 @@ use diffgentor::Error;
 use self::error::ApiError;
 use self::images::FileStore;
 use self::metrics::Metrics;
-use self::params::Overrides;
+use self::params::Policy;
 use self::queue::Queue;
 use self::state::{AppState, Mode, Settings};
 use crate::backend::{Backend, BackendArgs};
@@ -66,9 +67,10 @@ pub struct ServeArgs {
     /// Largest request body in MiB (larger: 413).
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     max_body_mib: usize,
-    /// Largest side of an uploaded image, in pixels.
-    #[arg(long, default_value_t = 4096, value_name = "PX")]
-    max_upload_side: u32,
+    /// Largest image side a request may ask for or upload, in pixels (larger: 400). Past what a
+    /// model was trained for, memory grows with the square of the area, so keep it near the model's.
+    #[arg(long, default_value_t = 2048, value_name = "PX")]
+    max_side: u32,
     /// Seconds a generation may take before it is cancelled (504).
     #[arg(long, default_value_t = 600, value_name = "S")]
     request_timeout: u64,
@@ -95,7 +97,8 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
         .or_else(|| std::env::var("DG_SERVE_API_KEY").ok())
         .filter(|k| !k.is_empty());
     let metrics = Arc::new(Metrics::default());
-    let (queue, workers) = Queue::start(replicas.clone(), workers, args.queue_size, metrics.clone());
+    let (queue, workers) =
+        Queue::start(replicas.clone(), workers, args.queue_size, metrics.clone());
     let ttl = Duration::from_secs(args.job_ttl);
     let state = Arc::new(AppState {
         replicas,
@@ -107,10 +110,9 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
         settings: Settings {
             mode: args.mode,
             api_key,
-            overrides: Overrides::from_env()?,
+            policy: Policy::from_env(args.max_side)?,
             request_timeout: Duration::from_secs(args.request_timeout),
             ttl,
-            max_upload_side: args.max_upload_side,
         },
         shutting_down: Default::default(),
     });
@@ -132,7 +134,9 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
 async fn serve(state: Arc<AppState>, args: &ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
-        .map_err(|e| Error::InvalidArg(format!("cannot listen on {}:{}: {e}", args.host, args.port)))?;
+        .map_err(|e| {
+            Error::InvalidArg(format!("cannot listen on {}:{}: {e}", args.host, args.port))
+        })?;
     let address: SocketAddr = listener
         .local_addr()
         .map_err(|e| Error::InvalidArg(format!("no local address: {e}")))?;
@@ -157,7 +161,10 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs, out: &mut Out) -> diffgen
     let stopping = state.clone();
     let shutdown = async move {
         stop_signal().await;
-        tracing::info!("shutting down: no new requests, {} s for in-flight work", deadline.as_secs());
+        tracing::info!(
+            "shutting down: no new requests, {} s for in-flight work",
+            deadline.as_secs()
+        );
         stopping.shutting_down.store(true, Ordering::Release);
         stopping.queue.close();
         let cancelling = stopping.clone();
@@ -167,6 +174,12 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs, out: &mut Out) -> diffgen
             cancelling.cancel_all();
         });
     };
+    // Without TCP_NODELAY a small answer waits on the client's delayed ACK (docs/backends.md).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let served = axum::serve(listener, router(state, args.max_body_mib))
         .with_graceful_shutdown(shutdown)
         .await;
@@ -196,8 +209,14 @@ fn router(state: Arc<AppState>, max_body_mib: usize) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
                 .code("method_not_allowed")
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authorize))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
         .layer(DefaultBodyLimit::max(max_body_mib.saturating_mul(1 << 20)))
         .with_state(state)
 }
@@ -218,7 +237,13 @@ fn load_replicas(args: &ServeArgs) -> diffgentor::Result<Vec<Backend>> {
         .map(|i| {
             let mut backend = args.backend.clone();
             if let Some(device) = args.devices.get(i) {
-                let ep = backend.runtime.ep.split(':').next().unwrap_or("cpu").to_string();
+                let ep = backend
+                    .runtime
+                    .ep
+                    .split(':')
+                    .next()
+                    .unwrap_or("cpu")
+                    .to_string();
                 backend.runtime.ep = format!("{ep}:{device}");
             } else if count > 1 && backend.runtime.threads.is_none() {
                 backend.runtime.threads = Some((cores / count).max(1));

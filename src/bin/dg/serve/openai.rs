@@ -22,6 +22,9 @@ use super::queue::{Job, JobState};
 use super::state::AppState;
 use crate::generate::parameters_text;
 
+/// The sizes the spec's stream events may name.
+const SPEC_SIZES: [&str; 3] = ["1024x1024", "1024x1536", "1536x1024"];
+
 /// Most images one edit may upload (the OpenAI API's limit).
 const MAX_EDIT_IMAGES: usize = 16;
 
@@ -31,7 +34,7 @@ pub async fn generations(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let fields = json_fields(&headers, body)?;
-    let call = params::parse(&fields, &state.description, &state.settings.overrides)?;
+    let call = params::parse(&fields, &state.description, &state.settings.policy)?;
     run(state, &headers, call, "image_generation").await
 }
 
@@ -61,7 +64,7 @@ pub async fn edits(
             }
         }
     }
-    let max_side = state.settings.max_upload_side;
+    let max_side = state.settings.policy.max_side;
     let image = match images.as_slice() {
         [] => return Err(ApiError::invalid("image", "`image` is required")),
         [one] => decode_upload(one, "image", max_side)?,
@@ -84,7 +87,7 @@ pub async fn edits(
             .code("unsupported_task"))
         }
     };
-    let mut call = params::parse(&fields, &state.description, &state.settings.overrides)?;
+    let mut call = params::parse(&fields, &state.description, &state.settings.policy)?;
     if let (Some(w), Some(h)) = (call.request.width, call.request.height) {
         if (w, h) != (image.width, image.height) {
             return Err(ApiError::invalid(
@@ -124,10 +127,10 @@ async fn run(
 ) -> ApiResult<Response> {
     state.check_task(&call.request)?;
     let job = state.submit(call.request.clone())?;
-    let base = base_url(headers);
     if call.stream {
-        return Ok(stream(state, job, call, base, event).into_response());
+        return Ok(stream(state, job, call, event).into_response());
     }
+    let base = base_url(headers);
     let finished = Finished::wait(&state, job).await?;
     let data = finished.data(&state, &call, &base)?;
     Ok(Json(json!({
@@ -225,21 +228,30 @@ fn stream(
     state: Arc<AppState>,
     job: Arc<Job>,
     call: Call,
-    base: String,
     event: &'static str,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = async move {
         let events: Vec<Value> = match Finished::wait(&state, job).await {
             Ok(finished) => {
+                // Stream events always carry the image (the spec has no URL there), and a size
+                // only when it is one the spec's enum lists.
+                let inline = Call {
+                    response_format: ResponseFormat::B64Json,
+                    ..call.clone()
+                };
                 let size = format!("{}x{}", finished.output.width, finished.output.height);
-                match finished.data(&state, &call, &base) {
+                let size = if SPEC_SIZES.contains(&size.as_str()) {
+                    size
+                } else {
+                    "auto".into()
+                };
+                match finished.data(&state, &inline, "") {
                     Ok(data) => data
                         .into_iter()
                         .map(|entry| {
                             json!({
                                 "type": format!("{event}.completed"),
-                                "b64_json": entry.get("b64_json"),
-                                "url": entry.get("url"),
+                                "b64_json": entry["b64_json"],
                                 "created_at": unix_now(),
                                 "size": size,
                                 "quality": "auto",
@@ -260,7 +272,8 @@ fn stream(
             Ok(Event::default().event(kind).data(data.to_string()))
         }))
     };
-    Sse::new(futures_util::StreamExt::flatten(stream::once(events))).keep_alive(KeepAlive::default())
+    Sse::new(futures_util::StreamExt::flatten(stream::once(events)))
+        .keep_alive(KeepAlive::default())
 }
 
 fn error_event(e: &ApiError) -> Value {
@@ -278,8 +291,10 @@ pub async fn model(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if id != state.description.name {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no model `{id}`"))
-            .code("model_not_found"));
+        return Err(
+            ApiError::new(StatusCode::NOT_FOUND, format!("no model `{id}`"))
+                .code("model_not_found"),
+        );
     }
     Ok(Json(model_entry(&state)))
 }
@@ -314,7 +329,11 @@ pub fn json_fields(
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim() == "application/json"));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim() == "application/json")
+        });
     if !is_json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -324,8 +343,10 @@ pub fn json_fields(
     }
     match serde_json::from_slice(&body) {
         Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "the body must be a JSON object")
-            .code("invalid_json")),
+        Ok(_) => Err(
+            ApiError::new(StatusCode::BAD_REQUEST, "the body must be a JSON object")
+                .code("invalid_json"),
+        ),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not valid JSON: {e}"),
@@ -343,8 +364,11 @@ fn body_error(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(status, format!("the body is too large: {text}")).code("body_too_large")
     } else {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("the body could not be read: {text}"))
-            .code("invalid_body")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read: {text}"),
+        )
+        .code("invalid_body")
     }
 }
 

@@ -18,7 +18,6 @@ pub struct Call {
     pub response_format: ResponseFormat,
     pub output_format: OutputFormat,
     pub stream: bool,
-    pub partial_images: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,30 +52,35 @@ impl OutputFormat {
     }
 }
 
-/// Values the operator forces on every request (`DG_SERVE_NUM_INFERENCE_STEPS`,
-/// `DG_SERVE_GUIDANCE_SCALE`, as the ancestor's server reads them).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
+/// What the operator sets for every request: steps and guidance forced on it
+/// (`DG_SERVE_NUM_INFERENCE_STEPS`, `DG_SERVE_GUIDANCE_SCALE`, as the ancestor's server reads them)
+/// and the largest image side it may ask for or upload (`--max-side`).
+#[derive(Debug, Clone)]
+pub struct Policy {
     pub steps: Option<usize>,
     pub guidance_scale: Option<f32>,
+    pub max_side: u32,
 }
 
-impl Overrides {
-    pub fn from_env() -> diffgentor::Result<Overrides> {
+impl Policy {
+    /// The policy with `max_side` and the overrides the environment sets.
+    pub fn from_env(max_side: u32) -> diffgentor::Result<Policy> {
         let read = |name: &str, key: &str, request: &mut Request| -> diffgentor::Result<bool> {
             match std::env::var(name) {
-                Ok(value) => request.set(key, &value).map(|()| true).map_err(|e| {
-                    diffgentor::Error::InvalidArg(format!("{name}: {e}"))
-                }),
+                Ok(value) => request
+                    .set(key, &value)
+                    .map(|()| true)
+                    .map_err(|e| diffgentor::Error::InvalidArg(format!("{name}: {e}"))),
                 Err(_) => Ok(false),
             }
         };
         let mut probe = Request::default();
         let steps = read("DG_SERVE_NUM_INFERENCE_STEPS", "steps", &mut probe)?;
         let guidance = read("DG_SERVE_GUIDANCE_SCALE", "guidance_scale", &mut probe)?;
-        Ok(Overrides {
+        Ok(Policy {
             steps: steps.then_some(probe.steps),
             guidance_scale: guidance.then_some(probe.guidance_scale),
+            max_side,
         })
     }
 
@@ -97,7 +101,7 @@ const RESERVED_KEYS: [&str; 4] = ["prompt", "num_images", "width", "height"];
 pub fn parse(
     fields: &Map<String, Value>,
     generator: &Description,
-    overrides: &Overrides,
+    policy: &Policy,
 ) -> ApiResult<Call> {
     let prompt = match fields.get("prompt") {
         Some(Value::String(p)) if !p.trim().is_empty() => p.clone(),
@@ -117,13 +121,27 @@ pub fn parse(
     }
     if let Some(size) = text(fields, "size")? {
         if let Some((w, h)) = parse_size(&size, &generator.sizes)? {
+            if w > policy.max_side || h > policy.max_side {
+                return Err(ApiError::invalid(
+                    "size",
+                    format!(
+                        "this server makes images up to {} a side, not {size}",
+                        policy.max_side
+                    ),
+                )
+                .code("invalid_size"));
+            }
             request.width = Some(w);
             request.height = Some(h);
         }
     }
     for (key, value) in fields {
         // `num_inference_steps` is the diffusers name the ancestor's clients send.
-        let key = if key == "num_inference_steps" { "steps" } else { key.as_str() };
+        let key = if key == "num_inference_steps" {
+            "steps"
+        } else {
+            key.as_str()
+        };
         if !Request::is_key(key) || RESERVED_KEYS.contains(&key) {
             continue;
         }
@@ -134,7 +152,7 @@ pub fn parse(
             .set(key, &value)
             .map_err(|e| ApiError::invalid(key, e.to_string()))?;
     }
-    overrides.apply(&mut request);
+    policy.apply(&mut request);
     let response_format = match text(fields, "response_format")?.as_deref() {
         None | Some("b64_json") => ResponseFormat::B64Json,
         Some("url") => ResponseFormat::Url,
@@ -166,6 +184,7 @@ pub fn parse(
             ))
         }
     };
+    // Accepted and checked; no partial images are sent yet (docs/serve.md).
     let partial_images = integer(fields, "partial_images")?.unwrap_or(0);
     if partial_images > 3 {
         return Err(ApiError::invalid(
@@ -178,7 +197,6 @@ pub fn parse(
         response_format,
         output_format,
         stream: boolean(fields, "stream")?.unwrap_or(false),
-        partial_images: partial_images as usize,
     })
 }
 
@@ -240,7 +258,10 @@ fn integer(fields: &Map<String, Value>, key: &str) -> ApiResult<Option<u64>> {
         return Ok(None);
     };
     value.trim().parse::<u64>().map(Some).map_err(|_| {
-        ApiError::invalid(key, format!("`{key}` must be a non-negative integer, got {value}"))
+        ApiError::invalid(
+            key,
+            format!("`{key}` must be a non-negative integer, got {value}"),
+        )
     })
 }
 
@@ -277,9 +298,19 @@ mod tests {
         }
     }
 
+    fn policy() -> Policy {
+        Policy {
+            steps: None,
+            guidance_scale: None,
+            max_side: 2048,
+        }
+    }
+
     fn parse_json(body: serde_json::Value) -> ApiResult<Call> {
-        let Value::Object(fields) = body else { panic!("an object") };
-        parse(&fields, &local(), &Overrides::default())
+        let Value::Object(fields) = body else {
+            panic!("an object")
+        };
+        parse(&fields, &local(), &policy())
     }
 
     #[test]
@@ -325,10 +356,22 @@ mod tests {
             (json!({"prompt": "x", "size": "2048x64"}), "size"),
             (json!({"prompt": "x", "size": "big"}), "size"),
             (json!({"prompt": "x", "steps": "many"}), "steps"),
-            (json!({"prompt": "x", "response_format": "gif"}), "response_format"),
-            (json!({"prompt": "x", "output_format": "gif"}), "output_format"),
-            (json!({"prompt": "x", "output_compression": 101}), "output_compression"),
-            (json!({"prompt": "x", "partial_images": 4}), "partial_images"),
+            (
+                json!({"prompt": "x", "response_format": "gif"}),
+                "response_format",
+            ),
+            (
+                json!({"prompt": "x", "output_format": "gif"}),
+                "output_format",
+            ),
+            (
+                json!({"prompt": "x", "output_compression": 101}),
+                "output_compression",
+            ),
+            (
+                json!({"prompt": "x", "partial_images": 4}),
+                "partial_images",
+            ),
             (json!({"prompt": "x", "stream": "maybe"}), "stream"),
         ] {
             let e = parse_json(body.clone()).unwrap_err();
@@ -339,16 +382,44 @@ mod tests {
 
     #[test]
     fn operator_overrides_win() {
-        let Value::Object(fields) = json!({"prompt": "x", "steps": 30, "guidance_scale": 9})
-        else {
+        let Value::Object(fields) = json!({"prompt": "x", "steps": 30, "guidance_scale": 9}) else {
             unreachable!()
         };
-        let overrides = Overrides {
+        let policy = Policy {
             steps: Some(2),
             guidance_scale: Some(1.0),
+            ..policy()
         };
-        let call = parse(&fields, &local(), &overrides).unwrap();
+        let call = parse(&fields, &local(), &policy).unwrap();
         assert_eq!((call.request.steps, call.request.guidance_scale), (2, 1.0));
+    }
+
+    #[test]
+    fn sizes_over_the_servers_limit_are_refused() {
+        let policy = Policy {
+            max_side: 64,
+            ..policy()
+        };
+        let fields = |size: &str| {
+            let Value::Object(fields) = json!({"prompt": "x", "size": size}) else {
+                unreachable!()
+            };
+            fields
+        };
+        let call = parse(&fields("64x64"), &local(), &policy).unwrap();
+        assert_eq!(
+            (call.request.width, call.request.height),
+            (Some(64), Some(64))
+        );
+        for size in ["128x64", "64x1024"] {
+            let e = parse(&fields(size), &local(), &policy).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.param.as_deref()),
+                (400, Some("size")),
+                "{size}"
+            );
+            assert_eq!(e.code.as_deref(), Some("invalid_size"));
+        }
     }
 
     #[test]
@@ -358,7 +429,7 @@ mod tests {
         let Value::Object(fields) = json!({"prompt": "x", "size": "512x512"}) else {
             unreachable!()
         };
-        let e = parse(&fields, &remote, &Overrides::default()).unwrap_err();
+        let e = parse(&fields, &remote, &policy()).unwrap_err();
         assert!(e.message.contains("1024x1024"), "{}", e.message);
     }
 }

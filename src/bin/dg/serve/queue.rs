@@ -219,13 +219,7 @@ impl Queue {
         let mut waiting = lock(&self.waiting);
         waiting.closed = true;
         for job in waiting.jobs.drain(..) {
-            job.finish(JobState::Failed(
-                ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "the server is shutting down",
-                )
-                .code("shutting_down"),
-            ));
+            job.finish(JobState::Failed(super::state::shutting_down()));
         }
         self.metrics.set_queue(0, waiting.running);
         drop(waiting);
@@ -243,35 +237,37 @@ impl Queue {
             if waiting.closed {
                 return None;
             }
-            waiting = self
-                .wake
-                .wait(waiting)
-                .unwrap_or_else(|e| e.into_inner());
+            waiting = self.wake.wait(waiting).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     fn work(&self, replicas: &[Backend], replica: usize) {
         while let Some(job) = self.next() {
-            if !job.cancel.is_cancelled() {
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let outcome = if job.cancel.is_cancelled() {
+                // Cancelled while it waited: it never runs.
+                JobState::Cancelled
+            } else {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     self.run(&job, &replicas[replica], replica)
-                }));
-                if ran.is_err() {
-                    job.finish(JobState::Failed(ApiError::new(
+                }))
+                .unwrap_or_else(|_| {
+                    JobState::Failed(ApiError::new(
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                         "the generator panicked (a bug: please report it)",
-                    )));
-                }
-            }
-            // A job cancelled while it waited never ran; one that ran has already finished.
-            job.finish(JobState::Cancelled);
+                    ))
+                })
+            };
+            // The gauges drop before the job ends, so whoever sees the answer sees them settled.
             let mut waiting = lock(&self.waiting);
             waiting.running -= 1;
             self.metrics.set_queue(waiting.jobs.len(), waiting.running);
+            drop(waiting);
+            job.finish(outcome);
         }
     }
 
-    fn run(&self, job: &Job, backend: &Backend, replica: usize) {
+    /// Runs one job and says how it ended.
+    fn run(&self, job: &Job, backend: &Backend, replica: usize) -> JobState {
         *lock(&job.replica) = Some(replica);
         let started = Instant::now();
         job.state.send_replace(JobState::Running {
@@ -301,11 +297,11 @@ impl Queue {
             denoise,
             started.elapsed(),
         );
-        job.finish(match result {
+        match result {
             Ok(output) => JobState::Done(Arc::new(output)),
             Err(Error::Cancelled) => JobState::Cancelled,
             Err(e) => JobState::Failed(e.into()),
-        });
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use diffgentor::Request;
 use super::error::{ApiError, ApiResult};
 use super::images::{random_id, FileStore};
 use super::metrics::Metrics;
-use super::params::Overrides;
+use super::params::Policy;
 use super::queue::{Job, Queue, Refusal};
 use crate::backend::Backend;
 
@@ -30,13 +30,11 @@ pub enum Mode {
 pub struct Settings {
     pub mode: Mode,
     pub api_key: Option<String>,
-    pub overrides: Overrides,
+    pub policy: Policy,
     /// Longest a generation may take before it is cancelled.
     pub request_timeout: Duration,
     /// How long finished jobs (and url images) are kept.
     pub ttl: Duration,
-    /// Largest uploaded image side.
-    pub max_upload_side: u32,
 }
 
 pub struct AppState {
@@ -69,13 +67,14 @@ impl AppState {
             Err(Refusal::Closed) => Err(shutting_down()),
             Err(Refusal::Full) => {
                 let (waiting, _) = self.queue.depth();
-                let per_job = self.metrics.mean_generation().unwrap_or(Duration::from_secs(1));
+                let per_job = self
+                    .metrics
+                    .mean_generation()
+                    .unwrap_or(Duration::from_secs(1));
                 let wait = per_job * (waiting / self.queue.workers().max(1) + 1) as u32;
                 Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "the queue is full ({waiting} requests waiting); retry later"
-                    ),
+                    format!("the queue is full ({waiting} requests waiting); retry later"),
                 )
                 .code("queue_full")
                 .retry_after(wait.as_secs().max(1)))
@@ -90,14 +89,20 @@ impl AppState {
             .get(id)
             .cloned()
             .ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}` (jobs expire)"))
-                    .code("job_not_found")
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no job `{id}` (jobs expire)"),
+                )
+                .code("job_not_found")
             })
     }
 
     /// Forgets a job whose caller has its answer.
     pub fn forget(&self, id: &str) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Forgets jobs that ended longer ago than the TTL, and expired files.
@@ -129,8 +134,11 @@ impl AppState {
         if !allowed {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("this server runs with --mode {:?} and takes no {task} requests", self.settings.mode)
-                    .to_lowercase(),
+                format!(
+                    "this server runs with --mode {:?} and takes no {task} requests",
+                    self.settings.mode
+                )
+                .to_lowercase(),
             )
             .code("mode_disabled"));
         }
@@ -140,11 +148,19 @@ impl AppState {
             return Ok(());
         }
         Err(ApiError::invalid(
-            if task == Task::Inpaint { "mask" } else { "image" },
+            if task == Task::Inpaint {
+                "mask"
+            } else {
+                "image"
+            },
             format!(
                 "{} cannot do {task} (it does {})",
                 self.description.name,
-                tasks.iter().map(Task::to_string).collect::<Vec<_>>().join(", ")
+                tasks
+                    .iter()
+                    .map(Task::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .code("unsupported_task"))
@@ -152,7 +168,10 @@ impl AppState {
 }
 
 pub fn shutting_down() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down")
-        .code("shutting_down")
-        .retry_after(5)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is shutting down",
+    )
+    .code("shutting_down")
+    .retry_after(5)
 }
