@@ -20,13 +20,15 @@ echo "bench-serve: dg-bench in process ($MODEL, $STEPS steps, concurrency $CONCU
 # shellcheck disable=SC2086
 $BENCH --model "$MODEL" $common --json "$OUT/in-process.json"
 
-# The server runs as many generations at once as dg-bench did, on one pipeline.
+# The server runs as many generations at once as dg-bench did, on one pipeline. Its address is
+# read from a fresh stdout file (a stale one from an earlier run would name another port).
+rm -f "$OUT/serve.stdout"
 $DG serve --model "$MODEL" --port 0 --concurrency "$CONCURRENCY" --queue-size 1024 \
 	>"$OUT/serve.stdout" 2>"$OUT/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
 for _ in $(seq 1 600); do
-	url=$(sed -n 's/^listening on //p' "$OUT/serve.stdout")
+	url=$(sed -n 's/^listening on //p' "$OUT/serve.stdout" 2>/dev/null)
 	[ -n "$url" ] && break
 	sleep 0.1
 done

@@ -110,6 +110,11 @@ fn run(args: Args) -> diffgentor::Result<Report> {
     }
     let mut request = Request::new(args.prompt.clone());
     request.num_images = args.batch;
+    // Remote services take these too when they read diffusion fields (`dg serve` with the OpenAI
+    // backend's diffusion_fields option); others ignore them (dg-bench runs best effort).
+    request.steps = args.steps;
+    request.guidance_scale = args.guidance;
+    request.scheduler = args.scheduler.clone();
     if let Some(size) = &args.size {
         let (w, h) = parse_size(size)?;
         request.width = Some(w);
@@ -124,7 +129,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
 fn run_local(
     args: &Args,
     model: &std::path::Path,
-    mut request: Request,
+    request: Request,
 ) -> diffgentor::Result<Report> {
     let load_started = Instant::now();
     let runtime = Runtime::new(RuntimeOptions {
@@ -144,9 +149,6 @@ fn run_local(
     }
     let load = load_started.elapsed();
 
-    request.steps = args.steps;
-    request.guidance_scale = args.guidance;
-    request.scheduler = args.scheduler.clone();
     let defaults = pipeline.defaults()?;
     let mut settings = settings(args, model.display().to_string());
     settings.width = request.width.unwrap_or(defaults.width);
