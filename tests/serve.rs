@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use common::png::lying_png;
 use diffgentor::Image;
 use serde_json::{json, Value};
 
@@ -689,44 +690,6 @@ fn sigterm_under_load_answers_every_request_whole_and_exits_0() {
     assert!(done >= 1, "no image came back");
 }
 
-/// A PNG whose IHDR claims `width` x `height` (valid signature and CRCs, no pixels to speak of).
-fn lying_png(width: u32, height: u32) -> Vec<u8> {
-    fn chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = png.len();
-        png.extend_from_slice(kind);
-        png.extend_from_slice(data);
-        let crc = crc32(&png[start..]);
-        png.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &ihdr);
-    chunk(
-        &mut png,
-        b"IDAT",
-        &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 1],
-    );
-    chunk(&mut png, b"IEND", &[]);
-    png
-}
-
-/// CRC-32 (IEEE), as PNG chunks carry it.
-fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| {
-        (0..8).fold(crc ^ u32::from(b), |c, _| {
-            if c & 1 == 1 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            }
-        })
-    })
-}
-
 /// Sends a `bytes`-long body and reads the answer, on a raw connection: the server may answer
 /// before it has read the whole body, which a client that insists on sending it all would miss.
 fn post_oversized(server: &Server, path: &str, content_type: &str, bytes: usize) -> Reply {
@@ -943,8 +906,9 @@ fn rest(events: &mpsc::Receiver<SseEvent>) -> Vec<SseEvent> {
     all
 }
 
-#[test]
-fn the_job_api_queues_streams_cancels_and_forgets() {
+/// What `dg generate` writes for the prompt "7", seed 7, 5 steps on the digits model: the bytes
+/// the job API and the WebSocket must hand back for the same request.
+fn digit_png() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let expected = dir.path().join("expected.png");
     dg_ok(&[
@@ -961,7 +925,12 @@ fn the_job_api_queues_streams_cancels_and_forgets() {
         "--output",
         path(&expected),
     ]);
-    let expected = std::fs::read(expected).unwrap();
+    std::fs::read(expected).unwrap()
+}
+
+#[test]
+fn the_job_api_queues_streams_cancels_and_forgets() {
+    let expected = digit_png();
     let server = Server::start("digits", &["--concurrency", "1", "--queue-size", "4"], &[]);
     let jobs = server.url("/v1/jobs");
     let create = |body: Value| {
@@ -1097,23 +1066,7 @@ fn the_job_api_queues_streams_cancels_and_forgets() {
 
 #[test]
 fn a_websocket_submits_follows_and_reports_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let expected = dir.path().join("expected.png");
-    dg_ok(&[
-        "generate",
-        "--model",
-        "models/digits",
-        "--prompt",
-        "7",
-        "--seed",
-        "7",
-        "--steps",
-        "5",
-        "-q",
-        "--output",
-        path(&expected),
-    ]);
-    let expected = std::fs::read(expected).unwrap();
+    let expected = digit_png();
     let server = Server::start("digits", &[], &[]);
     let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod peers;
+pub mod png;
 pub mod remote;
 
 use std::path::{Path, PathBuf};
