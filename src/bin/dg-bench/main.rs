@@ -126,11 +126,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
     }
 }
 
-fn run_local(
-    args: &Args,
-    model: &std::path::Path,
-    request: Request,
-) -> diffgentor::Result<Report> {
+fn run_local(args: &Args, model: &std::path::Path, request: Request) -> diffgentor::Result<Report> {
     let load_started = Instant::now();
     let runtime = Runtime::new(RuntimeOptions {
         ort_library: args.ort_lib.clone(),

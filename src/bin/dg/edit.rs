@@ -1,5 +1,5 @@
-//! `dg edit`: img2img, inpainting and instruction editing of an image; every `dg generate` flag
-//! applies too.
+//! `dg edit`: img2img, inpainting and instruction editing of an image, or with `--input` of every
+//! row of a table (its image and mask columns); every `dg generate` flag applies too.
 use std::path::PathBuf;
 
 use clap::Args;
@@ -8,24 +8,30 @@ use diffgentor::request::Resample;
 use diffgentor::{npy, Error, Image};
 use ndarray::Ix4;
 
+use crate::batch::Task;
 use crate::generate::RequestArgs;
 use crate::output::Out;
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["image", "init_latents"]))]
+#[command(group = clap::ArgGroup::new("source").args(["image", "init_latents"]))]
 pub struct EditArgs {
-    /// The image to edit (PNG); the output has its size.
-    #[arg(long, value_name = "FILE.png")]
+    /// The image to edit (PNG); the output has its size. Required unless --init-latents or --input.
+    #[arg(
+        long,
+        value_name = "FILE.png",
+        required_unless_present_any = ["init_latents", "input"],
+        conflicts_with = "input"
+    )]
     image: Option<PathBuf>,
     /// Start from latents (.npy [1 or n, c, h/f, w/f], already scaled) instead of an image, e.g.
     /// the `--save-latents` of an earlier run; resized to --width/--height with --upscale.
-    #[arg(long, value_name = "FILE.npy")]
+    #[arg(long, value_name = "FILE.npy", conflicts_with = "input")]
     init_latents: Option<PathBuf>,
     /// How --init-latents are resized when --width/--height ask for another size.
     #[arg(long, default_value = "nearest-exact", value_name = "MODE")]
     upscale: String,
     /// Inpainting mask (PNG, same size as the image): white is repainted, black kept.
-    #[arg(long, value_name = "FILE.png")]
+    #[arg(long, value_name = "FILE.png", conflicts_with = "input")]
     mask: Option<PathBuf>,
     /// How much of the image is re-noised, in (0, 1] (default: 0.8 for img2img, 1.0 for inpainting).
     #[arg(long)]
@@ -43,6 +49,9 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
     request.mask = args.mask.as_deref().map(Image::load_png).transpose()?;
     request.strength = args.strength;
     request.image_guidance_scale = args.image_guidance;
+    if args.request.batch.input.is_some() {
+        return args.request.run_batch(request, Task::Edit, out);
+    }
     let mode: Resample = args.upscale.parse()?;
     let backend = args.request.backend.load()?;
     if let Some(path) = &args.init_latents {

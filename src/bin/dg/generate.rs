@@ -12,6 +12,7 @@ use diffgentor::{npy, Error, Output, Request};
 use serde_json::Value;
 
 use crate::backend::{Backend, BackendArgs};
+use crate::batch::{self, BatchArgs};
 use crate::output::Out;
 use crate::progress::{Mode, ProgressDisplay};
 
@@ -21,7 +22,8 @@ pub struct GenerateArgs {
     pub request: RequestArgs,
 }
 
-/// The flags every request takes, for `dg generate` and `dg edit`.
+/// The flags every request takes, for `dg generate` and `dg edit`: one request (`--prompt`,
+/// `--output`) or one per row of a table (`--input`, `--output-dir`).
 #[derive(Args)]
 pub struct RequestArgs {
     #[command(flatten)]
@@ -30,8 +32,8 @@ pub struct RequestArgs {
     /// metadata) instead of failing.
     #[arg(long)]
     best_effort: bool,
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "input")]
+    prompt: Option<String>,
     #[arg(long)]
     negative_prompt: Option<String>,
     /// Denoising steps.
@@ -46,7 +48,8 @@ pub struct RequestArgs {
     /// Image height (default: the UNet's sample_size x VAE factor).
     #[arg(long)]
     height: Option<u32>,
-    /// Seed (default: drawn from the clock and printed).
+    /// Seed (default: drawn from the clock and printed); a batch row without a seed gets this
+    /// plus its index.
     #[arg(long)]
     seed: Option<u64>,
     /// Random generator: torch (bit-exact with torch.randn on CPU) or fast.
@@ -92,18 +95,33 @@ pub struct RequestArgs {
     #[arg(long, short)]
     quiet: bool,
     /// Output PNG path.
-    #[arg(long, short)]
-    output: PathBuf,
+    #[arg(long, short, required_unless_present = "input")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
 }
 
 pub fn run(args: GenerateArgs, out: &mut Out) -> diffgentor::Result<()> {
     let args = args.request;
     let request = args.build_request()?;
+    if args.batch.input.is_some() {
+        return args.run_batch(request, batch::Task::TextToImage, out);
+    }
     let backend = args.backend.load()?;
     args.run(&backend, &request, out)
 }
 
 impl RequestArgs {
+    /// Runs one row of `--input` per request, `base` (these flags) plus the row's values.
+    pub fn run_batch(
+        &self,
+        base: Request,
+        task: batch::Task,
+        out: &mut Out,
+    ) -> diffgentor::Result<()> {
+        batch::run(&self.batch, &self.backend, self.quiet, base, task, out)
+    }
+
     /// Runs the request and writes its images (and latents when asked).
     pub fn run(
         &self,
@@ -112,6 +130,11 @@ impl RequestArgs {
         out: &mut Out,
     ) -> diffgentor::Result<()> {
         let args = self;
+        // clap requires --output without --input, and batches never get here.
+        let output_path = args
+            .output
+            .as_deref()
+            .ok_or_else(|| Error::InvalidArg("--output PATH.png is required".into()))?;
         if args.save_latents.is_some() && backend.local.is_none() {
             return Err(Error::InvalidArg(format!(
                 "--save-latents: the {} backend returns images, not latents",
@@ -125,7 +148,7 @@ impl RequestArgs {
         })?;
         display.finish();
         let parameters = parameters_text(request, &output, backend);
-        let paths = output_paths(&args.output, output.images.len());
+        let paths = output_paths(output_path, output.images.len());
         for (image, path) in output.images.iter().zip(&paths) {
             image.save_png(path, &[("parameters", &parameters)])?;
             outln!(out, "wrote {}", path.display());
@@ -148,9 +171,10 @@ impl RequestArgs {
         Ok(())
     }
 
+    /// The request these flags ask for; a batch's rows fill in the prompt.
     pub fn build_request(&self) -> diffgentor::Result<Request> {
         let args = self;
-        let mut request = Request::new(args.prompt.clone());
+        let mut request = Request::new(args.prompt.clone().unwrap_or_default());
         request.negative_prompt = args.negative_prompt.clone();
         request.steps = args.steps;
         request.guidance_scale = args.guidance;

@@ -6,6 +6,7 @@
 mod output;
 
 mod backend;
+mod batch;
 mod doctor;
 mod edit;
 mod generate;
@@ -34,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate images from a text prompt.
+    /// Generate images from a text prompt, or from every row of a table (`dg t2i --input`).
+    #[command(visible_alias = "t2i")]
     Generate(Box<generate::GenerateArgs>),
     /// Edit an image: img2img, inpainting (--mask) or instruction editing (InstructPix2Pix models).
     Edit(Box<edit::EditArgs>),
@@ -45,6 +47,8 @@ enum Command {
     /// Every cell is as large as the largest input (times --scale); an image of another size sits
     /// at the top-left of its cell, the rest of the cell white.
     Montage(montage::MontageArgs),
+    /// Batch manifests: `dg manifest merge DIR` joins the parts of sharded runs.
+    Manifest(batch::ManifestArgs),
     /// Serve the OpenAI Images API (and a job API) over a model or a remote backend.
     Serve(Box<serve::ServeArgs>),
 }
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         Command::Edit(args) => edit::run(*args, &mut out),
         Command::Doctor(args) => doctor::run(args, &mut out),
         Command::Montage(args) => montage::run(args, &mut out),
+        Command::Manifest(args) => batch::manifest(args, &mut out),
         Command::Serve(args) => serve::run(*args, &mut out),
     };
     output::exit_code(result, out.finish())

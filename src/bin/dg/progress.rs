@@ -1,6 +1,6 @@
 //! The progress display of a running request, on stderr so stdout keeps only the machine-readable
-//! lines (`wrote PATH`). One display per request, for every command that runs requests (`dg
-//! generate`, `dg edit`, and later batches).
+//! lines (`wrote PATH`). One display per request, for every command that runs one request (`dg
+//! generate`, `dg edit`); batches show rows instead (`batch/display.rs`), with the same modes.
 //!
 //! - stderr is a terminal: a live bar (indicatif) with the stage, steps done of all steps, it/s
 //!   and the time left; the finished bar stays on screen.
@@ -178,7 +178,7 @@ impl Pace {
 }
 
 /// `9s`, `2m05s` or `1h02m`.
-fn push_duration(text: &mut String, seconds: f64) {
+pub fn push_duration(text: &mut String, seconds: f64) {
     // Rounded up, so `eta 0s` only shows when nothing is left.
     let seconds = if seconds.is_finite() {
         seconds.max(0.0).ceil() as u64
