@@ -387,7 +387,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot write", path, e)
-    })
+    })?;
+    // The rename is durable once the directory is synced too (a power cut could otherwise lose
+    // it). Some filesystems refuse to sync a directory; the file itself is already synced then.
+    let _ = std::fs::File::open(parent).and_then(|dir| dir.sync_all());
+    Ok(())
 }
 
 /// The path an output is renamed onto: `path` itself, or for a symlink the file it finally points

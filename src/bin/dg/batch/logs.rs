@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::io_error;
+use diffgentor::Error;
 
 pub struct Log {
     file: Mutex<File>,
@@ -24,7 +24,7 @@ impl Log {
             },
             Path::to_path_buf,
         );
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create directory", &dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create directory", &dir, e))?;
         let rank = |names: &[&str]| {
             names
                 .iter()
@@ -37,7 +37,7 @@ impl Log {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| io_error("cannot open log", &path, e))?;
+            .map_err(|e| Error::io("cannot open log", &path, e))?;
         Ok(Log {
             file: Mutex::new(file),
             path,

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use diffgentor::Error;
 
-use super::io_error;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,7 +46,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn open(path: &Path) -> diffgentor::Result<Manifest> {
-        let io = |e| io_error("cannot open manifest", path, e);
+        let io = |e| Error::io("cannot open manifest", path, e);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -77,7 +76,7 @@ impl Manifest {
         self.file
             .write_all(&line)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| io_error("cannot append to", &self.path, e))
+            .map_err(|e| Error::io("cannot append to", &self.path, e))
     }
 }
 
@@ -100,10 +99,10 @@ fn manifest_files(dir: &Path) -> Vec<PathBuf> {
 
 /// The lines of a manifest that parse (a torn last line does not), as raw JSON and as entries.
 fn read_lines(path: &Path) -> diffgentor::Result<Vec<(Value, Entry)>> {
-    let file = File::open(path).map_err(|e| io_error("cannot open", path, e))?;
+    let file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
     let mut lines = Vec::new();
     for line in BufReader::new(file).lines() {
-        let line = line.map_err(|e| io_error("cannot read", path, e))?;
+        let line = line.map_err(|e| Error::io("cannot read", path, e))?;
         let Ok(value) = serde_json::from_str::<Value>(&line) else {
             continue;
         };

@@ -109,7 +109,7 @@ pub fn run(
     let table = input::read(input)?;
     let reader = Reader::new(batch.columns(), task, &table.columns, input)?;
     let shard = Shard::resolve(batch.shard.as_deref())?;
-    std::fs::create_dir_all(dir).map_err(|e| io_error("cannot create directory", dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create directory", dir, e))?;
     let done = if batch.overwrite {
         HashSet::new()
     } else {
@@ -117,7 +117,7 @@ pub fn run(
     };
     let root = dir
         .canonicalize()
-        .map_err(|e| io_error("cannot resolve", dir, e))?;
+        .map_err(|e| Error::io("cannot resolve", dir, e))?;
     let plan = plan(&table.rows, &reader, &base, shard, (dir, &root), &done);
     let log = Log::open(batch.log_dir.as_deref(), dir, shard.index)?;
     let manifest_path = dir.join(shard.manifest_name());
@@ -368,15 +368,6 @@ fn parameters(job: &Job, output: Option<&Output>) -> Value {
         p["ignored"] = ignored.clone();
     }
     p
-}
-
-/// An I/O error that names the file.
-fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// `dg manifest`: work on the manifests of a batch's output dir.
