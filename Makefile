@@ -77,9 +77,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# The OpenAI contract test builds its Python venv (openapi-core) under target/; here a failure to
-# build it fails the test instead of skipping it.
+# Tests that run Python peers (the OpenAI contract stub, the openai client, schemathesis, pandas,
+# Ray) build one venv under target/ (tests/peers/requirements.txt); here a failure to build it
+# fails those tests instead of skipping them.
 test: ort lint
+	@# The Ray example's test loads libdiffgentor.so through the Python binding: build it first
+	@# (cargo test builds the library only as an rlib).
+	$(CARGO) build --locked --lib
 	DG_CONTRACT_REQUIRED=1 $(CARGO) test --locked
 	@$(MAKE) --no-print-directory header-check
 	@$(MAKE) --no-print-directory c-test

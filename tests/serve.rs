@@ -1065,6 +1065,63 @@ fn the_job_api_queues_streams_cancels_and_forgets() {
 }
 
 #[test]
+fn cancelled_jobs_free_their_place_and_time_limits_hold() {
+    let server = Server::start("digits", &["--concurrency", "1", "--queue-size", "1"], &[]);
+    let jobs = server.url("/v1/jobs");
+    let create = |body: Value| post_json(&jobs, &body);
+    let slow = create(json!({"prompt": "1", "steps": 999, "n": 10})).json()["id"].clone();
+    let slow_events = follow_events(
+        &server,
+        &format!("/v1/jobs/{}/events", slow.as_str().unwrap()),
+    );
+    while next_event(&slow_events).0 != "running" {}
+    let queued = create(json!({"prompt": "2", "steps": 5}));
+    assert_eq!(queued.status, 202, "{}", queued.text());
+    let full = create(json!({"prompt": "3", "steps": 5}));
+    assert_openai_error(&full, 429, None, "the one queue place is taken");
+    // Cancelling the queued job gives its place back at once.
+    let id = queued.json()["id"].as_str().unwrap().to_string();
+    post_json(&server.url(&format!("/v1/jobs/{id}/cancel")), &json!({}));
+    let next = create(json!({"prompt": "3", "steps": 5}));
+    assert_eq!(next.status, 202, "{}", next.text());
+    let ready = get(&server.url("/readyz"));
+    assert_eq!(ready.json()["queued"], 1, "{}", ready.text());
+    post_json(
+        &server.url(&format!("/v1/jobs/{}/cancel", slow.as_str().unwrap())),
+        &json!({}),
+    );
+
+    // A generation past --request-timeout is cancelled with a 504; time queued does not count.
+    // Images behind URLs and finished jobs are gone after --job-ttl.
+    let server = Server::start("digits", &["--request-timeout", "1", "--job-ttl", "1"], &[]);
+    let slow = post_json(
+        &server.url("/v1/images/generations"),
+        &json!({"prompt": "1", "steps": 999, "n": 10}),
+    );
+    let error = assert_openai_error(&slow, 504, None, "a generation past its time");
+    assert_eq!(error["code"], "timeout");
+    let answer = post_json(
+        &server.url("/v1/images/generations"),
+        &json!({"prompt": "1", "steps": 2, "response_format": "url"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let url = answer.json()["data"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(get(&url).status, 200);
+    let job = post_json(&server.url("/v1/jobs"), &json!({"prompt": "1", "steps": 2})).json();
+    let job_url = server.url(&format!("/v1/jobs/{}", job["id"].as_str().unwrap()));
+    while get(&job_url).json()["status"] != "done" {
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Expiry is a matter of time: wait it out.
+    thread::sleep(Duration::from_millis(1300));
+    assert_openai_error(&get(&url), 404, None, "an expired image URL");
+    assert_openai_error(&get(&job_url), 404, None, "an expired job");
+}
+
+#[test]
 fn a_websocket_submits_follows_and_reports_errors() {
     let expected = digit_png();
     let server = Server::start("digits", &[], &[]);
@@ -1136,5 +1193,48 @@ fn a_websocket_submits_follows_and_reports_errors() {
             assert_eq!(error["code"], code, "{answer}");
         }
     }
+
+    // While it follows a job the socket still reads: a cancel stops the job, and a second
+    // submit is refused rather than left unread.
+    send(
+        &mut socket,
+        json!({"type": "submit", "prompt": "1", "steps": 999, "n": 10}),
+    );
+    let id = receive(&mut socket)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    send(&mut socket, json!({"type": "submit", "prompt": "2"}));
+    let last = loop {
+        let message = receive(&mut socket);
+        if message["type"] == "error" {
+            assert_eq!(message["error"]["param"], "type", "{message}");
+            send(&mut socket, json!({"type": "cancel", "id": id}));
+            continue;
+        }
+        if !matches!(message["status"].as_str(), Some("queued" | "running")) {
+            break message;
+        }
+    };
+    assert_eq!(last["status"], "cancelled", "{last}");
+
+    // Closing the socket cancels the job it submitted.
+    send(
+        &mut socket,
+        json!({"type": "submit", "prompt": "1", "steps": 999, "n": 10}),
+    );
+    let id = receive(&mut socket)["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
     socket.close(None).expect("closed");
+    let job = server.url(&format!("/v1/jobs/{id}"));
+    let status = loop {
+        let status = get(&job).json()["status"].clone();
+        if status != "queued" && status != "running" {
+            break status;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, "cancelled");
 }

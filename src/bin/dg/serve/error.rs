@@ -5,6 +5,12 @@ use axum::response::{IntoResponse, Response};
 use diffgentor::{Error, ErrorCode};
 use serde_json::json;
 
+/// Not in `http`'s list: nginx's "client closed request", which proxies and logs know.
+const CANCELLED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -60,6 +66,19 @@ impl ApiError {
         }
     }
 
+    /// 499, nginx's "client closed request": the request was cancelled before it finished.
+    pub fn cancelled() -> ApiError {
+        ApiError::new(CANCELLED, "the request was cancelled").code("cancelled")
+    }
+
+    /// The error as a stream message (SSE event data, WebSocket message): the body with a
+    /// `type` of `error`, which the OpenAI client raises on.
+    pub fn event(&self) -> serde_json::Value {
+        let mut body = self.body();
+        body["type"] = json!("error");
+        body
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
             "message": self.message,
@@ -77,7 +96,7 @@ impl From<Error> for ApiError {
         let status = match e.code() {
             ErrorCode::InvalidArg | ErrorCode::NullArg => StatusCode::BAD_REQUEST,
             ErrorCode::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ErrorCode::Cancelled => CANCELLED,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Refused => StatusCode::BAD_REQUEST,
@@ -94,7 +113,23 @@ impl From<Error> for ApiError {
             ErrorCode::Remote => "upstream_error",
             _ => "generation_failed",
         };
-        ApiError::new(status, e.to_string()).code(code)
+        // A remote backend's failure keeps what the service said, but not where this server's
+        // upstream lives (its endpoint is the operator's business, not the client's).
+        let message = match e.remote() {
+            Some(remote) => {
+                let mut text = format!("the {} backend failed", remote.service);
+                if let Some(status) = remote.status {
+                    text.push_str(&format!(" (HTTP {status})"));
+                }
+                format!("{text}: {}", remote.message)
+            }
+            None => e.to_string(),
+        };
+        let mut error = ApiError::new(status, message).code(code);
+        if let Some(kind) = e.remote().and_then(|r| r.error_type.clone()) {
+            error.code = Some(kind);
+        }
+        error
     }
 }
 

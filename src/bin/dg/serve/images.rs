@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use diffgentor::Image;
 
 use super::error::{ApiError, ApiResult};
@@ -100,6 +101,9 @@ fn png_alpha(bytes: &[u8]) -> Option<Result<Alpha, String>> {
     Some(Ok((width, height, alpha)))
 }
 
+/// Most bytes of images kept for URLs: past it the oldest go first, whatever their expiry.
+const MAX_STORED_BYTES: usize = 512 << 20;
+
 /// Encoded images served under random paths for `response_format: url`, each for a while.
 pub struct FileStore {
     files: Mutex<HashMap<String, Stored>>,
@@ -107,7 +111,7 @@ pub struct FileStore {
 }
 
 struct Stored {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     mime: &'static str,
     expires: Instant,
 }
@@ -123,16 +127,32 @@ impl FileStore {
     /// Keeps `bytes` and returns the unguessable name they are served under.
     pub fn put(&self, bytes: Vec<u8>, format: OutputFormat) -> ApiResult<String> {
         let name = format!("{}.{}", random_id(16)?, format.name());
+        let now = Instant::now();
         let stored = Stored {
-            bytes,
+            bytes: bytes.into(),
             mime: format.mime(),
-            expires: Instant::now() + self.ttl,
+            // --job-ttl is bounded (30 days), so this cannot overflow.
+            expires: now + self.ttl,
         };
-        self.lock().insert(name.clone(), stored);
+        let mut files = self.lock();
+        files.insert(name.clone(), stored);
+        let mut total: usize = files.values().map(|s| s.bytes.len()).sum();
+        while total > MAX_STORED_BYTES {
+            let Some(oldest) = files
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = files.remove(&oldest) {
+                total -= gone.bytes.len();
+            }
+        }
         Ok(name)
     }
 
-    pub fn get(&self, name: &str) -> Option<(Vec<u8>, &'static str)> {
+    pub fn get(&self, name: &str) -> Option<(Bytes, &'static str)> {
         let files = self.lock();
         let stored = files.get(name).filter(|s| s.expires > Instant::now())?;
         Some((stored.bytes.clone(), stored.mime))
@@ -145,7 +165,7 @@ impl FileStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stored>> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner())
+        super::queue::lock(&self.files)
     }
 }
 

@@ -16,11 +16,13 @@ use axum::Json;
 use base64::Engine;
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Map, Value};
+use tokio::sync::watch;
 
 use super::error::{ApiError, ApiResult};
-use super::images::{decode_mask, decode_upload};
-use super::openai::json_fields;
+use super::images::{decode_mask, decode_upload, encode};
+use super::openai::{b64, json_fields, parameters, CancelOnDrop};
 use super::params;
+use super::params::OutputFormat;
 use super::queue::{Job, JobState};
 use super::state::AppState;
 
@@ -47,7 +49,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let job = state.job(&id)?;
-    job.request_cancel();
+    state.queue.cancel(&job);
     Ok(Json(view(&state, &job)))
 }
 
@@ -77,50 +79,102 @@ pub async fn events(
 }
 
 /// A WebSocket carrying JSON messages: `{"type": "submit", ...call}` queues a job and follows it,
-/// `{"type": "subscribe", "id"}` follows an existing one, `{"type": "cancel", "id"}` cancels one.
-/// The server answers with the job's state after every change (`{"type": "job", ...}`) and
-/// errors as `{"type": "error", "error": {...}}`.
+/// `{"type": "subscribe", "id"}` follows an existing one, `{"type": "cancel", "id"}` cancels one
+/// (also while another is followed). The server answers with the job's state after every change
+/// (`{"type": "job", ...}`) and errors as `{"type": "error", "error": {...}}`. Messages are
+/// limited to the request body limit; closing the socket cancels the jobs it submitted.
 pub async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| session(state, socket))
+    upgrade
+        .max_message_size(state.settings.max_body)
+        .max_frame_size(state.settings.max_body)
+        .on_upgrade(move |socket| session(state, socket))
+}
+
+/// What a message asked for.
+enum Command {
+    Follow(Arc<Job>),
+    /// A job this socket submitted: cancelled if the socket goes away first.
+    FollowOwn(Arc<Job>),
+    Cancelled(Arc<Job>),
 }
 
 async fn session(state: Arc<AppState>, mut socket: WebSocket) {
-    while let Some(Ok(message)) = socket.recv().await {
-        let Message::Text(text) = message else {
-            if matches!(message, Message::Close(_)) {
-                return;
+    // The job followed now, its changes, and the guard that cancels it when it is this socket's.
+    let mut followed: Option<(Arc<Job>, watch::Receiver<JobState>, Option<CancelOnDrop>)> = None;
+    loop {
+        let changed = async {
+            match &mut followed {
+                Some((_, changes, _)) => changes.changed().await.is_ok(),
+                None => std::future::pending().await,
             }
-            continue;
         };
-        let answer = match serde_json::from_str::<Value>(text.as_str()) {
-            Ok(Value::Object(fields)) => command(&state, &fields),
-            _ => Err(ApiError::invalid(
-                "type",
-                "messages are JSON objects with a `type`",
-            )),
-        };
-        let followed = match answer {
-            Ok(job) => follow(&state, &job, &mut socket).await,
-            Err(e) => send(&mut socket, &error_message(&e)).await,
-        };
-        if followed.is_err() {
-            return;
+        tokio::select! {
+            alive = changed => {
+                let Some((job, changes, _)) = &mut followed else { continue };
+                let ended = !alive || changes.borrow_and_update().finished();
+                if send(&mut socket, &job_message(&state, job)).await.is_err() {
+                    return;
+                }
+                if ended {
+                    followed = None;
+                }
+            }
+            message = socket.recv() => {
+                let Some(Ok(message)) = message else { return };
+                let text = match message {
+                    Message::Text(text) => text,
+                    Message::Close(_) => return,
+                    _ => continue,
+                };
+                let answer = match serde_json::from_str::<Value>(text.as_str()) {
+                    Ok(Value::Object(fields)) => command(&state, &fields, followed.is_some()),
+                    _ => Err(ApiError::invalid("type", "messages are JSON objects with a `type`")),
+                };
+                let reply = match answer {
+                    Ok(Command::Cancelled(job)) => job_message(&state, &job),
+                    Ok(Command::Follow(job)) => {
+                        let reply = job_message(&state, &job);
+                        followed = Some((job.clone(), job.subscribe(), None));
+                        reply
+                    }
+                    Ok(Command::FollowOwn(job)) => {
+                        let reply = job_message(&state, &job);
+                        let guard = CancelOnDrop::new(&state, &job);
+                        followed = Some((job.clone(), job.subscribe(), Some(guard)));
+                        reply
+                    }
+                    Err(e) => e.event(),
+                };
+                if send(&mut socket, &reply).await.is_err() {
+                    return;
+                }
+                if followed.as_ref().is_some_and(|(job, _, _)| job.state().finished()) {
+                    followed = None;
+                }
+            }
         }
     }
 }
 
-fn command(state: &AppState, fields: &Map<String, Value>) -> ApiResult<Arc<Job>> {
+fn command(state: &AppState, fields: &Map<String, Value>, busy: bool) -> ApiResult<Command> {
     let id = || match fields.get("id") {
         Some(Value::String(id)) => state.job(id),
         _ => Err(ApiError::invalid("id", "`id` is required")),
     };
-    match fields.get("type").and_then(Value::as_str) {
-        Some("submit") => submit(state, fields),
-        Some("subscribe") => id(),
+    let kind = fields.get("type").and_then(Value::as_str);
+    if busy && matches!(kind, Some("submit" | "subscribe")) {
+        return Err(ApiError::invalid(
+            "type",
+            "this socket follows a job until it ends; open another socket to follow more",
+        ));
+    }
+    match kind {
+        Some("submit") => submit(state, fields).map(Command::FollowOwn),
+        Some("subscribe") => id().map(Command::Follow),
         Some("cancel") => {
             let job = id()?;
-            job.request_cancel();
-            Ok(job)
+            state.queue.cancel(&job);
+            Ok(Command::Cancelled(job))
         }
         _ => Err(ApiError::invalid(
             "type",
@@ -129,28 +183,14 @@ fn command(state: &AppState, fields: &Map<String, Value>) -> ApiResult<Arc<Job>>
     }
 }
 
-/// Sends the job's state after every change until it ends.
-async fn follow(state: &AppState, job: &Job, socket: &mut WebSocket) -> Result<(), axum::Error> {
-    let mut changes = job.subscribe();
-    loop {
-        let current = changes.borrow_and_update().clone();
-        let mut message = view(state, job);
-        message["type"] = json!("job");
-        send(socket, &message).await?;
-        if current.finished() || changes.changed().await.is_err() {
-            return Ok(());
-        }
-    }
+fn job_message(state: &AppState, job: &Job) -> Value {
+    let mut message = view(state, job);
+    message["type"] = json!("job");
+    message
 }
 
 async fn send(socket: &mut WebSocket, message: &Value) -> Result<(), axum::Error> {
     socket.send(Message::Text(message.to_string().into())).await
-}
-
-fn error_message(e: &ApiError) -> Value {
-    let mut body = e.body();
-    body["type"] = json!("error");
-    body
 }
 
 /// Queues a job from a generations body, with `image`/`mask` (base64) for edits.
@@ -182,6 +222,24 @@ fn base64_field(fields: &Map<String, Value>, key: &str) -> ApiResult<Option<Vec<
         .map_err(|e| ApiError::invalid(key, format!("`{key}` is not valid base64: {e}")))
 }
 
+/// A finished job's images as PNGs in base64, each with the `parameters` text `dg generate`
+/// writes; an encoding failure (a bug) is reported in place of the list.
+fn encode_images(state: &AppState, job: &Job, output: &diffgentor::Output) -> Value {
+    let parameters = parameters(state, job, output);
+    let images: ApiResult<Vec<Value>> = output
+        .images
+        .iter()
+        .map(|image| {
+            let bytes = encode(image, OutputFormat::Png, &parameters)?;
+            Ok(json!({"b64_json": b64(&bytes)}))
+        })
+        .collect();
+    match images {
+        Ok(images) => Value::Array(images),
+        Err(e) => json!({"error": e.body()["error"]}),
+    }
+}
+
 /// What a client sees of a job: its state, queue position or progress, and when it ended its
 /// images (PNG, base64), seed and size, or its error.
 fn view(state: &AppState, job: &Job) -> Value {
@@ -206,22 +264,10 @@ fn view(state: &AppState, job: &Job) -> Value {
                 json!({"step": step, "total": total, "stage": stage, "stages": stages});
         }
         JobState::Done(output) => {
-            let replica = &state.replicas[job.replica().unwrap_or(0)];
-            let parameters = crate::generate::parameters_text(&job.request, output, replica);
-            let images: ApiResult<Vec<Value>> = output
-                .images
-                .iter()
-                .map(|image| {
-                    let bytes = image
-                        .encode_png(&[("parameters", &parameters)])
-                        .map_err(ApiError::from)?;
-                    Ok(json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(bytes)}))
-                })
-                .collect();
-            match images {
-                Ok(images) => view["images"] = json!(images),
-                Err(e) => view["error"] = e.body()["error"].clone(),
-            }
+            view["images"] = job
+                .encoded
+                .get_or_init(|| encode_images(state, job, output))
+                .clone();
             view["seed"] = json!(output.seed);
             view["size"] = json!(format!("{}x{}", output.width, output.height));
         }

@@ -56,17 +56,20 @@ impl Metrics {
         c.running = running;
     }
 
-    pub fn record_generation(
-        &self,
-        images: usize,
-        steps: usize,
-        denoise: Duration,
-        total: Duration,
-    ) {
+    /// A finished generation: its images, denoising steps and their time.
+    pub fn record_generation(&self, output: &diffgentor::Output, total: Duration) {
         let mut c = self.lock();
-        c.images += images as u64;
-        c.steps += steps as u64;
-        c.denoise += denoise;
+        c.images += output.images.len() as u64;
+        c.steps += output.timings.denoise_steps.len() as u64;
+        c.denoise += output.timings.denoise_steps.iter().sum::<Duration>();
+        c.generations += 1;
+        c.generation_time += total;
+    }
+
+    /// A generation that failed or was cancelled: it counts, its partial steps do not (their
+    /// time is not reported, so they would skew steps per second).
+    pub fn record_failure(&self, total: Duration) {
+        let mut c = self.lock();
         c.generations += 1;
         c.generation_time += total;
     }
@@ -74,7 +77,9 @@ impl Metrics {
     /// The mean time of a generation so far, for `retry-after` estimates.
     pub fn mean_generation(&self) -> Option<Duration> {
         let c = self.lock();
-        (c.generations > 0).then(|| c.generation_time / c.generations as u32)
+        (c.generations > 0).then(|| {
+            Duration::from_secs_f64(c.generation_time.as_secs_f64() / c.generations as f64)
+        })
     }
 
     /// Everything in the Prometheus text exposition format.
@@ -180,6 +185,6 @@ impl Metrics {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        super::queue::lock(&self.inner)
     }
 }

@@ -30,7 +30,7 @@ use self::error::ApiError;
 use self::images::FileStore;
 use self::metrics::Metrics;
 use self::params::Policy;
-use self::queue::Queue;
+use self::queue::{Limits, Queue};
 use self::state::{AppState, Mode, Settings};
 use crate::backend::{Backend, BackendArgs};
 use crate::output::Out;
@@ -71,11 +71,14 @@ pub struct ServeArgs {
     /// model was trained for, memory grows with the square of the area, so keep it near the model's.
     #[arg(long, default_value_t = 2048, value_name = "PX")]
     max_side: u32,
-    /// Seconds a generation may take before it is cancelled (504).
+    /// Seconds a generation may run before it is cancelled at its next step (504); time in the
+    /// queue does not count.
     #[arg(long, default_value_t = 600, value_name = "S")]
     request_timeout: u64,
-    /// Seconds finished jobs and image URLs are kept.
-    #[arg(long, default_value_t = 3600, value_name = "S")]
+    /// Seconds finished jobs and image URLs are kept (at most 30 days; the oldest go first when
+    /// more than 1024 jobs or 512 MiB of images are kept).
+    #[arg(long, default_value_t = 3600, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
     job_ttl: u64,
     /// Seconds in-flight work may take to finish after SIGTERM/SIGINT before it is cancelled.
     #[arg(long, default_value_t = 30, value_name = "S")]
@@ -97,8 +100,12 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
         .or_else(|| std::env::var("DG_SERVE_API_KEY").ok())
         .filter(|k| !k.is_empty());
     let metrics = Arc::new(Metrics::default());
-    let (queue, workers) =
-        Queue::start(replicas.clone(), workers, args.queue_size, metrics.clone());
+    let limits = Limits {
+        workers,
+        capacity: args.queue_size,
+        timeout: Duration::from_secs(args.request_timeout),
+    };
+    let (queue, workers) = Queue::start(replicas.clone(), limits, metrics.clone());
     let ttl = Duration::from_secs(args.job_ttl);
     let state = Arc::new(AppState {
         replicas,
@@ -111,7 +118,7 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
             mode: args.mode,
             api_key,
             policy: Policy::from_env(args.max_side)?,
-            request_timeout: Duration::from_secs(args.request_timeout),
+            max_body: args.max_body_mib.saturating_mul(1 << 20),
             ttl,
         },
         shutting_down: Default::default(),
@@ -180,14 +187,14 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs, out: &mut Out) -> diffgen
             tracing::warn!("cannot set TCP_NODELAY: {e}");
         }
     });
-    let served = axum::serve(listener, router(state, args.max_body_mib))
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;
     sweeper.abort();
     served.map_err(|e| Error::InvalidArg(format!("the server failed: {e}")))
 }
 
-fn router(state: Arc<AppState>, max_body_mib: usize) -> Router {
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/images/edits", post(openai::edits))
@@ -217,7 +224,7 @@ fn router(state: Arc<AppState>, max_body_mib: usize) -> Router {
             state.clone(),
             middleware::observe,
         ))
-        .layer(DefaultBodyLimit::max(max_body_mib.saturating_mul(1 << 20)))
+        .layer(DefaultBodyLimit::max(state.settings.max_body))
         .with_state(state)
 }
 

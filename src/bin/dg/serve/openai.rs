@@ -43,6 +43,7 @@ pub async fn edits(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
+    state.check_mode(true)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -148,35 +149,23 @@ struct Finished {
 }
 
 impl Finished {
-    /// Waits for a job, cancelling it when this future is dropped (the client went away) or the
-    /// request timeout passes; the job is forgotten once answered.
-    async fn wait(state: &AppState, job: Arc<Job>) -> ApiResult<Finished> {
-        let guard = CancelOnDrop(job.clone());
-        let outcome = tokio::time::timeout(state.settings.request_timeout, finished(&job)).await;
+    /// Waits for a job, cancelling it when this future is dropped (the client went away); the
+    /// job is forgotten once answered. The request timeout is the worker's to enforce.
+    async fn wait(state: &Arc<AppState>, job: Arc<Job>) -> ApiResult<Finished> {
+        let guard = CancelOnDrop::new(state, &job);
+        let outcome = finished(&job).await;
         drop(guard);
         state.forget(&job.id);
         match outcome {
-            Err(_) => Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the generation took longer than {} s and was cancelled",
-                    state.settings.request_timeout.as_secs()
-                ),
-            )
-            .code("timeout")),
-            Ok(JobState::Done(output)) => Ok(Finished { job, output }),
-            Ok(JobState::Failed(e)) => Err(e),
-            Ok(_) => Err(ApiError::new(
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                "the request was cancelled",
-            )
-            .code("cancelled")),
+            JobState::Done(output) => Ok(Finished { job, output }),
+            JobState::Failed(e) => Err(e),
+            _ => Err(ApiError::cancelled()),
         }
     }
 
     /// The answer's `data[]`: each image inline or as a URL on this server.
     fn data(&self, state: &AppState, call: &Call, base: &str) -> ApiResult<Vec<Value>> {
-        let parameters = self.parameters(state);
+        let parameters = parameters(state, &self.job, &self.output);
         self.output
             .images
             .iter()
@@ -192,12 +181,14 @@ impl Finished {
             })
             .collect()
     }
+}
 
-    /// The `parameters` text `dg generate` would write for the same request.
-    fn parameters(&self, state: &AppState) -> String {
-        let replica = self.job.replica().unwrap_or(0);
-        parameters_text(&self.job.request, &self.output, &state.replicas[replica])
-    }
+/// The `parameters` text `dg generate` would write for a finished job's request.
+pub fn parameters(state: &AppState, job: &Job, output: &diffgentor::Output) -> String {
+    let replica = job.replica().unwrap_or(0);
+    // Jobs only run on the replicas, so the index is in range; the first stands in otherwise.
+    let backend = state.replicas.get(replica).unwrap_or(&state.replicas[0]);
+    parameters_text(&job.request, output, backend)
 }
 
 /// Resolves once the job has ended, with its final state.
@@ -211,13 +202,25 @@ pub async fn finished(job: &Job) -> JobState {
     }
 }
 
-/// Cancels a job unless it has ended: held while a handler waits on it.
-pub struct CancelOnDrop(pub Arc<Job>);
+/// Cancels a job unless it has ended: held while a client waits on it.
+pub struct CancelOnDrop {
+    state: Arc<AppState>,
+    job: Arc<Job>,
+}
+
+impl CancelOnDrop {
+    pub fn new(state: &Arc<AppState>, job: &Arc<Job>) -> CancelOnDrop {
+        CancelOnDrop {
+            state: state.clone(),
+            job: job.clone(),
+        }
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if !self.0.state().finished() {
-            self.0.request_cancel();
+        if !self.job.state().finished() {
+            self.state.queue.cancel(&self.job);
         }
     }
 }
@@ -262,10 +265,10 @@ fn stream(
                             })
                         })
                         .collect(),
-                    Err(e) => vec![error_event(&e)],
+                    Err(e) => vec![e.event()],
                 }
             }
-            Err(e) => vec![error_event(&e)],
+            Err(e) => vec![e.event()],
         };
         stream::iter(events.into_iter().map(|data| {
             let kind = data["type"].as_str().unwrap_or("error").to_string();
@@ -274,12 +277,6 @@ fn stream(
     };
     Sse::new(futures_util::StreamExt::flatten(stream::once(events)))
         .keep_alive(KeepAlive::default())
-}
-
-fn error_event(e: &ApiError) -> Value {
-    let mut body = e.body();
-    body["type"] = json!("error");
-    body
 }
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -381,7 +378,7 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

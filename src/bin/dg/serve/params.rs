@@ -84,13 +84,34 @@ impl Policy {
         })
     }
 
-    fn apply(&self, request: &mut Request) {
+    /// Forces the overrides on the request and on every stage of its plan, and refuses a plan
+    /// stage larger than `max_side` (a plan sets sizes without `size`).
+    fn apply(&self, request: &mut Request) -> ApiResult<()> {
         if let Some(steps) = self.steps {
             request.steps = steps;
         }
         if let Some(guidance) = self.guidance_scale {
             request.guidance_scale = guidance;
         }
+        for stage in request
+            .plan
+            .iter_mut()
+            .flat_map(|plan| plan.stages.iter_mut())
+        {
+            if stage.width > self.max_side || stage.height > self.max_side {
+                return Err(ApiError::invalid(
+                    "plan",
+                    format!(
+                        "a plan stage of {}x{}: this server makes images up to {} a side",
+                        stage.width, stage.height, self.max_side
+                    ),
+                )
+                .code("invalid_size"));
+            }
+            stage.steps = self.steps.or(stage.steps);
+            stage.guidance_scale = self.guidance_scale.or(stage.guidance_scale);
+        }
+        Ok(())
     }
 }
 
@@ -152,7 +173,7 @@ pub fn parse(
             .set(key, &value)
             .map_err(|e| ApiError::invalid(key, e.to_string()))?;
     }
-    policy.apply(&mut request);
+    policy.apply(&mut request)?;
     let response_format = match text(fields, "response_format")?.as_deref() {
         None | Some("b64_json") => ResponseFormat::B64Json,
         Some("url") => ResponseFormat::Url,
@@ -392,6 +413,26 @@ mod tests {
         };
         let call = parse(&fields, &local(), &policy).unwrap();
         assert_eq!((call.request.steps, call.request.guidance_scale), (2, 1.0));
+    }
+
+    #[test]
+    fn plans_keep_to_the_limit_and_the_overrides() {
+        let policy = Policy {
+            steps: Some(2),
+            max_side: 64,
+            ..policy()
+        };
+        let fields = |w: u32| {
+            let plan = format!(r#"{{"stages": [{{"width": {w}, "height": 64, "steps": 30}}]}}"#);
+            let Value::Object(fields) = json!({"prompt": "x", "plan": plan}) else {
+                unreachable!()
+            };
+            fields
+        };
+        let call = parse(&fields(64), &local(), &policy).unwrap();
+        assert_eq!(call.request.plan.unwrap().stages[0].steps, Some(2));
+        let e = parse(&fields(128), &local(), &policy).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("plan"), "{}", e.message);
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! threads runs them (each on one replica), and every change of a job's state is published on a
 //! watch channel that HTTP handlers, SSE streams and WebSockets await.
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use diffgentor::{CancelToken, Error, Output, Request};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use super::error::ApiError;
@@ -54,9 +55,11 @@ pub struct Job {
     /// The replica that ran it (for the `parameters` text of its images).
     replica: Mutex<Option<usize>>,
     pub created: SystemTime,
-    pub cancel: CancelToken,
+    cancel: CancelToken,
     state: watch::Sender<JobState>,
     finished_at: Mutex<Option<Instant>>,
+    /// The finished images as the job API sends them, encoded once however often they are read.
+    pub encoded: OnceLock<Value>,
 }
 
 impl Job {
@@ -71,6 +74,7 @@ impl Job {
             cancel,
             state: watch::Sender::new(JobState::Queued),
             finished_at: Mutex::new(None),
+            encoded: OnceLock::new(),
         })
     }
 
@@ -106,12 +110,15 @@ impl Job {
         lock(&self.finished_at).map(|t| t.elapsed())
     }
 
-    /// Stops the job: a queued one ends now, a running one at its next denoising step.
-    pub fn request_cancel(&self) {
-        self.cancel.cancel();
-        if matches!(*self.state.borrow(), JobState::Queued) {
-            self.finish(JobState::Cancelled);
-        }
+    /// Moves a running job on, unless it has ended (a cancel or the deadline came first).
+    fn progress(&self, state: JobState) {
+        self.state.send_if_modified(|current| {
+            let moving = !current.finished();
+            if moving {
+                *current = state;
+            }
+            moving
+        });
     }
 }
 
@@ -127,7 +134,19 @@ pub struct Queue {
     wake: Condvar,
     capacity: usize,
     workers: usize,
+    /// Longest a generation may run (`--request-timeout`).
+    timeout: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// How much a queue takes on.
+pub struct Limits {
+    /// Generations running at once (worker threads).
+    pub workers: usize,
+    /// Jobs that may wait beyond those running.
+    pub capacity: usize,
+    /// Longest a generation may run.
+    pub timeout: Duration,
 }
 
 /// Why a job was not queued.
@@ -140,10 +159,14 @@ impl Queue {
     /// Starts `workers` threads over `replicas` (worker i runs on replica i mod the count).
     pub fn start(
         replicas: Arc<Vec<Backend>>,
-        workers: usize,
-        capacity: usize,
+        limits: Limits,
         metrics: Arc<Metrics>,
     ) -> (Arc<Queue>, Vec<JoinHandle<()>>) {
+        let Limits {
+            workers,
+            capacity,
+            timeout,
+        } = limits;
         let queue = Arc::new(Queue {
             waiting: Mutex::new(Waiting {
                 jobs: VecDeque::new(),
@@ -153,6 +176,7 @@ impl Queue {
             wake: Condvar::new(),
             capacity,
             workers,
+            timeout,
             metrics,
         });
         let handles = (0..workers)
@@ -172,6 +196,20 @@ impl Queue {
             })
             .collect();
         (queue, handles)
+    }
+
+    /// Stops a job: a queued one leaves the queue (freeing its place) and ends now, a running one
+    /// ends at its next denoising step. Whether a job is still queued is decided under the queue's
+    /// lock, so a worker taking it at that moment either never sees it or sees it cancelled.
+    pub fn cancel(&self, job: &Job) {
+        job.cancel.cancel();
+        let mut waiting = lock(&self.waiting);
+        if let Some(at) = waiting.jobs.iter().position(|queued| queued.id == job.id) {
+            waiting.jobs.remove(at);
+            self.metrics.set_queue(waiting.jobs.len(), waiting.running);
+            drop(waiting);
+            job.finish(JobState::Cancelled);
+        }
     }
 
     /// Queues a job, unless the queue is full or closed.
@@ -232,6 +270,12 @@ impl Queue {
             if let Some(job) = waiting.jobs.pop_front() {
                 waiting.running += 1;
                 self.metrics.set_queue(waiting.jobs.len(), waiting.running);
+                job.progress(JobState::Running {
+                    step: 0,
+                    total: job.request.steps,
+                    stage: 1,
+                    stages: 1,
+                });
                 return Some(job);
             }
             if waiting.closed {
@@ -244,7 +288,7 @@ impl Queue {
     fn work(&self, replicas: &[Backend], replica: usize) {
         while let Some(job) = self.next() {
             let outcome = if job.cancel.is_cancelled() {
-                // Cancelled while it waited: it never runs.
+                // Cancelled as it was taken: it never runs.
                 JobState::Cancelled
             } else {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -259,52 +303,54 @@ impl Queue {
             };
             // The gauges drop before the job ends, so whoever sees the answer sees them settled.
             let mut waiting = lock(&self.waiting);
-            waiting.running -= 1;
+            waiting.running = waiting.running.saturating_sub(1);
             self.metrics.set_queue(waiting.jobs.len(), waiting.running);
             drop(waiting);
             job.finish(outcome);
         }
     }
 
-    /// Runs one job and says how it ended.
+    /// Runs one job and says how it ended: cancelled at the next step once the caller cancels or
+    /// the request timeout passes (a 504 then).
     fn run(&self, job: &Job, backend: &Backend, replica: usize) -> JobState {
         *lock(&job.replica) = Some(replica);
         let started = Instant::now();
-        job.state.send_replace(JobState::Running {
-            step: 0,
-            total: job.request.steps,
-            stage: 1,
-            stages: 1,
-        });
-        let mut steps = 0;
+        let mut timed_out = false;
         let result = backend.generator.generate(&job.request, &mut |p| {
-            steps += 1;
-            job.state.send_replace(JobState::Running {
+            job.progress(JobState::Running {
                 step: p.step,
                 total: p.total,
                 stage: p.stage,
                 stages: p.stages,
             });
-            !job.cancel.is_cancelled()
+            timed_out = started.elapsed() > self.timeout;
+            !timed_out && !job.cancel.is_cancelled()
         });
-        let denoise: Duration = match &result {
-            Ok(output) => output.timings.denoise_steps.iter().sum(),
-            Err(_) => Duration::ZERO,
-        };
-        self.metrics.record_generation(
-            result.as_ref().map_or(0, |o| o.images.len()),
-            steps,
-            denoise,
-            started.elapsed(),
-        );
-        match result {
-            Ok(output) => JobState::Done(Arc::new(output)),
+        let outcome = match result {
+            Ok(output) => {
+                self.metrics.record_generation(&output, started.elapsed());
+                return JobState::Done(Arc::new(output));
+            }
+            Err(Error::Cancelled) if timed_out => JobState::Failed(
+                ApiError::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the generation ran longer than {} s and was cancelled",
+                        self.timeout.as_secs()
+                    ),
+                )
+                .code("timeout"),
+            ),
             Err(Error::Cancelled) => JobState::Cancelled,
             Err(e) => JobState::Failed(e.into()),
-        }
+        };
+        self.metrics.record_failure(started.elapsed());
+        outcome
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a mutex, taking it over from a thread that panicked while holding it (every value kept
+/// under these locks stays consistent between statements).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -13,7 +13,7 @@ use super::error::{ApiError, ApiResult};
 use super::images::{random_id, FileStore};
 use super::metrics::Metrics;
 use super::params::Policy;
-use super::queue::{Job, Queue, Refusal};
+use super::queue::{lock, Job, Queue, Refusal};
 use crate::backend::Backend;
 
 /// Which endpoints a server takes (`--mode`).
@@ -31,8 +31,8 @@ pub struct Settings {
     pub mode: Mode,
     pub api_key: Option<String>,
     pub policy: Policy,
-    /// Longest a generation may take before it is cancelled.
-    pub request_timeout: Duration,
+    /// Largest request body (and WebSocket message), in bytes.
+    pub max_body: usize,
     /// How long finished jobs (and url images) are kept.
     pub ttl: Duration,
 }
@@ -58,10 +58,9 @@ impl AppState {
         let job = Job::new(random_id(12)?, request);
         match self.queue.submit(job.clone()) {
             Ok(()) => {
-                self.jobs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(job.id.clone(), job.clone());
+                let mut jobs = lock(&self.jobs);
+                jobs.insert(job.id.clone(), job.clone());
+                forget_oldest_finished(&mut jobs);
                 Ok(job)
             }
             Err(Refusal::Closed) => Err(shutting_down()),
@@ -82,11 +81,12 @@ impl AppState {
         }
     }
 
+    /// A job by id, unless it is unknown or ended longer ago than the TTL (the sweep that frees
+    /// it runs every few seconds; a lookup never sees it past its time).
     pub fn job(&self, id: &str) -> ApiResult<Arc<Job>> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.jobs)
             .get(id)
+            .filter(|job| job.finished_for().is_none_or(|age| age < self.settings.ttl))
             .cloned()
             .ok_or_else(|| {
                 ApiError::new(
@@ -99,49 +99,52 @@ impl AppState {
 
     /// Forgets a job whose caller has its answer.
     pub fn forget(&self, id: &str) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        lock(&self.jobs).remove(id);
     }
 
     /// Forgets jobs that ended longer ago than the TTL, and expired files.
     pub fn sweep(&self) {
         let ttl = self.settings.ttl;
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, job| job.finished_for().is_none_or(|age| age < ttl));
+        lock(&self.jobs).retain(|_, job| job.finished_for().is_none_or(|age| age < ttl));
         self.files.sweep();
     }
 
     /// Cancels every job not yet finished (the shutdown deadline passed).
     pub fn cancel_all(&self) {
-        for job in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            job.request_cancel();
+        for job in lock(&self.jobs).values() {
+            self.queue.cancel(job);
         }
+    }
+
+    /// Refuses generations or edits when `--mode` turned them off (404, as for a missing route):
+    /// checked before an edit's body is read.
+    pub fn check_mode(&self, editing: bool) -> ApiResult<()> {
+        let allowed = match self.settings.mode {
+            Mode::All => true,
+            Mode::T2i => !editing,
+            Mode::Edit => editing,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let what = if editing { "edits" } else { "generations" };
+        let mode = match self.settings.mode {
+            Mode::T2i => "t2i",
+            Mode::Edit => "edit",
+            Mode::All => "all",
+        };
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("this server runs with --mode {mode} and takes no {what}"),
+        )
+        .code("mode_disabled"))
     }
 
     /// Refuses a task this server (its `--mode`) or its generator does not take.
     pub fn check_task(&self, request: &Request) -> ApiResult<()> {
         let task = Task::of(request);
         let editing = task != Task::TextToImage;
-        let allowed = match self.settings.mode {
-            Mode::All => true,
-            Mode::T2i => !editing,
-            Mode::Edit => editing,
-        };
-        if !allowed {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "this server runs with --mode {:?} and takes no {task} requests",
-                    self.settings.mode
-                )
-                .to_lowercase(),
-            )
-            .code("mode_disabled"));
-        }
+        self.check_mode(editing)?;
         let tasks = &self.description.tasks;
         // An instruction-editing model takes an image for any edit it is asked.
         if tasks.contains(&task) || (editing && tasks.contains(&Task::Edit)) {
@@ -164,6 +167,25 @@ impl AppState {
             ),
         )
         .code("unsupported_task"))
+    }
+}
+
+/// Most jobs kept at once: past it the longest-finished go first, so a busy server's memory stays
+/// bounded whatever `--job-ttl` says (a finished job holds its images).
+const MAX_KEPT_JOBS: usize = 1024;
+
+fn forget_oldest_finished(jobs: &mut HashMap<String, Arc<Job>>) {
+    while jobs.len() > MAX_KEPT_JOBS {
+        let oldest = jobs
+            .iter()
+            .filter_map(|(id, job)| Some((job.finished_for()?, id)))
+            .max()
+            .map(|(_, id)| id.clone());
+        match oldest {
+            Some(id) => jobs.remove(&id),
+            // Every job kept is queued or running: the queue's own limit bounds them.
+            None => break,
+        };
     }
 }
 
