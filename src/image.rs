@@ -356,6 +356,16 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
 /// Most bytes of the output's name kept in its temporary file's name.
 const TEMP_NAME_BYTES: usize = 100;
 
+/// How the temporary files of [`write_atomically`] for an output named `file_name` begin: `.NAME.`,
+/// NAME cut to 100 bytes; `PID.N.tmp` follows. Callers that clean up after a killed writer match
+/// on it.
+pub fn temp_name_prefix(file_name: &std::ffi::OsStr) -> String {
+    format!(
+        ".{}.",
+        truncate_utf8(&file_name.to_string_lossy(), TEMP_NAME_BYTES)
+    )
+}
+
 /// Creates parent directories, writes to a sibling temporary file, then renames it over `path`.
 /// Only a regular file (or nothing) is ever replaced: a directory, FIFO, socket or device at
 /// `path` is refused. A symlink is followed, and the file it points to is replaced atomically, so
@@ -375,10 +385,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // The name is cut so the temporary name stays within NAME_MAX (255 bytes) for any valid
     // output name: the dot, pid, counter and suffix add at most 47 bytes.
-    let name = file_name.to_string_lossy();
     let tmp = parent.join(format!(
-        ".{}.{}.{n}.tmp",
-        truncate_utf8(&name, TEMP_NAME_BYTES),
+        "{}{}.{n}.tmp",
+        temp_name_prefix(file_name),
         std::process::id()
     ));
     let result = std::fs::File::create(&tmp)

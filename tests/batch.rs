@@ -191,6 +191,15 @@ fn tables_from_pandas_pyarrow_and_jsonl_read_alike() {
             assert!(stderr.contains("error: row 3: no prompt: column `prompt` is empty"));
             assert!(stdout.contains("batch: 4 ok, 2 failed, 0 already done, of 6 rows"));
         }
+        // Failed rows are the data's doing, not an internal error.
+        let failed = if name == "prompts.csv" { 1 } else { 2 };
+        assert!(
+            stderr.contains(&format!(
+                "error: invalid argument: {failed} of 6 rows failed (see {}",
+                out.join("manifest.jsonl").display()
+            )),
+            "{name}: {stderr}"
+        );
         runs.insert(name, images(&out));
     }
     // The same rows give the same bytes whatever wrote the table.
@@ -378,14 +387,25 @@ fn output_names_follow_the_ancestors_rules_and_never_escape() {
         json!("./aaa/bb/1"),
         json!(null),
         json!("good_link/y"),
+        json!("zz.png"),
+        json!("zz.png/x"),
+        json!("d.png/q"),
+        json!("d.png"),
+        json!("big"),
+        json!("l".repeat(150)),
     ];
-    let rows: Vec<Value> = names
+    let mut rows: Vec<Value> = names
         .iter()
         .enumerate()
         .map(|(i, name)| json!({"prompt": format!("a handwritten digit {i}"), "name": name}))
         .collect();
+    // A huge count fails its row before any name is made for it.
+    rows[15]["num_images"] = json!(1e10);
     let input = tmp.path().join("names.jsonl");
     jsonl(&input, &rows);
+    // What a killed writer of the long name left: its temp file name is cut to 100 bytes.
+    let stale = out.join(format!(".{}.4242.7.tmp", "l".repeat(100)));
+    std::fs::write(&stale, b"half an image").unwrap();
     let (code, _, stderr) = t2i(&input, &out, &["--output-name-column", "name"]);
     assert_eq!(code, 1, "{stderr}");
     let m = manifest(&out.join("manifest.jsonl"));
@@ -409,6 +429,15 @@ fn output_names_follow_the_ancestors_rules_and_never_escape() {
              file",
         ),
         (9, "output name column `name` is empty"),
+        (
+            12,
+            "output zz.png/x.png needs the folder zz.png, which row 11 writes as a file",
+        ),
+        (
+            14,
+            "output d.png is a folder row 13 writes into: a row may not write a file there",
+        ),
+        (15, "num_images must be between 1 and 64, got 10000000000"),
     ];
     for (row, error) in refused {
         assert!(
@@ -422,14 +451,23 @@ fn output_names_follow_the_ancestors_rules_and_never_escape() {
         );
     }
     let written = images(&out);
-    let expected = [
+    let long = format!("{}.png", "l".repeat(150));
+    let mut expected = vec![
         "aaa/bb/1.png",
         "aaa/bb/2.jpg",
         "c.JPEG",
+        "d.png/q.png",
         "d.webp.png",
         "inner/y.png",
+        &long,
+        "zz.png",
     ];
-    assert_eq!(written.keys().collect::<Vec<_>>(), expected);
+    expected.sort_unstable();
+    assert_eq!(
+        written.keys().collect::<Vec<_>>(),
+        expected,
+        "the stale temp file is gone"
+    );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     for (name, bytes) in &written {
         let image = Image::decode(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -501,8 +539,10 @@ fn forty() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-/// A tiny xorshift, seeded from the clock (and printed), for the kill points.
-fn kill_points(count: usize, max: Duration) -> Vec<Duration> {
+/// A tiny xorshift, seeded from the clock (and printed): after how many rows each run is killed,
+/// each in `1..=max`. Counting rows, not time, makes every kill land mid-run however fast the
+/// machine is (one whose count is already reached lands at once, before the model is loaded).
+fn kill_points(count: usize, max: usize) -> Vec<usize> {
     let mut state = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -514,9 +554,17 @@ fn kill_points(count: usize, max: Duration) -> Vec<Duration> {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            max.mul_f64((state % 1000) as f64 / 1000.0)
+            1 + (state % max as u64) as usize
         })
         .collect()
+}
+
+/// The rows whose latest manifest line says ok.
+fn ok_rows(path: &Path) -> usize {
+    manifest(path)
+        .values()
+        .filter(|v| v["status"] == "ok")
+        .count()
 }
 
 #[test]
@@ -542,31 +590,43 @@ fn kill_9_then_resume_gives_the_uninterrupted_bytes() {
         "--concurrency",
         "2",
     ];
-    for delay in kill_points(4, Duration::from_millis(1500)) {
+    let manifest_path = out.join("manifest.jsonl");
+    for rows in kill_points(4, 30) {
         let mut child = dg_command(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        while ok_rows(&manifest_path) < rows && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // Whatever was renamed into place is whole.
         for (name, bytes) in images(&out) {
             if !name.contains(".tmp") {
-                assert_eq!(bytes, expected[&name], "{name} after a kill at {delay:?}");
+                assert_eq!(bytes, expected[&name], "{name} after a kill at row {rows}");
             }
         }
     }
+    // The kills left some rows done and some to do, so the last run resumes.
+    let done = ok_rows(&manifest_path);
+    assert!(0 < done && done < 40, "{done} rows done before resuming");
     let (code, stdout, stderr) = dg(&args);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("0 failed"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "batch: {} ok, 0 failed, {done} already done, of 40 rows",
+            40 - done
+        )),
+        "{stdout}"
+    );
     assert_eq!(
         images(&out),
         expected,
         "no temp file is left, every image is the same"
     );
-    let text = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
     let mut ok: Vec<u64> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -576,19 +636,87 @@ fn kill_9_then_resume_gives_the_uninterrupted_bytes() {
     ok.sort_unstable();
     assert_eq!(ok, (0..40).collect::<Vec<_>>(), "one success line per row");
 
-    // A rerun has nothing left to do; --overwrite does it all again, to the same bytes.
+    // A rerun has nothing left to do; --overwrite does it all again, to the same bytes (even over
+    // an image spoilt since, which a rerun takes as done).
     let (code, stdout, _) = dg(&args);
     assert_eq!(code, 0);
     assert!(
         stdout.contains("batch: 0 ok, 0 failed, 40 already done, of 40 rows"),
         "{stdout}"
     );
+    std::fs::write(out.join("000003.png"), b"spoilt").unwrap();
+    let (code, stdout, _) = dg(&[&args[..], &["--overwrite"]].concat());
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("batch: 40 ok, 0 failed, 0 already done, of 40 rows"),
+        "{stdout}"
+    );
+    assert_eq!(images(&out), expected);
     std::fs::remove_file(out.join("000007.png")).unwrap();
     let (_, stdout, _) = dg(&args);
     assert!(
         stdout.contains("batch: 1 ok, 0 failed, 39 already done"),
         "{stdout}"
     );
+    assert_eq!(images(&out), expected);
+}
+
+#[test]
+fn the_latest_manifest_line_wins_across_shard_counts_and_merges() {
+    let (forty, reference) = forty();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let out_arg = out.display().to_string();
+    // The first four rows of the forty, and the same with rows 0 and 2 spoilt.
+    let rows: Vec<Value> = std::fs::read_to_string(forty)
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (input, spoilt) = (
+        tmp.path().join("four.jsonl"),
+        tmp.path().join("spoilt.jsonl"),
+    );
+    jsonl(&input, &rows);
+    let mut bad = rows.clone();
+    for row in [0, 2] {
+        bad[row]["steps"] = json!("many");
+    }
+    jsonl(&spoilt, &bad);
+    let merge = || {
+        let (code, stdout, stderr) = dg(&["manifest", "merge", &out_arg]);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+
+    // Rows 0 and 3 by a third of the shards, merged into manifest.jsonl.
+    let (code, _, stderr) = t2i(&input, &out, &["--shard", "0/3"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(merge().starts_with("merged 2 rows (0 failed)"));
+    // Later, half the shards over the spoilt table: rows 0 and 2 fail, in a part whose name
+    // sorts before the older part-of-3.
+    let (code, stdout, _) = t2i(&spoilt, &out, &["--shard", "0/2"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("batch: 0 ok, 2 failed, 0 already done, of 2 rows"),
+        "{stdout}"
+    );
+    let stdout = merge();
+    assert!(stdout.starts_with("merged 3 rows (2 failed)"), "{stdout}");
+    let m = manifest(&out.join("manifest.jsonl"));
+    let statuses: Vec<&str> = m.values().map(|v| v["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["error", "error", "ok"], "rows 0, 2 and 3");
+    // Row 0's image is still on disk, but its latest line failed: the whole run does it again.
+    let (code, stdout, stderr) = t2i(&input, &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("batch: 3 ok, 0 failed, 1 already done, of 4 rows"),
+        "{stdout}"
+    );
+    assert!(merge().starts_with("merged 4 rows (0 failed)"));
+    let mut expected = images(reference);
+    expected.retain(|name, _| name.as_str() < "000004.png");
     assert_eq!(images(&out), expected);
 }
 

@@ -1,5 +1,6 @@
 //! bindings/python/examples/ray_batch.py on a local Ray (`num_cpus=2`, started by the example):
-//! the same names, manifest rows and pixels as `dg t2i` over the same Parquet rows and seeds.
+//! the same names, manifest rows and pixels as `dg t2i` over the same Parquet rows and seeds, with
+//! per-row steps and image counts (`--param-column`; `dg t2i` reads those columns by their names).
 mod common;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,7 @@ fn ray_data_writes_what_dg_t2i_writes() {
         .arg("--output-dir")
         .arg(&ray_out)
         .args(["--num-cpus", "2", "--actors", "2", "--batch-size", "1"])
+        .args(["--param-column", "steps", "--param-column", "num_images"])
         .args(flags)
         .env("PYTHONPATH", repo.join("bindings/python/src"))
         .env("DG_LIBRARY_PATH", &library);
@@ -103,4 +105,13 @@ fn ray_data_writes_what_dg_t2i_writes() {
         }
     }
     assert_eq!(dg_rows[1].2, serde_json::json!(["b/two.png"]));
+    assert_eq!(
+        dg_rows[2].2,
+        serde_json::json!(["three_00.png", "three_01.png"]),
+        "the row's own num_images"
+    );
+    // The manifest was appended as rows finished, then rewritten one line per row.
+    let text = std::fs::read_to_string(ray_out.join("manifest.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    assert!(text.contains("\"written_ns\":"), "{text}");
 }

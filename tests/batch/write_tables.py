@@ -8,7 +8,8 @@ usage: write_tables.py DIR
 - prompts.jsonl: the same rows, one JSON object per line, with extra nested fields.
 - large.parquet (pyarrow): the prompt column itself a large_string.
 - edit.parquet (pyarrow): source images as a list column (relative paths), masks, bad rows.
-- ray.parquet (pyarrow): the Ray example's rows, with an output-name column and a duplicate name.
+- ray.parquet (pyarrow): the Ray example's rows, with an output-name column, a duplicate name, and
+  per-row steps and num_images as floats with nulls (as pandas writes integer columns with nulls).
 """
 
 import json
@@ -65,13 +66,16 @@ pq.write_table(
     out / "edit.parquet",
 )
 
-# The Ray example's input: a null seed (--seed plus the index) and an output-name column.
+# The Ray example's input: a null seed (--seed plus the index), an output-name column, and
+# overrides of steps and num_images.
 pq.write_table(
     pa.table(
         {
             "prompt": ["a handwritten digit 1", "a handwritten digit 2", "a handwritten digit 3", "digit 4"],
             "seed": pa.array([5, None, 7, 8], pa.int64()),
             "name": ["a/one", "b/two.png", "three", "a/one"],
+            "steps": pa.array([3.0, None, None, 4.0], pa.float64()),
+            "num_images": pa.array([None, None, 2.0, None], pa.float64()),
         }
     ),
     out / "ray.parquet",

@@ -9,8 +9,10 @@ Each Ray actor loads one pipeline (one per GPU with --num-gpus 1, else one per -
 runs the rows Ray Data hands it with `map_batches`. Names follow the `dg t2i` rules
 (docs/batch.md): `{index:06d}.png`, or the --output-name-column value as a path under the output
 dir; a row's seed is its `seed` cell, else --seed plus the row index. Images are written atomically
-(temp file, fsync, rename) and the driver writes `manifest.jsonl`, one line per row; rows already
-done (listed ok there, files present) are skipped, so a rerun resumes.
+(temp file, fsync, rename) and the driver appends each row's line to `manifest.jsonl` (one write and
+an fsync) as its result arrives, so a crash loses only the rows in flight; at the end it rewrites the
+file with one line per row, in input order. Rows already done (their latest line says ok, files
+present) are skipped, so a rerun resumes.
 
 Needs ray[data], pyarrow and the diffgentor package (and Pillow for `.jpg` names), with
 DG_LIBRARY_PATH and DG_ORT_DYLIB_PATH set on every node (see bindings/python/README.md).
@@ -23,6 +25,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional
 
@@ -76,21 +79,100 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def done_rows(out: Path) -> set:
-    """Rows whose last manifest line says ok and whose images are all on disk."""
-    last: Dict[int, Dict[str, Any]] = {}
-    manifest = out / "manifest.jsonl"
-    if manifest.exists():
+def latest_lines(out: Path) -> Dict[int, str]:
+    """The latest line about each row over the manifests in `out` (dg's rule: the highest
+    `written_ns`, ties to the later line), as text."""
+    latest: Dict[int, str] = {}
+    stamps: Dict[int, int] = {}
+    for manifest in sorted(out.glob("manifest*.jsonl")):
         for line in manifest.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-                last[entry["index"]] = entry
-            except (ValueError, KeyError):
+                index, stamp = entry["index"], entry.get("written_ns", 0)
+            except (ValueError, KeyError, TypeError):
                 continue  # a torn line
-    return {
-        i for i, e in last.items()
-        if e.get("status") == "ok" and e.get("outputs") and all((out / o).is_file() for o in e["outputs"])
-    }
+            if stamp >= stamps.get(index, 0):
+                latest[index], stamps[index] = line, stamp
+    return latest
+
+
+def done_rows(out: Path) -> set:
+    """Rows whose latest manifest line says ok and whose images are all on disk."""
+    done = set()
+    for index, line in latest_lines(out).items():
+        e = json.loads(line)
+        if e.get("status") == "ok" and e.get("outputs") and all((out / o).is_file() for o in e["outputs"]):
+            done.add(index)
+    return done
+
+
+class Manifest:
+    """manifest.jsonl, appended one durable line at a time, each stamped `written_ns` as dg does."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "a+b")
+        self.last = 0
+        # A line torn by a crash is ended, so the next one starts clean.
+        if self.file.seek(0, os.SEEK_END) > 0:
+            self.file.seek(-1, os.SEEK_END)
+            if self.file.read(1) != b"\n":
+                self.file.write(b"\n")
+
+    def append(self, entry: Dict[str, Any]) -> None:
+        self.last = max(time.time_ns(), self.last + 1)
+        entry["written_ns"] = self.last
+        self.file.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def cell_value(value: Any) -> Any:
+    """A --param-column cell as the request takes it: a whole float as an integer (pandas writes
+    an integer column with nulls as floats, and `steps` refuses "7.0"), as `dg t2i` reads it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value)
+
+
+def image_count(value: Any) -> int:
+    """A row's number of images (its num_images column, else --num-images), checked before any
+    name is made for it, as `dg t2i` does."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ValueError(f"column `num_images` = {str(value)!r}: not a whole number")
+    count = int(value)
+    if not 1 <= count <= 64:
+        raise ValueError(f"num_images must be between 1 and 64, got {count}")
+    return count
+
+
+def claim(claims: Dict[str, int], folders: Dict[str, int], index: int, outputs: List[str]) -> None:
+    """Claims a row's files and the folders on their way, as `dg t2i` does: ValueError when another
+    row writes the same file, or a file where this row needs a folder (or the other way round)."""
+    for o in outputs:
+        if o in claims:
+            raise ValueError(f"output {o} is already written by row {claims[o]}: "
+                             "two rows may not write the same file")
+        if o in folders:
+            raise ValueError(f"output {o} is a folder row {folders[o]} writes into: "
+                             "a row may not write a file there")
+        for folder in parent_folders(o):
+            if folder in claims:
+                raise ValueError(f"output {o} needs the folder {folder}, "
+                                 f"which row {claims[folder]} writes as a file")
+    for o in outputs:
+        claims[o] = index
+        for folder in parent_folders(o):
+            folders.setdefault(folder, index)
+
+
+def parent_folders(relative: str) -> List[str]:
+    """`a/b/c.png` -> `a/b`, `a`."""
+    return [str(p) for p in PurePosixPath(relative).parents if str(p) != "."]
 
 
 def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -101,6 +183,7 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     done = set() if args.overwrite else done_rows(out)
     claims: Dict[str, int] = {}
+    folders: Dict[str, int] = {}
     items = []
     for index, row in enumerate(table):
         item: Dict[str, Any] = {"index": index, "error": None, "outputs": [], "request": {}}
@@ -110,18 +193,17 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
                 raise ValueError("no prompt: column `prompt` is empty")
             seed = row.get("seed")
             seed = args.seed + index if seed is None and args.seed is not None else seed
-            extra = {k: str(row[k]) for k in args.param_column if row.get(k) not in (None, "")}
+            # The flags, then the row's columns over them (keyword arguments would win over extra).
+            extra = dict(steps=args.steps, guidance_scale=args.guidance, num_images=args.num_images)
+            extra.update((k, cell_value(row[k])) for k in args.param_column if row.get(k) not in (None, ""))
+            extra["num_images"] = image_count(extra["num_images"])
             item["request"] = dict(prompt=prompt, negative_prompt=row.get("negative_prompt") or None,
                                    seed=None if seed is None else int(seed), extra=extra)
             name = row.get(args.output_name_column) if args.output_name_column else None
             if args.output_name_column and name in (None, ""):
                 raise ValueError(f"output name column `{args.output_name_column}` is empty")
-            outputs = output_names(index, name, args.num_images)
-            for o in outputs:
-                if o in claims:
-                    raise ValueError(f"output {o} is already written by row {claims[o]}: "
-                                     "two rows may not write the same file")
-            claims.update((o, index) for o in outputs)
+            outputs = output_names(index, name, extra["num_images"])
+            claim(claims, folders, index, outputs)
             for o in outputs:
                 check_inside(out, o)
             item["outputs"] = outputs
@@ -157,7 +239,6 @@ class Synthesizer:
         try:
             images = self.pipeline.generate(
                 request["prompt"], negative_prompt=request["negative_prompt"], seed=request["seed"],
-                steps=self.args.steps, guidance_scale=self.args.guidance, num_images=self.args.num_images,
                 extra=request["extra"], output="raw")
             for image, name in zip(images, item["outputs"]):
                 path = self.out / name
@@ -167,12 +248,11 @@ class Synthesizer:
                     write_atomically(path, buffer.getvalue())
                 else:
                     write_atomically(path, image.to_png())
-        except diffgentor.Error as e:
+        except (diffgentor.Error, OSError) as e:
             entry["error"] = str(e)
             return entry
         entry.update(status="ok", outputs=item["outputs"], seed=images.seed,
-                     parameters=dict(prompt=request["prompt"], steps=self.args.steps,
-                                     guidance_scale=self.args.guidance))
+                     parameters=dict(prompt=request["prompt"], **request["extra"]))
         return entry
 
 
@@ -198,28 +278,29 @@ def main() -> int:
     args = parser.parse_args()
 
     items = plan(args)
+    out = Path(args.output_dir)
+    manifest_path = out / "manifest.jsonl"
+    ok = failed = 0
+    manifest = Manifest(manifest_path)
     ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        lines: List[str] = []
         if items:
             rows = ray.data.from_items(items).map_batches(
                 Synthesizer, fn_constructor_args=(args,), concurrency=args.actors,
                 num_gpus=args.num_gpus or None, num_cpus=args.cpus_per_actor, batch_size=args.batch_size)
-            lines = [r["line"] for r in rows.take_all()]
+            # Streamed: each row's line is durable as soon as its batch is back.
+            for row in rows.iter_rows():
+                entry = json.loads(row["line"])
+                manifest.append(entry)
+                ok, failed = (ok + 1, failed) if entry["status"] == "ok" else (ok, failed + 1)
     finally:
+        manifest.close()
         ray.shutdown()
-    out = Path(args.output_dir)
-    manifest = out / "manifest.jsonl"
-    old = manifest.read_text(encoding="utf-8").splitlines() if manifest.exists() else []
-    by_index = {}
-    for line in old + lines:
-        try:
-            by_index[json.loads(line)["index"]] = line
-        except (ValueError, KeyError):
-            continue
-    write_atomically(manifest, "".join(by_index[i] + "\n" for i in sorted(by_index)).encode())
-    failed = sum(json.loads(line)["status"] != "ok" for line in lines)
-    print(f"ray_batch: {len(lines) - failed} ok, {failed} failed; manifest {manifest}")
+    # One line per row (the latest), in input order, as `dg manifest merge` leaves it.
+    latest = latest_lines(out)
+    manifest_text = "".join(line + "\n" for _, line in sorted(latest.items()))
+    write_atomically(manifest_path, manifest_text.encode("utf-8"))
+    print(f"ray_batch: {ok} ok, {failed} failed; manifest {manifest_path}")
     return 1 if failed else 0
 
 

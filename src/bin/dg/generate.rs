@@ -214,7 +214,7 @@ impl RequestArgs {
 }
 
 /// PATH.png for one image; PATH_00.png, PATH_01.png ... for several.
-pub fn output_paths(path: &Path, count: usize) -> Vec<PathBuf> {
+fn output_paths(path: &Path, count: usize) -> Vec<PathBuf> {
     if count == 1 {
         return vec![path.to_path_buf()];
     }

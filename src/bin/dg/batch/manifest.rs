@@ -1,10 +1,13 @@
 //! The manifest: one JSON line per finished or failed row, appended with one write and an fsync,
 //! so a kill at any moment leaves at most a torn last line, which readers skip. A rerun reads it
-//! to skip rows already done; `dg manifest merge` joins the parts of sharded runs.
+//! to skip rows already done; `dg manifest merge` joins the parts of sharded runs. A row may have
+//! lines in several files (a rerun with another shard count, a merged manifest and newer parts):
+//! the latest written wins, by each line's `written_ns`.
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use diffgentor::Error;
 
@@ -36,12 +39,19 @@ pub struct Entry {
     pub timings: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the line was written, in nanoseconds since the Unix epoch, strictly increasing within
+    /// a process: which of a row's lines is the latest, whatever file holds it (0 in lines from
+    /// before it existed, which then lose to any newer line).
+    #[serde(default)]
+    pub written_ns: u64,
 }
 
 /// An open manifest file, appended to one durable line at a time.
 pub struct Manifest {
     file: File,
     path: PathBuf,
+    /// The last `written_ns` stamped, so two lines of one process never tie.
+    last_written: u64,
 }
 
 impl Manifest {
@@ -65,11 +75,18 @@ impl Manifest {
         Ok(Manifest {
             file,
             path: path.to_path_buf(),
+            last_written: 0,
         })
     }
 
-    /// Appends `entry` as one line with a single write, then makes it durable.
-    pub fn append(&mut self, entry: &Entry) -> diffgentor::Result<()> {
+    /// Stamps `entry` with the time, appends it as one line with a single write, then makes it
+    /// durable.
+    pub fn append(&mut self, entry: &mut Entry) -> diffgentor::Result<()> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.last_written = now.max(self.last_written.saturating_add(1));
+        entry.written_ns = self.last_written;
         let mut line = serde_json::to_vec(entry)
             .map_err(|e| Error::InvalidArg(format!("manifest line: {e}")))?;
         line.push(b'\n');
@@ -113,47 +130,52 @@ fn read_lines(path: &Path) -> diffgentor::Result<Vec<(Value, Entry)>> {
     Ok(lines)
 }
 
-/// The rows already done in `dir`: the last line about them in some manifest says `ok` and every
-/// image it lists is on disk (images are renamed into place whole, so present means complete).
-pub fn completed(dir: &Path) -> diffgentor::Result<HashSet<usize>> {
-    let mut done = HashSet::new();
+/// The latest line about each row over every manifest file in `dir`, as raw JSON and as entries.
+/// Lines of equal `written_ns` (old lines without one) are taken in file and line order.
+fn latest(dir: &Path) -> diffgentor::Result<BTreeMap<usize, (Value, Entry)>> {
+    let mut rows: BTreeMap<usize, (Value, Entry)> = BTreeMap::new();
     for path in manifest_files(dir) {
-        let mut last: BTreeMap<usize, Entry> = BTreeMap::new();
-        for (_, entry) in read_lines(&path)? {
-            last.insert(entry.index, entry);
+        for (value, entry) in read_lines(&path)? {
+            let newer = rows
+                .get(&entry.index)
+                .is_none_or(|(_, seen)| entry.written_ns >= seen.written_ns);
+            if newer {
+                rows.insert(entry.index, (value, entry));
+            }
         }
-        done.extend(last.into_values().filter_map(|entry| {
+    }
+    Ok(rows)
+}
+
+/// The rows already done in `dir`: their latest manifest line says `ok` and every image it lists
+/// is on disk (images are renamed into place whole, so present means complete).
+pub fn completed(dir: &Path) -> diffgentor::Result<HashSet<usize>> {
+    Ok(latest(dir)?
+        .into_values()
+        .filter_map(|(_, entry)| {
             let present =
                 !entry.outputs.is_empty() && entry.outputs.iter().all(|o| dir.join(o).is_file());
             (entry.status == "ok" && present).then_some(entry.index)
-        }));
-    }
-    Ok(done)
+        })
+        .collect())
 }
 
 /// Joins `manifest.jsonl` and every shard part in `dir` into `manifest.jsonl`, one line per row
-/// (the last written about it), in input order. Returns the rows and how many of them failed.
+/// (the latest written about it), in input order. Returns the rows and how many of them failed.
 pub fn merge(dir: &Path) -> diffgentor::Result<(usize, usize)> {
-    let files = manifest_files(dir);
-    if files.is_empty() {
+    if manifest_files(dir).is_empty() {
         return Err(Error::InvalidArg(format!(
             "{}: no manifest.jsonl or manifest.part-*.jsonl to merge",
             dir.display()
         )));
     }
-    let mut rows: BTreeMap<usize, (Value, bool)> = BTreeMap::new();
-    // manifest.jsonl sorts before the parts, so what the parts say about a row wins.
-    for path in files {
-        for (value, entry) in read_lines(&path)? {
-            rows.insert(entry.index, (value, entry.status == "ok"));
-        }
-    }
+    let rows = latest(dir)?;
     let mut text = String::new();
     for (value, _) in rows.values() {
         text.push_str(&value.to_string());
         text.push('\n');
     }
     diffgentor::image::write_atomically(&dir.join("manifest.jsonl"), text.as_bytes())?;
-    let failed = rows.values().filter(|(_, ok)| !ok).count();
+    let failed = rows.values().filter(|(_, e)| e.status != "ok").count();
     Ok((rows.len(), failed))
 }

@@ -156,7 +156,7 @@ pub fn run(
         recorder.record(Entry::failed(index, error));
     }
     if let Some(backend) = backend {
-        runner::remove_stale_temps(dir, &plan.jobs);
+        runner::remove_stale_temps(dir, &plan.jobs, &plan.claims);
         runner::run(
             &plan.jobs,
             batch.concurrency,
@@ -183,16 +183,15 @@ pub fn run(
     );
     recorder.log.line(&summary);
     outln!(out, "{summary}");
+    // Rows fail mostly for their data (a bad cell, a missing image, a request the generator
+    // refuses), not for a bug here; each row's own error is in the manifest and the log.
     if recorder.failed > 0 {
-        return Err(Error::Internal {
-            component: "batch".into(),
-            message: format!(
-                "{} of {owned} rows failed (see {} and {})",
-                recorder.failed,
-                manifest_path.display(),
-                recorder.log.path.display()
-            ),
-        });
+        return Err(Error::InvalidArg(format!(
+            "{} of {owned} rows failed (see {} and {})",
+            recorder.failed,
+            manifest_path.display(),
+            recorder.log.path.display()
+        )));
     }
     Ok(())
 }
@@ -210,7 +209,7 @@ struct Recorder {
 
 impl Recorder {
     /// Records `entry`; false once the manifest cannot be written.
-    fn record(&mut self, entry: Entry) -> bool {
+    fn record(&mut self, mut entry: Entry) -> bool {
         if self.broken.is_some() {
             return false;
         }
@@ -225,7 +224,7 @@ impl Recorder {
                 .line(&format!("row {}: wrote {outputs}", entry.index));
             self.ok += 1;
         }
-        if let Err(err) = self.manifest.append(&entry) {
+        if let Err(err) = self.manifest.append(&mut entry) {
             self.broken = Some(err);
             return false;
         }
@@ -234,11 +233,13 @@ impl Recorder {
     }
 }
 
-/// The rows this shard runs, refuses (with the reason) or skips as already done.
+/// The rows this shard runs, refuses (with the reason) or skips as already done, and which row
+/// of the whole table writes each file.
 struct Plan {
     jobs: Vec<Job>,
     refused: Vec<(usize, String)>,
     skipped: usize,
+    claims: Claims,
 }
 
 /// Builds every row's request and output names. Names are claimed over the whole table in input
@@ -251,17 +252,17 @@ fn plan(
     (dir, canonical_dir): (&Path, &Path),
     done: &HashSet<usize>,
 ) -> Plan {
-    let mut claims = Claims::default();
     let mut plan = Plan {
         jobs: Vec::new(),
         refused: Vec::new(),
         skipped: 0,
+        claims: Claims::default(),
     };
     for (index, row) in rows.iter().enumerate() {
         let named = reader.request(base, row, index).and_then(|request| {
             let name = reader.output_name(row).transpose()?;
             let outputs = naming::relative_paths(index, name.as_deref(), request.num_images)?;
-            claims.claim(index, &outputs)?;
+            plan.claims.claim(index, &outputs)?;
             Ok((request, outputs))
         });
         if !shard.owns(index) {

@@ -119,28 +119,77 @@ pub fn check_inside(root: &Path, canonical_root: &Path, relative: &Path) -> Resu
 }
 
 /// Who writes which file: the first row (in input order) to claim a path owns it; a later one
-/// gets an error instead of silently overwriting it.
+/// gets an error instead of silently overwriting it. The folders on the way are claimed too, so a
+/// row writing `a.png` and another writing `a.png/x.png` conflict in input order, not by which
+/// one reaches the disk first.
 #[derive(Default)]
-pub struct Claims(HashMap<PathBuf, usize>);
+pub struct Claims(HashMap<PathBuf, Claim>);
+
+#[derive(Clone, Copy)]
+enum Claim {
+    /// A file, written by this row.
+    File(usize),
+    /// A folder, needed first by this row.
+    Folder(usize),
+}
 
 impl Claims {
-    /// Claims every path for row `index`, or names the row that already owns one (claiming none).
+    /// Claims every path (and its folders) for row `index`, or says which row's claim it
+    /// contradicts (claiming none).
     pub fn claim(&mut self, index: usize, paths: &[PathBuf]) -> Result<(), String> {
-        if let Some((path, owner)) = paths
-            .iter()
-            .find_map(|p| self.0.get(p).map(|owner| (p, *owner)))
-        {
-            return Err(format!(
-                "output {} is already written by row {owner}: two rows may not write the same \
-                 file",
-                path.display()
-            ));
+        for path in paths {
+            match self.0.get(path) {
+                Some(Claim::File(owner)) => {
+                    return Err(format!(
+                        "output {} is already written by row {owner}: two rows may not write the \
+                         same file",
+                        path.display()
+                    ))
+                }
+                Some(Claim::Folder(owner)) => {
+                    return Err(format!(
+                        "output {} is a folder row {owner} writes into: a row may not write a \
+                         file there",
+                        path.display()
+                    ))
+                }
+                None => {}
+            }
+            for folder in folders(path) {
+                if let Some(Claim::File(owner)) = self.0.get(folder) {
+                    return Err(format!(
+                        "output {} needs the folder {}, which row {owner} writes as a file",
+                        path.display(),
+                        folder.display()
+                    ));
+                }
+            }
         }
         for path in paths {
-            self.0.insert(path.clone(), index);
+            for folder in folders(path) {
+                self.0
+                    .entry(folder.to_path_buf())
+                    .or_insert(Claim::Folder(index));
+            }
+            self.0.insert(path.clone(), Claim::File(index));
         }
         Ok(())
     }
+
+    /// Every claimed file with the row that writes it.
+    pub fn files(&self) -> impl Iterator<Item = (&Path, usize)> {
+        self.0.iter().filter_map(|(path, claim)| match claim {
+            Claim::File(owner) => Some((path.as_path(), *owner)),
+            Claim::Folder(_) => None,
+        })
+    }
+}
+
+/// The folders a relative output path goes through: `a/b/c.png` -> `a/b`, `a`.
+fn folders(path: &Path) -> impl Iterator<Item = &Path> {
+    path.ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 #[cfg(test)]
@@ -198,5 +247,38 @@ mod tests {
         let err = claims.claim(3, &a).unwrap_err();
         assert!(err.contains("already written by row 0"), "{err}");
         claims.claim(4, &[PathBuf::from("b.png")]).unwrap();
+    }
+
+    #[test]
+    fn a_file_and_a_folder_of_the_same_name_conflict_in_input_order() {
+        let mut claims = Claims::default();
+        claims.claim(0, &[PathBuf::from("a.png")]).unwrap();
+        let err = claims
+            .claim(1, &[PathBuf::from("a.png/x.png")])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "output a.png/x.png needs the folder a.png, which row 0 writes as a file"
+        );
+        claims.claim(2, &[PathBuf::from("d/e/f.png")]).unwrap();
+        claims.claim(3, &[PathBuf::from("d/e/g.png")]).unwrap();
+        let err = claims.claim(4, &[PathBuf::from("d/e")]).unwrap_err();
+        assert_eq!(
+            err,
+            "output d/e is a folder row 2 writes into: a row may not write a file there"
+        );
+        let mut files: Vec<(String, usize)> = claims
+            .files()
+            .map(|(p, owner)| (p.display().to_string(), owner))
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                ("a.png".to_string(), 0),
+                ("d/e/f.png".to_string(), 2),
+                ("d/e/g.png".to_string(), 3)
+            ]
+        );
     }
 }

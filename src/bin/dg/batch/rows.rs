@@ -3,6 +3,7 @@
 //! and its source images.
 use std::path::{Path, PathBuf};
 
+use diffgentor::request::MAX_IMAGES_PER_REQUEST;
 use diffgentor::{Error, Image, Request};
 use serde_json::Value;
 
@@ -112,6 +113,14 @@ impl Reader {
                 set(&mut request, key, &value)
                     .map_err(|e| format!("column `{column}` = {value:?}: {}", bare(e)))?;
             }
+        }
+        // Checked here, not only when the request runs: the row's file names are made first, one
+        // per image, and a stray `1e10` would allocate them all.
+        if !(1..=MAX_IMAGES_PER_REQUEST).contains(&request.num_images) {
+            return Err(format!(
+                "num_images must be between 1 and {MAX_IMAGES_PER_REQUEST}, got {}",
+                request.num_images
+            ));
         }
         Ok(request)
     }
@@ -276,6 +285,11 @@ mod tests {
             .request(&base, &row(json!({"prompt": null})), 0)
             .unwrap_err();
         assert_eq!(err, "no prompt: column `prompt` is empty");
+        let r = reader(Task::TextToImage, &["prompt", "num_images"]);
+        let err = r
+            .request(&base, &row(json!({"prompt": "a", "num_images": 1e10})), 0)
+            .unwrap_err();
+        assert_eq!(err, "num_images must be between 1 and 64, got 10000000000");
     }
 
     #[test]
