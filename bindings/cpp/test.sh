@@ -3,7 +3,9 @@
 # `make install` prefix (plus add_subdirectory use from the source tree).
 # usage (from the repo root): bindings/cpp/test.sh OUT_DIR
 # Writes OUT_DIR/cpp.rgb: raw RGB8 of the fox request (tiny-sd, "a red fox", seed 42, 3 steps,
-# euler) generated through the binding.
+# euler) generated through the binding, and OUT_DIR/cpp-edit.rgb: raw RGB8 of the img2img request
+# of tests/c/edit.c (init target/c-test/out/edit-init.rgb, "a red fox", seed 5, 6 steps, euler_a,
+# strength 0.5) when `make c-test` has made that init image.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -55,15 +57,30 @@ cmake -S bindings/cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDIFFGENTOR_ROOT="
     -DDIFFGENTOR_LIB_DIR="$DG_LIB_DIR" >"$OUT/cpp-configure.log"
 cmake --build "$BUILD" -j "$JOBS" >"$OUT/cpp-build.log" || { cat "$OUT/cpp-build.log"; exit 1; }
 
-# 2. The ctest suite; generate_test writes the fox's pixels.
+# 2. The ctest suite (c_api_coverage included); generate_test writes the fox's pixels,
+#    edit_test the img2img pixels.
 step "ctest"
-rm -f "$OUT/cpp.rgb"
-(cd "$BUILD" && DG_FOX_RGB="$OUT/cpp.rgb" ctest --output-on-failure --timeout 120)
+rm -f "$OUT/cpp.rgb" "$OUT/cpp-edit.rgb"
+(cd "$BUILD" && DG_FOX_RGB="$OUT/cpp.rgb" DG_EDIT_RGB="$OUT/cpp-edit.rgb" \
+    ctest --output-on-failure --timeout 120)
 size=$(stat -c %s "$OUT/cpp.rgb")
 [ "$size" -eq $((64 * 64 * 3)) ] || { echo "cpp: $OUT/cpp.rgb has $size bytes" >&2; exit 1; }
 if [ -f target/c-test/out/rust.rgb ]; then
     cmp "$OUT/cpp.rgb" target/c-test/out/rust.rgb
     step "cpp.rgb equals target/c-test/out/rust.rgb"
+fi
+# img2img: edit_test writes its pixels only when it had the real init image (`make c-test`);
+# target/c-test/out/rust-edit.rgb is `dg edit`'s for the same request.
+if [ -f target/c-test/out/edit-init.rgb ]; then
+    size=$(stat -c %s "$OUT/cpp-edit.rgb")
+    [ "$size" -eq $((64 * 64 * 3)) ] ||
+        { echo "cpp: $OUT/cpp-edit.rgb has $size bytes" >&2; exit 1; }
+    if [ -f target/c-test/out/rust-edit.rgb ]; then
+        cmp "$OUT/cpp-edit.rgb" target/c-test/out/rust-edit.rgb
+        step "cpp-edit.rgb equals target/c-test/out/rust-edit.rgb"
+    fi
+else
+    step "no target/c-test/out/edit-init.rgb (run \`make c-test\`): img2img bytes not compared"
 fi
 
 # 3. The example.
@@ -110,4 +127,6 @@ cmake --build "$OUT/cpp-consumer-subdir" -j "$JOBS" >>"$OUT/cpp-consumer-subdir.
 "$OUT/cpp-consumer-subdir/consumer" models/digits "$OUT/cpp-consumer-subdir.png"
 cmp "$OUT/cpp-consumer-package.png" "$OUT/cpp-consumer-subdir.png"
 
-step "all passed in $(( $(date +%s) - start ))s; wrote $OUT/cpp.rgb"
+edit_note=
+[ -f "$OUT/cpp-edit.rgb" ] && edit_note=" and $OUT/cpp-edit.rgb"
+step "all passed in $(( $(date +%s) - start ))s; wrote $OUT/cpp.rgb$edit_note"

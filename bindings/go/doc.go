@@ -14,6 +14,10 @@
 //	defer pipe.Close()
 //	imgs, err := pipe.Generate(ctx, diffgentor.Params{Prompt: "a handwritten digit 3", Seed: diffgentor.Uint64(3)})
 //
+// Setting Params.InitImage (see PixelsFromImage) makes the request an edit: img2img, inpainting
+// with Params.Mask, or a progressive Params.Plan. A generated *Image encodes itself with the
+// library (EncodePNG, EncodeJPEG, WritePNG, WriteJPEG).
+//
 // NewRemote makes a Pipeline that sends requests to a remote image service ("openai" or
 // "gemini") instead; it is used the same way, and Pipeline.Kind tells the two apart.
 //

@@ -28,9 +28,15 @@ type ProgressInfo struct {
 	Elapsed time.Duration
 }
 
-// Params describes one text-to-image request. The zero value of a field means the library's
-// default (diffusers' defaults): empty prompt, 50 steps, guidance 7.5, the package's size and
-// scheduler, one image, eta 0 and a random seed (reported by Result.Seed).
+// Params describes one request: text-to-image, or an edit when InitImage is set (img2img;
+// inpainting with a Mask; instruction editing with an InstructPix2Pix package), optionally run as
+// a progressive Plan. The zero value of a field means the library's default (diffusers'
+// defaults): empty prompt, 50 steps, guidance 7.5, the package's size and scheduler, one image,
+// eta 0, a random seed (reported by Result.Seed), no init image, no plan.
+//
+// The Set* methods (SetInitImage, SetMask, SetStrength, SetPlan, ...) fill the editing fields
+// after the library has checked the value, so a bad one fails at once; fields set directly are
+// checked by Generate, with the same errors.
 type Params struct {
 	Prompt string
 	// NegativePrompt is used for the unconditional pass ("" means none).
@@ -54,9 +60,28 @@ type Params struct {
 	// Extra sets any parameter by its string key, applied after the fields above (so it wins),
 	// e.g. {"rng": "fast", "scheduler.timestep_spacing": "trailing"}. Keys: prompt,
 	// negative_prompt, steps, guidance_scale, width, height, seed, num_images, scheduler, eta,
-	// rng, best_effort, plan and scheduler.<diffusers_key>. An unknown key is ErrInvalidArg
-	// naming the key.
+	// rng, best_effort, strength, image_guidance_scale, plan and scheduler.<diffusers_key>. An
+	// unknown key is ErrInvalidArg naming the key.
 	Extra map[string]string
+	// InitImage is the source image of img2img, inpainting and instruction editing (nil: none,
+	// text-to-image). It must have the output size; Width and Height left at 0 are taken from
+	// it. Its bytes are read (and copied by the library) when Generate starts. See
+	// PixelsFromImage, SetInitImage and SetInitImageFromImage.
+	InitImage *Pixels
+	// Mask makes the edit an inpainting: pixels whose luma is >= 128 (white) are repainted, the
+	// rest kept. It needs InitImage and must have its size (else Generate fails with
+	// ErrInvalidArg). See SetMask and SetMaskFromImage.
+	Mask *Pixels
+	// Strength is how much of the init image is re-noised, in (0, 1]; 0 means the default (0.8
+	// for img2img, 1.0 for inpainting, as diffusers). A value outside (0, 1] is ErrInvalidArg.
+	Strength float64
+	// ImageGuidanceScale is InstructPix2Pix's image guidance scale; 0 means the default 1.5. It
+	// is used when >= 1 and GuidanceScale is > 1.
+	ImageGuidanceScale float32
+	// Plan is a progressive plan as JSON text (docs/editing.md), e.g. a stage at 64x64 and an
+	// upscaling img2img stage at 96x96; "" means none. Malformed or invalid JSON is
+	// ErrInvalidArg. Progress then reports the stage (ProgressInfo.Stage of Stages).
+	Plan string
 	// BestEffort lets a remote pipeline (NewRemote) leave out the fields its service cannot
 	// honour (a negative prompt, a seed, a scheduler, ...) and list them in
 	// Result.Metadata.Ignored, instead of failing with ErrUnsupported. Local pipelines honour
@@ -199,6 +224,9 @@ func (p *Params) apply(cp *C.dg_params_t) error {
 		if err := setKey(cp, "best_effort", "true"); err != nil {
 			return err
 		}
+	}
+	if err := p.applyEdit(cp); err != nil {
+		return err
 	}
 	keys := make([]string, 0, len(p.Extra))
 	for k := range p.Extra {

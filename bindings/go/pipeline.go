@@ -185,7 +185,9 @@ func (p *Pipeline) GenerateResult(ctx context.Context, params Params) (*Result, 
 		}
 		return nil, err
 	}
-	defer C.dg_images_free(out)
+	// The C images stay alive for the Images' EncodePNG/WritePNG/... (freed by a finalizer once
+	// no Image of this request is reachable).
+	owner := newCImages(out)
 
 	res := &Result{
 		Seed:     uint64(C.dg_images_seed(out)),
@@ -201,7 +203,8 @@ func (p *Pipeline) GenerateResult(ctx context.Context, params Params) (*Result, 
 		if len(pix) > 0 {
 			copy(pix, unsafe.Slice((*byte)(unsafe.Pointer(C.dg_image_pixels(ci))), len(pix)))
 		}
-		res.Images[i] = &Image{Pix: pix, Stride: stride, Rect: image.Rect(0, 0, w, h)}
+		res.Images[i] = &Image{Pix: pix, Stride: stride, Rect: image.Rect(0, 0, w, h), lib: ci, owner: owner}
 	}
+	runtime.KeepAlive(owner)
 	return res, nil
 }

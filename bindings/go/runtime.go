@@ -7,6 +7,7 @@ import "C"
 import (
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"unsafe"
@@ -39,7 +40,37 @@ type runtimeConfig struct {
 	ep, ortLibrary, trtCache *string
 	threads                  *uint32
 	fallback, trtFP16        *bool
+	keyed                    [][2]string // WithRuntimeOption, in order
 	err                      error
+}
+
+// WithRuntimeOption sets any runtime option by string key and value (dg_runtime_options_set),
+// e.g. WithRuntimeOption("sessions_per_graph", "2"). Keys: "ort_library", "execution_provider",
+// "allow_cpu_fallback", "intra_threads", "optimization" ("disable", "basic", "extended",
+// "layout" or "all"), "no_spinning", "sessions_per_graph" (1 to 64 sessions per graph, so that
+// many concurrent requests run a graph at once, each session with its own copy of the weights),
+// "optimized_graph_cache" (a directory; "" turns it off), "tensorrt_fp16" and
+// "tensorrt_engine_cache"; booleans are true/false, 1/0, yes/no or on/off. These options are
+// applied after the typed ones, in the order given, so they win. NewRuntime fails with
+// ErrInvalidArg on an unknown key (the message lists the keys) or an unparsable value (named
+// with its key).
+func WithRuntimeOption(key, value string) RuntimeOption {
+	return func(c *runtimeConfig) { c.keyed = append(c.keyed, [2]string{key, value}) }
+}
+
+// setRuntimeOption calls dg_runtime_options_set.
+func setRuntimeOption(co *C.dg_runtime_options_t, key, value string) error {
+	ck, err := cString("runtime option key", key)
+	if err != nil {
+		return err
+	}
+	defer free(ck)
+	cv, err := cString("value of runtime option "+strconv.Quote(key), value)
+	if err != nil {
+		return err
+	}
+	defer free(cv)
+	return takeError(C.dg_runtime_options_set(co, ck, cv))
 }
 
 // WithExecutionProvider chooses the execution provider: "cpu" (the default), "cuda",
@@ -146,6 +177,11 @@ func NewRuntime(opts ...RuntimeOption) (*Runtime, error) {
 	}
 	if cfg.trtFP16 != nil {
 		if err := takeError(C.dg_runtime_options_set_tensorrt_fp16(co, C.bool(*cfg.trtFP16))); err != nil {
+			return nil, err
+		}
+	}
+	for _, kv := range cfg.keyed {
+		if err := setRuntimeOption(co, kv[0], kv[1]); err != nil {
 			return nil, err
 		}
 	}

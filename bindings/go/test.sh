@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and tests the Go binding: go vet, gofmt, `go test -race` (which writes the fox request's
-# raw RGB to OUT_DIR/go.rgb), the digits example, a build against an install-style prefix
+# raw RGB to OUT_DIR/go.rgb and tests/c/edit.c's img2img request's to OUT_DIR/go-edit.rgb, each
+# compared with the Rust CLI's pixels from `make c-test` when present), the digits example, a build against an install-style prefix
 # through `-tags diffgentor_pkgconfig`, and README.md's "own module" example: a throwaway module with
 # the go.mod and main.go copied out of the README, built offline both ways and run.
 # usage (from the repository root): bindings/go/test.sh OUT_DIR
@@ -62,23 +63,29 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
-rm -f "$OUT_DIR/go.rgb"
-DG_FOX_RGB="$OUT_DIR/go.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
+rm -f "$OUT_DIR/go.rgb" "$OUT_DIR/go-edit.rgb"
+DG_FOX_RGB="$OUT_DIR/go.rgb" DG_EDIT_RGB="$OUT_DIR/go-edit.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
     | grep -E '^(--- |PASS|FAIL|ok |panic|WARNING: DATA RACE)' || true
 if ! grep -q '^ok ' "$OUT_DIR/go-test.log" || grep -qE '^(FAIL|--- FAIL|WARNING: DATA RACE)' "$OUT_DIR/go-test.log"; then
     echo "go-test: go test failed (log: $OUT_DIR/go-test.log)" >&2
     exit 1
 fi
-size=$(stat -c %s "$OUT_DIR/go.rgb")
-if [ "$size" -ne $((64 * 64 * 3)) ]; then
-    echo "go-test: $OUT_DIR/go.rgb has $size bytes, expected $((64 * 64 * 3))" >&2
-    exit 1
-fi
-if [ -e "$ROOT/target/c-test/out/rust.rgb" ]; then
-    cmp "$OUT_DIR/go.rgb" "$ROOT/target/c-test/out/rust.rgb" || {
-        echo "go-test: Go pixels differ from target/c-test/out/rust.rgb" >&2; exit 1; }
-    echo "go-test: Go pixels == target/c-test/out/rust.rgb, byte for byte"
-fi
+# check_rgb GO_FILE RUST_FILE WHAT: 64x64 RGB, equal to the CLI's pixels for the same request
+# (target/c-test/out/*.rgb, written by `make c-test`) when those exist.
+check_rgb() {
+    size=$(stat -c %s "$1")
+    if [ "$size" -ne $((64 * 64 * 3)) ]; then
+        echo "go-test: $1 has $size bytes, expected $((64 * 64 * 3))" >&2
+        exit 1
+    fi
+    if [ -e "$ROOT/target/c-test/out/$2" ]; then
+        cmp "$1" "$ROOT/target/c-test/out/$2" || {
+            echo "go-test: Go $3 pixels differ from target/c-test/out/$2" >&2; exit 1; }
+        echo "go-test: Go $3 pixels == target/c-test/out/$2, byte for byte"
+    fi
+}
+check_rgb "$OUT_DIR/go.rgb" rust.rgb text-to-image
+check_rgb "$OUT_DIR/go-edit.rgb" rust-edit.rgb img2img
 
 mkdir -p "$OUT_DIR/go-bin"
 go build -o "$OUT_DIR/go-bin/digits" ./examples/digits
@@ -157,4 +164,4 @@ check_png() {
     check_png "$OUT_DIR/go-consumer-pkgconfig.png"
 )
 echo "go-test: the README's own-module example builds offline (cgo flags, -tags diffgentor_pkgconfig) and draws 16x16"
-echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-digit3.png)"
+echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-edit.rgb, $OUT_DIR/go-digit3.png)"

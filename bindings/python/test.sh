@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Python binding's checks (bindings spec): a venv in OUT_DIR/venv with this package (installed
 # the way users do, `pip install ./bindings/python`), pytest, numpy and Pillow; the test suite; the
-# example; and OUT_DIR/python.rgb, the raw RGB8 pixels of the shared "fox" request.
+# example; OUT_DIR/python.rgb, the raw RGB8 pixels of the shared "fox" request; and
+# OUT_DIR/python-edit.rgb, those of tests/c/edit.c's img2img request (the same as `dg edit`'s).
 # usage (from the repository root): bindings/python/test.sh OUT_DIR
 # env: DG_LIB_DIR (default $PWD/target/release), DG_ORT_DYLIB_PATH (default .ort/lib's copy),
 #      PYTHON (default python3).
@@ -58,19 +59,21 @@ fi
 # The binding itself, every run: a wheel built from the current tree (hatchling, build isolation).
 "${PIP[@]}" install --force-reinstall --no-deps "$HERE"
 
-rm -f "$OUT_DIR/python.rgb" "$OUT_DIR/python-digits.png"
+rm -f "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-digits.png"
 echo "python: pytest (library: $LIB_DIR)"
-(cd "$HERE" && DG_LIBRARY_PATH=$LIB_DIR DG_FOX_RGB=$OUT_DIR/python.rgb "$PY" -m pytest -q tests)
+(cd "$HERE" && DG_LIBRARY_PATH=$LIB_DIR DG_FOX_RGB=$OUT_DIR/python.rgb DG_EDIT_RGB=$OUT_DIR/python-edit.rgb \
+	"$PY" -m pytest -q tests)
 
 echo "python: example"
 DG_LIBRARY_PATH=$LIB_DIR "$PY" "$HERE/examples/digits.py" --output "$OUT_DIR/python-digits.png" 2>/dev/null
-"$PY" - "$OUT_DIR/python-digits.png" "$OUT_DIR/python.rgb" <<'PYEOF'
+"$PY" - "$OUT_DIR/python-digits.png" "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" <<'PYEOF'
 import sys
 from PIL import Image
 with Image.open(sys.argv[1]) as im:
     assert im.format == "PNG" and im.size == (16, 16), (im.format, im.size)
-with open(sys.argv[2], "rb") as f:
-    assert len(f.read()) == 64 * 64 * 3, "python.rgb is not a 64x64 RGB8 image"
+for rgb in sys.argv[2:]:
+    with open(rgb, "rb") as f:
+        assert len(f.read()) == 64 * 64 * 3, f"{rgb} is not a 64x64 RGB8 image"
 PYEOF
 
 REFERENCE=$ROOT/target/c-test/out/rust.rgb
@@ -81,4 +84,12 @@ if [ -e "$REFERENCE" ]; then
 	}
 	echo "python: python.rgb == target/c-test/out/rust.rgb, byte for byte"
 fi
-echo "python: all checks passed in $((SECONDS - start))s; wrote $OUT_DIR/python.rgb"
+EDIT_REFERENCE=$ROOT/target/c-test/out/rust-edit.rgb
+if [ -e "$EDIT_REFERENCE" ]; then
+	cmp "$OUT_DIR/python-edit.rgb" "$EDIT_REFERENCE" || {
+		echo "python: python-edit.rgb differs from $EDIT_REFERENCE (the same img2img request through dg edit)" >&2
+		exit 1
+	}
+	echo "python: python-edit.rgb == target/c-test/out/rust-edit.rgb, byte for byte"
+fi
+echo "python: all checks passed in $((SECONDS - start))s; wrote $OUT_DIR/python.rgb and $OUT_DIR/python-edit.rgb"

@@ -147,6 +147,29 @@ inline const char *c_str(const std::string &s, const char *what) {
     return s.c_str();
 }
 
+/// The stride of a `width` x `height` x `channels` image in `pixels` (`stride` 0: unpadded rows),
+/// after checking that the vector holds every byte the C call will read.
+inline std::size_t checked_layout(const std::vector<std::uint8_t> &pixels, std::uint32_t width,
+                                  std::uint32_t height, std::uint32_t channels, std::size_t stride,
+                                  const char *what) {
+    // An empty vector's data() may be null, which C would take as "clear": refused instead.
+    if (pixels.empty())
+        throw Error(ErrorCode::InvalidArg, std::string(what) + ": an empty pixel vector");
+    const std::size_t row = std::size_t{width} * channels;
+    if (stride == 0) stride = row;
+    // Sides and channels are checked by the library; only a short vector is caught here.
+    if (width != 0 && height != 0 && channels != 0 && stride >= row) {
+        const std::size_t rows = std::size_t{height} - 1;
+        if (rows > (SIZE_MAX - row) / stride || pixels.size() < stride * rows + row)
+            throw Error(ErrorCode::InvalidArg,
+                        std::string(what) + ": " + std::to_string(pixels.size()) +
+                            " bytes are too few for " + std::to_string(width) + "x" +
+                            std::to_string(height) + "x" + std::to_string(channels) +
+                            " with stride " + std::to_string(stride));
+    }
+    return stride;
+}
+
 [[noreturn]] inline void moved_from(const char *type) {
     throw Error(ErrorCode::NullArg, std::string("use of a moved-from dg::") + type);
 }
@@ -193,6 +216,16 @@ public:
     RuntimeOptions &tensorrt_engine_cache(const std::string &dir) {
         detail::check(dg_runtime_options_set_tensorrt_engine_cache(
             get(), detail::c_str(dir, "tensorrt_engine_cache")));
+        return *this;
+    }
+    /// Any option by key, e.g. set("sessions_per_graph", "2"): "ort_library",
+    /// "execution_provider", "allow_cpu_fallback", "intra_threads", "optimization",
+    /// "no_spinning", "sessions_per_graph", "optimized_graph_cache", "tensorrt_fp16",
+    /// "tensorrt_engine_cache" (dg_runtime_options_set). An unknown key is InvalidArg listing the
+    /// keys; an unparsable value is InvalidArg naming key and value.
+    RuntimeOptions &set(const std::string &key, const std::string &value) {
+        detail::check(dg_runtime_options_set(get(), detail::c_str(key, "key"),
+                                             detail::c_str(value, "value")));
         return *this;
     }
 
@@ -292,8 +325,15 @@ private:
     std::unique_ptr<dg_runtime_t, detail::RuntimeDeleter> handle_;
 };
 
+class Image;
+
 /// Parameters of one request: a fluent builder (one thread at a time). generate copies them, so
 /// one Params may be changed and reused between requests.
+///
+/// Editing: an init image makes the request img2img (strength), with a mask inpainting, and on an
+/// InstructPix2Pix package instruction editing (image_guidance_scale); a plan runs progressive
+/// stages (docs/editing.md). Pixel buffers are copied by the setter, so they may be freed right
+/// after it returns.
 class Params {
 public:
     /// diffusers' defaults: empty prompt, 50 steps, guidance 7.5, one image, the package's size
@@ -342,6 +382,78 @@ public:
         detail::check(dg_params_set_scheduler(get(), detail::c_str(name, "scheduler")));
         return *this;
     }
+
+    /// The source image of img2img, inpainting and instruction editing (copied): `height` rows of
+    /// `stride` bytes, each `width` pixels of `channels` bytes (1 grey, 3 RGB, 4 RGBA with alpha
+    /// ignored). It must have the output size (a size left unset is taken from it). Bad channels,
+    /// stride or sides are InvalidArg; a size that differs from the request's is InvalidArg at
+    /// generate time. A null `pixels` clears it (as clear_init_image()).
+    Params &init_image(const std::uint8_t *pixels, std::uint32_t width, std::uint32_t height,
+                       std::uint32_t channels, std::size_t stride) {
+        detail::check(dg_params_set_init_image(get(), pixels, width, height, channels, stride));
+        return *this;
+    }
+    /// As above from a vector; `stride` 0 means width * channels (rows not padded). A vector too
+    /// short for the layout is InvalidArg (nothing is read past its end).
+    Params &init_image(const std::vector<std::uint8_t> &pixels, std::uint32_t width,
+                       std::uint32_t height, std::uint32_t channels, std::size_t stride = 0) {
+        stride = detail::checked_layout(pixels, width, height, channels, stride, "init image");
+        return init_image(pixels.data(), width, height, channels, stride);
+    }
+    /// An image a pipeline made (RGB8), e.g. to edit a generated image further.
+    inline Params &init_image(const Image &image);
+    /// Back to text-to-image (no init image).
+    Params &clear_init_image() {
+        detail::check(dg_params_set_init_image(get(), nullptr, 0, 0, 0, 0));
+        return *this;
+    }
+    /// The inpainting mask (copied), laid out as init_image() and of the same size (checked at
+    /// generate time: InvalidArg): pixels with luma >= 128 (white) are repainted, the rest kept.
+    /// Needs an init image. A null `pixels` clears it (as clear_mask()).
+    Params &mask(const std::uint8_t *pixels, std::uint32_t width, std::uint32_t height,
+                 std::uint32_t channels, std::size_t stride) {
+        detail::check(dg_params_set_mask(get(), pixels, width, height, channels, stride));
+        return *this;
+    }
+    /// As above from a vector; `stride` 0 means width * channels.
+    Params &mask(const std::vector<std::uint8_t> &pixels, std::uint32_t width,
+                 std::uint32_t height, std::uint32_t channels, std::size_t stride = 0) {
+        stride = detail::checked_layout(pixels, width, height, channels, stride, "mask");
+        return mask(pixels.data(), width, height, channels, stride);
+    }
+    /// An image a pipeline made, used as the mask (its luma decides).
+    inline Params &mask(const Image &image);
+    /// No mask (plain img2img when an init image is set).
+    Params &clear_mask() {
+        detail::check(dg_params_set_mask(get(), nullptr, 0, 0, 0, 0));
+        return *this;
+    }
+    /// How much of the init image is re-noised, in (0, 1] (else InvalidArg, checked here);
+    /// without it img2img uses 0.8 and inpainting 1.0.
+    Params &strength(double strength) {
+        detail::check(dg_params_set_strength(get(), strength));
+        return *this;
+    }
+    /// InstructPix2Pix's image guidance scale (default 1.5; used when >= 1 and the guidance scale
+    /// is > 1).
+    Params &image_guidance_scale(float scale) {
+        detail::check(dg_params_set_image_guidance_scale(get(), scale));
+        return *this;
+    }
+    /// A progressive plan from its JSON text (docs/editing.md), e.g.
+    /// {"stages": [{"width": 64, "height": 64, "steps": 2}, {"width": 96, "height": 96,
+    /// "steps": 2, "strength": 0.5}]}; checked here (bad JSON, no stages, an unknown field:
+    /// InvalidArg).
+    Params &plan(const std::string &json) {
+        detail::check(dg_params_set_plan(get(), detail::c_str(json, "plan")));
+        return *this;
+    }
+    /// No plan (a single stage).
+    Params &clear_plan() {
+        detail::check(dg_params_set_plan(get(), nullptr));
+        return *this;
+    }
+
     /// Remote pipelines: leave out the fields the service cannot honour (negative prompt, seed,
     /// scheduler, ...) and list them in Images::metadata()'s "ignored", instead of throwing
     /// Unsupported. Local pipelines honour every field anyway.
@@ -464,6 +576,19 @@ private:
     const dg_image_t *raw_ = nullptr;
 };
 
+inline Params &Params::init_image(const Image &image) {
+    if (image.pixels() == nullptr)
+        throw Error(ErrorCode::InvalidArg, "init image: an empty dg::Image (use clear_init_image)");
+    return init_image(image.pixels(), image.width(), image.height(), image.channels(),
+                      image.stride());
+}
+
+inline Params &Params::mask(const Image &image) {
+    if (image.pixels() == nullptr)
+        throw Error(ErrorCode::InvalidArg, "mask: an empty dg::Image (use clear_mask)");
+    return mask(image.pixels(), image.width(), image.height(), image.channels(), image.stride());
+}
+
 /// The images of one request, in order, with the seed it used. Shares (never copies) the C
 /// result with every Image taken from it.
 class Images {
@@ -569,7 +694,9 @@ public:
     /// "local", "openai" or "gemini".
     std::string kind() const { return dg_pipeline_kind(get()); }
 
-    /// Runs one text-to-image request. `progress` (may be empty) is called after every step;
+    /// Runs one request: text-to-image, or an edit when the params carry an init image
+    /// (img2img, inpainting with a mask, instruction editing), staged when they carry a plan
+    /// (Progress::stage of Progress::stages). `progress` (may be empty) is called after every step;
     /// returning false cancels. `cancel` (may be null) may be raised from any thread. A cancelled
     /// request throws Error(ErrorCode::Cancelled); an exception thrown by `progress` is rethrown
     /// as is once the request has stopped.

@@ -50,7 +50,7 @@ def test_default_output_prefers_pil_then_numpy_then_raw(
 
 def test_bad_output_kind(tiny: diffgentor.Pipeline) -> None:
     with pytest.raises(ValueError, match="output"):
-        tiny.generate(FOX_PROMPT, **FOX, output="jpeg")  # type: ignore[call-overload]
+        tiny.generate(FOX_PROMPT, **FOX, output="gif")  # type: ignore[call-overload]
 
 
 def test_raw_image_png(raw: diffgentor.RawImage, tmp_path) -> None:  # type: ignore[no-untyped-def]

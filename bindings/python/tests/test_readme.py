@@ -67,6 +67,7 @@ def _run_everywhere(tmp_path: Path, script: str, env: Dict[str, str]) -> None:
         assert "openai gpt-image-1 ['negative_prompt']" in out, (setup, out)
         assert "seed" in out.splitlines()[-1], (setup, out)
         written = sorted(p.name for p in cwd.iterdir() if p.suffix == ".png")
-        assert written == ["fox.png", "fox_00.png", "fox_01.png", "remote_fox.png"], (setup, written)
+        assert written == ["fox.png", "fox_00.png", "fox_01.png", "fox_edit.png", "remote_fox.png"], (setup, written)
+        assert "['fox_edit.png']" in out and "INVALID_ARG invalid argument: strength must be in (0, 1], got 1.5" in out, (setup, out)
         for name in written:
             assert (cwd / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (setup, name)

@@ -33,12 +33,13 @@ from ._errors import (
     RemoteTimeoutError,
     UnsupportedError,
 )
-from ._images import ImageList, OutputKind, RawImage
+from ._images import ImageInput, ImageList, OutputKind, RawImage
 from ._remote import Remote
 from ._runtime import (
     BasePipeline,
     CancelToken,
     Pipeline,
+    Plan,
     Progress,
     ProgressCallback,
     Runtime,
@@ -56,6 +57,7 @@ __all__ = [
     "EpUnavailableError",
     "Error",
     "ErrorCode",
+    "ImageInput",
     "ImageList",
     "InvalidArgError",
     "IoError",
@@ -65,6 +67,7 @@ __all__ = [
     "OutputKind",
     "PanicError",
     "Pipeline",
+    "Plan",
     "Progress",
     "ProgressCallback",
     "RateLimitedError",

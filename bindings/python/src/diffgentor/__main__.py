@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
@@ -20,8 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", nargs="?", help="model package directory (optimum/diffusers ONNX layout)")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("-o", "--output", default="out.png",
-                   help="PNG to write (with several images: NAME_00.png, NAME_01.png, ... like `dg generate`); "
-                   "default out.png")
+                   help="PNG to write, JPEG (quality 90) when it ends in .jpg/.jpeg (with several images: "
+                   "NAME_00.png, NAME_01.png, ... like `dg generate`); default out.png")
     p.add_argument("--negative-prompt")
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance-scale", type=float)
@@ -64,12 +63,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                 guidance_scale=args.guidance_scale, width=args.width, height=args.height,
                 seed=args.seed, num_images=args.num_images, scheduler=args.scheduler,
-                extra=extra, progress=on_progress, output="raw",
+                extra=extra, progress=on_progress, save=args.output, output="raw",
             )
-        stem, ext = os.path.splitext(args.output)
-        for i, image in enumerate(images):
-            path = args.output if len(images) == 1 else f"{stem}_{i:02}{ext or '.png'}"
-            image.save_png(path)
+        # Written by the library (dg_image_write_png/_jpeg), atomically, named like `dg generate`.
+        for path, image in zip(images.paths, images):
             print(f"wrote {path} ({image.width}x{image.height}, seed {images.seed})")
         return 0
     except Error as e:

@@ -1,4 +1,5 @@
-"""Image results: :class:`RawImage` (no dependencies), conversions to numpy and Pillow, a PNG writer."""
+"""Image results: :class:`RawImage` (no dependencies), conversions to numpy and Pillow, a PNG writer;
+and image inputs (init images and masks) laid out for ``dg_params_set_init_image``/``_mask``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: What :meth:`Pipeline.generate` returns images as; None picks the best installed (pil > numpy > raw).
-OutputKind = Literal["raw", "numpy", "pil"]
-OUTPUT_KINDS = ("raw", "numpy", "pil")
+#: "png" and "jpeg" are ``bytes`` of the image encoded by the library (``dg_image_encode_*``).
+OutputKind = Literal["raw", "numpy", "pil", "png", "jpeg"]
+OUTPUT_KINDS = ("raw", "numpy", "pil", "png", "jpeg")
+ENCODED_KINDS = ("png", "jpeg")
 
 T = TypeVar("T")
 
@@ -93,10 +96,13 @@ class ImageList(List[T]):
     a remote service's ``"model"``, ``"revised_prompts"`` and the fields it ``"ignored"`` under
     best effort; ``{}`` from a local pipeline."""
 
-    def __init__(self, images: List[T], seed: int, metadata: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, images: List[T], seed: int, metadata: Optional[Dict[str, Any]] = None,
+                 paths: Optional[List[str]] = None) -> None:
         super().__init__(images)
         self.seed: int = seed
         self.metadata: Dict[str, Any] = {} if metadata is None else metadata
+        #: The files ``generate(save=...)`` wrote, one per image in order; [] without ``save``.
+        self.paths: List[str] = [] if paths is None else paths
 
     def __repr__(self) -> str:
         shown = f", metadata={self.metadata!r}" if self.metadata else ""
@@ -148,6 +154,8 @@ def resolve_output(output: Optional[str]) -> str:
         if _has("numpy"):
             return "numpy"
         return "raw"
+    if output in ENCODED_KINDS:
+        return output
     if output not in OUTPUT_KINDS:
         raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_KINDS))} or None, not {output!r}")
     if output == "pil" and not _has("PIL.Image"):
@@ -157,10 +165,15 @@ def resolve_output(output: Optional[str]) -> str:
     return output
 
 
-def convert(width: int, height: int, stride: int, pixels: Any, kind: str) -> Any:
+def convert(width: int, height: int, channels: int, stride: int, pixels: Any, kind: str) -> Any:
     """One image copied from ``pixels`` (a ctypes pointer to ``height`` rows of ``stride`` bytes)."""
     import ctypes
 
+    if channels != 3:  # dg_image_channels: 3 (RGB8) in ABI 0; anything else is a library this binding predates
+        from ._errors import ErrorCode, UnsupportedError
+
+        raise UnsupportedError(f"the library returned a {channels}-channel image; this binding reads RGB8 (3)",
+                               ErrorCode.UNSUPPORTED)
     row = width * 3
     if stride == row:
         if kind == "numpy":
@@ -182,3 +195,69 @@ def convert(width: int, height: int, stride: int, pixels: Any, kind: str) -> Any
 
         return Image.frombytes("RGB", (width, height), data)
     return RawImage(width, height, data)
+
+
+#: What ``generate(image=..., mask=...)`` takes: a :class:`RawImage` (RGB), a ``PIL.Image.Image``
+#: (modes "L", "RGB" and "RGBA" as they are, others converted), or a numpy ``uint8`` array of shape
+#: (H, W) (grey), (H, W, 1), (H, W, 3) (RGB) or (H, W, 4) (RGBA; alpha ignored), rows may be padded.
+ImageInput = Union[RawImage, "numpy.ndarray", "PIL.Image.Image"]
+
+
+class PixelBuffer:
+    """A caller's image as ``dg_params_set_init_image`` takes it: a pointer to ``height`` rows of
+    ``stride`` bytes, ``width * channels`` of them pixels. Keeps the memory it points into alive."""
+
+    __slots__ = ("pointer", "width", "height", "channels", "stride", "_keep")
+
+    def __init__(self, keep: Any, pointer: Any, width: int, height: int, channels: int, stride: int) -> None:
+        self._keep = keep
+        self.pointer = pointer
+        self.width = width
+        self.height = height
+        self.channels = channels
+        self.stride = stride
+
+
+def _from_bytes(data: bytes, width: int, height: int, channels: int) -> PixelBuffer:
+    import ctypes
+
+    array = (ctypes.c_uint8 * max(len(data), 1)).from_buffer_copy(data or b"\0")
+    pointer = ctypes.cast(array, ctypes.POINTER(ctypes.c_uint8))
+    return PixelBuffer(array, pointer, width, height, channels, width * channels)
+
+
+def pixel_buffer(value: Any, what: str) -> PixelBuffer:
+    """``value`` (an :data:`ImageInput`) as a :class:`PixelBuffer`; TypeError for anything else.
+    Sizes and channel counts are checked by the library (``InvalidArgError``), except that the
+    buffer always holds every byte the C call may read."""
+    import ctypes
+
+    if isinstance(value, RawImage):
+        return _from_bytes(value.data, value.width, value.height, 3)
+    module = type(value).__module__ or ""
+    if module.startswith("PIL.") and hasattr(value, "tobytes") and hasattr(value, "mode"):
+        image = value
+        if image.mode not in ("L", "RGB", "RGBA"):
+            image = image.convert("L" if image.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+        channels = {"L": 1, "RGB": 3, "RGBA": 4}[image.mode]
+        width, height = image.size
+        return _from_bytes(image.tobytes(), width, height, channels)
+    if module == "numpy" and hasattr(value, "__array_interface__"):
+        import numpy as np
+
+        arr = value
+        if arr.dtype != np.uint8:
+            raise TypeError(f"{what} must be a uint8 array, not {arr.dtype}")
+        if arr.ndim not in (2, 3):
+            raise TypeError(f"{what} must be an array of shape (H, W) or (H, W, C), not {arr.shape}")
+        channels = 1 if arr.ndim == 2 else int(arr.shape[2])
+        height, width = int(arr.shape[0]), int(arr.shape[1])
+        pixel_ok = arr.strides[1] == channels and (arr.ndim == 2 or arr.strides[2] == 1)
+        if not (pixel_ok and arr.strides[0] >= width * channels) or arr.size == 0:
+            arr = np.ascontiguousarray(arr)
+            if arr.size == 0:
+                arr = np.zeros(1, dtype=np.uint8)  # a valid pointer; the library refuses a 0 side first
+        stride = int(arr.strides[0]) if arr.ndim >= 2 else 0
+        return PixelBuffer(arr, arr.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), width, height, channels, stride)
+    raise TypeError(f"{what} must be a diffgentor.RawImage, a PIL.Image.Image or a numpy uint8 array, "
+                    f"not {type(value).__name__}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import sys
 import threading
@@ -26,7 +27,17 @@ from typing import (
 
 from . import _inflight, _native
 from ._errors import ErrorCode, InvalidArgError, NullArgError
-from ._images import ImageList, OutputKind, RawImage, convert, parse_metadata, resolve_output
+from ._images import (
+    ENCODED_KINDS,
+    ImageInput,
+    ImageList,
+    OutputKind,
+    RawImage,
+    convert,
+    parse_metadata,
+    pixel_buffer,
+    resolve_output,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from types import TracebackType
@@ -154,6 +165,21 @@ def _param_text(value: Any, key: str) -> str:
     raise TypeError(f"extra[{key!r}] must be a str (or a number or bool), not {type(value).__name__}")
 
 
+def _option_text(value: Any, key: str) -> str:
+    """A runtime option value (``dg_runtime_options_set``) as text: str, path, bool or number."""
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    if isinstance(value, str) or isinstance(value, bool) or isinstance(value, (int, float)):
+        return _param_text(value, key)
+    raise TypeError(f"options[{key!r}] must be a str, path, number or bool, not {type(value).__name__}")
+
+
+#: ``generate(plan=...)``: the plan's JSON text (docs/editing.md), or the same as a dict.
+Plan = Union[str, Mapping[str, Any]]
+
+
 class Progress:
     """Progress of a running request, passed to the ``progress`` callback after every step (a
     remote pipeline reports once, when the service has answered: step 1 of 1)."""
@@ -222,7 +248,11 @@ class Runtime(_Closeable):
     ``ort_library``: path of libonnxruntime; default: the library's discovery (DG_ORT_DYLIB_PATH,
     ORT_DYLIB_PATH, the usual places). ``intra_threads``: intra-op threads per session (None or 0:
     ONNX Runtime's default). ``allow_cpu_fallback``: use the CPU when the provider cannot be
-    registered instead of raising :class:`EpUnavailableError`.
+    registered instead of raising :class:`EpUnavailableError`. ``options``: any
+    ``dg_runtime_options_set`` key, e.g. ``{"sessions_per_graph": 2, "optimization": "all",
+    "no_spinning": True}`` (values str, path, int, float or bool; None skips a key), applied after
+    the other arguments, so a key given both ways takes its ``options`` value; an unknown key or a
+    bad value raises :class:`InvalidArgError` naming it.
 
     Raises :class:`LibraryNotFoundError` when libdiffgentor cannot be found, :class:`BackendError`
     when ONNX Runtime cannot be loaded, :class:`EpUnavailableError` for an unusable provider.
@@ -238,7 +268,16 @@ class Runtime(_Closeable):
         *,
         tensorrt_fp16: bool = False,
         tensorrt_engine_cache: Optional[PathLike] = None,
+        options: Optional[Mapping[str, Any]] = None,
     ) -> None:
+        # Encoded before anything is allocated, so a bad key or value raises without a handle to free.
+        pairs = []
+        for key, value in (options or {}).items():
+            if not isinstance(key, str):
+                raise TypeError(f"options keys must be str, not {type(key).__name__}")
+            if value is not None:
+                pairs.append((_native.encode(key, "options key"),
+                              _native.encode(_option_text(value, key), f"options[{key!r}]")))
         lib = _native.lib()
         opts = _new(lib.dg_runtime_options_new)
         try:
@@ -255,12 +294,15 @@ class Runtime(_Closeable):
             if tensorrt_engine_cache is not None:
                 check(lib.dg_runtime_options_set_tensorrt_engine_cache(
                     opts, _native.encode(tensorrt_engine_cache, "tensorrt_engine_cache")))
+            for key_b, value_b in pairs:
+                check(lib.dg_runtime_options_set(opts, key_b, value_b))
             with _inflight.running():
                 ptr = _new(lib.dg_runtime_new, opts)
         finally:
             lib.dg_runtime_options_free(opts)
         self._own(ptr, lib.dg_runtime_free, "Runtime")
-        self.execution_provider: str = execution_provider
+        ep = (options or {}).get("execution_provider")
+        self.execution_provider: str = ep if isinstance(ep, str) else execution_provider
 
     def load(self, model_dir: PathLike) -> "Pipeline":
         """Loads the model package in ``model_dir`` on this runtime (same as ``Pipeline(self, model_dir)``)."""
@@ -295,33 +337,56 @@ class BasePipeline(_Closeable):
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
                  guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
-                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
+                 strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
+                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 best_effort: bool = ..., output: "Literal['raw']") -> ImageList[RawImage]: ...
+                 best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
+                 output: "Literal['raw']") -> ImageList[RawImage]: ...
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
                  guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
-                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
+                 strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
+                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 best_effort: bool = ..., output: "Literal['numpy']") -> "ImageList[numpy.ndarray]": ...
+                 best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
+                 output: "Literal['numpy']") -> "ImageList[numpy.ndarray]": ...
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
                  guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
-                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
+                 strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
+                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 best_effort: bool = ..., output: "Literal['pil']") -> "ImageList[PIL.Image.Image]": ...
+                 best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
+                 output: "Literal['pil']") -> "ImageList[PIL.Image.Image]": ...
 
     @overload
     def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
                  guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
-                 eta: Optional[float] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
+                 strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
+                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
-                 best_effort: bool = ..., output: None = ...) -> ImageList[Any]: ...
+                 best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
+                 output: "Literal['png', 'jpeg']") -> ImageList[bytes]: ...
+
+    @overload
+    def generate(self, prompt: str, *, negative_prompt: Optional[str] = ..., steps: Optional[int] = ...,
+                 guidance_scale: Optional[float] = ..., width: Optional[int] = ..., height: Optional[int] = ...,
+                 seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
+                 eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
+                 strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
+                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
+                 best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
+                 output: None = ...) -> ImageList[Any]: ...
 
     def generate(
         self,
@@ -336,14 +401,21 @@ class BasePipeline(_Closeable):
         num_images: Optional[int] = None,
         scheduler: Optional[str] = None,
         eta: Optional[float] = None,
+        image: Optional[ImageInput] = None,
+        mask: Optional[ImageInput] = None,
+        strength: Optional[float] = None,
+        image_guidance_scale: Optional[float] = None,
+        plan: Optional[Plan] = None,
         extra: Optional[Mapping[str, Any]] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
         best_effort: bool = False,
+        save: Optional[PathLike] = None,
+        jpeg_quality: int = 90,
         output: Optional[OutputKind] = None,
     ) -> ImageList[Any]:
-        """Runs one text-to-image request and returns its images (an :class:`ImageList`, a list
-        with the request's ``seed`` and the generator's ``metadata``).
+        """Runs one request (text-to-image, or an edit with ``image``) and returns its images (an
+        :class:`ImageList`, a list with the request's ``seed`` and the generator's ``metadata``).
 
         Unset arguments keep diffusers' defaults: 50 steps, guidance 7.5, one image, the package's
         size and scheduler, a random seed (a remote service: its own). ``extra`` sets any parameter
@@ -352,7 +424,17 @@ class BasePipeline(_Closeable):
         called on this thread after every step; returning False cancels (:class:`CancelledError`), and an
         exception it raises cancels the request and is re-raised here. ``cancel`` may be raised
         from another thread. ``output``: "pil", "numpy" (uint8 [H, W, 3]) or "raw"
-        (:class:`RawImage`); None picks Pillow if installed, else numpy, else raw.
+        (:class:`RawImage`); None picks Pillow if installed, else numpy, else raw; "png" or "jpeg":
+        ``bytes`` encoded by the library (JPEG at ``jpeg_quality``, 1..100).
+
+        Editing: ``image`` (a :class:`RawImage`, PIL image or numpy uint8 array; grey, RGB or RGBA)
+        makes the request img2img, ``mask`` too (same size; white = repaint) inpainting, both
+        copied. ``strength`` (0, 1] is how much of the image is re-noised (default 0.8 for img2img,
+        1.0 for inpainting); ``image_guidance_scale`` is InstructPix2Pix's (default 1.5). ``plan``
+        is a progressive plan (docs/editing.md), its JSON text or a dict. ``save``: the library
+        also writes each image there, atomically (parent directories created): JPEG at
+        ``jpeg_quality`` when the name ends in .jpg/.jpeg, else PNG; several images as
+        NAME_00.EXT, NAME_01.EXT, ... like ``dg generate``; ``ImageList.paths`` lists the files.
 
         A remote service refuses fields it has no equivalent for (a negative prompt, a seed, a
         scheduler, changed steps or guidance, ...) with :class:`UnsupportedError` naming them;
@@ -368,13 +450,35 @@ class BasePipeline(_Closeable):
             raise TypeError("progress must be callable")
         if not isinstance(best_effort, bool):
             raise TypeError(f"best_effort must be a bool, not {type(best_effort).__name__}")
+        # Checked (and ctypes-range-checked) in Python: c_uint8 would wrap 300 to 44.
+        quality = _uint(jpeg_quality, "jpeg_quality", 255)
+        save_path = None if save is None else _native.encode(save, "save")
+        plan_text = None
+        if plan is not None:
+            plan_text = _native.encode(plan if isinstance(plan, str) else json.dumps(dict(plan)), "plan")
+        init = None if image is None else pixel_buffer(image, "image")
+        mask_buf = None if mask is None else pixel_buffer(mask, "mask")
         lib = _native.lib()
         with _inflight.running() as call:
             params = _new(lib.dg_params_new)
             try:
                 self._fill(lib, params, prompt, negative_prompt, steps, guidance_scale, width, height,
                            seed, num_images, scheduler, eta, extra, best_effort)
-                return self._run(lib, params, progress, cancel, kind, call)
+                check = _native.check
+                if init is not None:
+                    check(lib.dg_params_set_init_image(params, init.pointer, init.width, init.height,
+                                                       init.channels, init.stride))
+                if mask_buf is not None:
+                    check(lib.dg_params_set_mask(params, mask_buf.pointer, mask_buf.width, mask_buf.height,
+                                                 mask_buf.channels, mask_buf.stride))
+                if strength is not None:
+                    check(lib.dg_params_set_strength(params, _number(strength, "strength")))
+                if image_guidance_scale is not None:
+                    check(lib.dg_params_set_image_guidance_scale(
+                        params, _number(image_guidance_scale, "image_guidance_scale")))
+                if plan_text is not None:
+                    check(lib.dg_params_set_plan(params, plan_text))
+                return self._run(lib, params, progress, cancel, kind, call, save_path, quality)
             finally:
                 lib.dg_params_free(params)
 
@@ -414,7 +518,8 @@ class BasePipeline(_Closeable):
             check(lib.dg_params_set(params, b"best_effort", b"true"))
 
     def _run(self, lib: Any, params: int, progress: Optional[ProgressCallback],
-             cancel: Optional[CancelToken], kind: str, call: _inflight.Call) -> ImageList[Any]:
+             cancel: Optional[CancelToken], kind: str, call: _inflight.Call,
+             save: Optional[bytes] = None, quality: int = 90) -> ImageList[Any]:
         raised: List[BaseException] = []
 
         def trampoline(p: Any, _user_data: Any) -> bool:
@@ -478,13 +583,59 @@ class BasePipeline(_Closeable):
             _native.check(err)
             assert images, "the library returned success without images"
             result = []
-            for i in range(lib.dg_images_count(images)):
+            count = lib.dg_images_count(images)
+            paths = [] if save is None else _save_names(save, count)
+            for i in range(count):
                 img = lib.dg_images_get(images, i)
-                result.append(convert(lib.dg_image_width(img), lib.dg_image_height(img),
-                                      lib.dg_image_stride(img), lib.dg_image_pixels(img), kind))
-            return ImageList(result, lib.dg_images_seed(images), parse_metadata(lib.dg_images_metadata(images)))
+                if kind in ENCODED_KINDS:
+                    result.append(_encode(lib, img, kind, quality))
+                else:
+                    result.append(convert(lib.dg_image_width(img), lib.dg_image_height(img),
+                                          lib.dg_image_channels(img), lib.dg_image_stride(img),
+                                          lib.dg_image_pixels(img), kind))
+                if paths:
+                    _write(lib, img, paths[i], quality)
+            return ImageList(result, lib.dg_images_seed(images), parse_metadata(lib.dg_images_metadata(images)),
+                             [os.fsdecode(p) for p in paths])
         finally:
             lib.dg_images_free(images)
+
+
+def _is_jpeg(path: bytes) -> bool:
+    return os.path.splitext(path)[1].lower() in (b".jpg", b".jpeg")
+
+
+def _save_names(path: bytes, count: int) -> List[bytes]:
+    """The files ``generate(save=path)`` writes: ``path`` for one image, else NAME_00.EXT, ... (as
+    ``dg generate`` names them; EXT .png when ``path`` has none)."""
+    if count == 1:
+        return [path]
+    stem, ext = os.path.splitext(path)
+    return [stem + b"_%02d" % i + (ext or b".png") for i in range(count)]
+
+
+def _write(lib: Any, img: int, path: bytes, quality: int) -> None:
+    """Writes one library image to ``path`` atomically (``dg_image_write_png``/``_jpeg``)."""
+    if _is_jpeg(path):
+        _native.check(lib.dg_image_write_jpeg(img, path, quality))
+    else:
+        _native.check(lib.dg_image_write_png(img, path))
+
+
+def _encode(lib: Any, img: int, kind: str, quality: int) -> bytes:
+    """One library image encoded by the library (``dg_image_encode_png``/``_jpeg``) as bytes. The
+    ``dg_buffer_t`` is freed on every path: success, an encoding error, a failed copy."""
+    buf = ctypes.c_void_p()
+    try:
+        if kind == "png":
+            _native.check(lib.dg_image_encode_png(img, ctypes.byref(buf)))
+        else:
+            _native.check(lib.dg_image_encode_jpeg(img, quality, ctypes.byref(buf)))
+        size = lib.dg_buffer_len(buf)
+        data = lib.dg_buffer_data(buf)
+        return ctypes.string_at(data, size) if size else b""
+    finally:
+        lib.dg_buffer_free(buf)  # NULL (nothing encoded) is a no-op
 
 
 class Pipeline(BasePipeline):
