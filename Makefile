@@ -11,7 +11,7 @@ DEMO_DIR := out/demo
 DEMO_SEED ?= 7
 
 .PHONY: all ort build demo test lint clean header-check c-build c-test c-valgrind-one c-test-install \
-	c-lib install bindings-test bench-serve
+	c-lib install bindings-test bench-serve wheel
 
 # The C API (docs/c-api.md): version numbers from Cargo.toml, the pinned cbindgen, install paths.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
@@ -279,6 +279,12 @@ install:
 c-lib:
 	$(CARGO) build --release --locked --lib
 	ln -sf libdiffgentor.so target/release/libdiffgentor.so.$(VERSION_MAJOR)
+
+# The Python binding as a platform wheel (docs/bindings.md): dist/diffgentor-VERSION-py3-none-manylinux_2_N_ARCH.whl
+# bundles the release library and requires onnxruntime==$(ORT_VERSION), so `pip install` of it needs
+# no DG_* variable. The manylinux tag comes from the library's glibc symbols (bindings/python/build-wheel.sh).
+wheel: c-lib
+	bindings/python/build-wheel.sh target/release/libdiffgentor.so $(ORT_VERSION) dist
 
 clean:
 	rm -rf target out $(ORT_DIR)

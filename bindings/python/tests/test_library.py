@@ -79,6 +79,36 @@ def test_discovery_order(tmp_path: Path) -> None:
     assert loaded.dg_version().decode() == diffgentor.__version__
 
 
+def test_onnxruntime_package_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for the pip-installed onnxruntime package (the platform wheel's dependency); it
+    # is located, never imported. test.sh's wheel step runs the real one end to end.
+    site = tmp_path / "site"
+    capi = site / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    (site / "onnxruntime" / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    for name in ("libonnxruntime.so.1.31.1", "libonnxruntime_providers_shared.so"):
+        (capi / name).write_bytes(b"")
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    found = str(capi / "libonnxruntime.so.1.31.1")
+    assert _native.onnxruntime_package_library() == found
+    diffgentor_dir = tmp_path / "lib"
+    diffgentor_dir.mkdir()
+    library = str(diffgentor_dir / "libdiffgentor.so.0")
+    assert _native.default_ort_library(library, {}) == found
+    assert _native.default_ort_library(library, {"DG_ORT_DYLIB_PATH": ""}) == found  # empty = unset, as in the library
+    # the library's own rules keep precedence: the variables (even naming a missing file) ...
+    assert _native.default_ort_library(library, {"DG_ORT_DYLIB_PATH": "/missing/libonnxruntime.so"}) is None
+    assert _native.default_ort_library(library, {"ORT_DYLIB_PATH": "/opt/ort/libonnxruntime.so"}) is None
+    # ... and a copy next to libdiffgentor
+    (diffgentor_dir / "libonnxruntime.so.1").write_bytes(b"")
+    assert _native.default_ort_library(library, {}) is None
+    # a package without capi/libonnxruntime.so.*: nothing, the library then tries the system loader
+    for name in os.listdir(capi):
+        os.remove(capi / name)
+    assert _native.onnxruntime_package_library() is None
+
+
 def test_command_line(tmp_path: Path) -> None:
     help_run = subprocess.run([sys.executable, "-m", "diffgentor", "--help"], capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0 and "DG_LIBRARY_PATH" in help_run.stdout

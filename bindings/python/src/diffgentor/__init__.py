@@ -12,7 +12,8 @@
         print(images.metadata)  # {"model": ..., "revised_prompts": [...], ...}
 
 The C library is found through DG_LIBRARY_PATH, a copy bundled in ``diffgentor/lib/``, then the
-system loader; ONNX Runtime through ``Runtime(ort_library=...)`` or DG_ORT_DYLIB_PATH. See README.md.
+system loader; ONNX Runtime through ``Runtime(ort_library=...)``, DG_ORT_DYLIB_PATH, or the
+installed ``onnxruntime`` package (the platform wheel depends on it). See README.md.
 """
 
 from ._errors import (

@@ -14,7 +14,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m diffgentor",
         description="Generate images with diffgentor (Python binding over libdiffgentor).",
         epilog="The library is found through DG_LIBRARY_PATH, the bundled copy, then the system "
-        "loader; ONNX Runtime through --ort-library or DG_ORT_DYLIB_PATH.",
+        "loader; ONNX Runtime through --ort-library, DG_ORT_DYLIB_PATH, or the installed onnxruntime package.",
     )
     p.add_argument("model_dir", nargs="?", help="model package directory (optimum/diffusers ONNX layout)")
     p.add_argument("prompt", nargs="?", help="the prompt")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
+import importlib.util
 import os
+import re
 import sys
 import threading
 from ctypes import (
@@ -26,7 +29,7 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ._errors import ErrorCode, InvalidArgError, LibraryNotFoundError, error_from_code
 
@@ -43,6 +46,12 @@ else:
 
 #: Where a packager may bundle the library inside the installed package.
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
+
+#: Variables libdiffgentor itself reads for ONNX Runtime's path (src/runtime/library.rs), in order.
+ORT_PATH_ENVS = ("DG_ORT_DYLIB_PATH", "ORT_DYLIB_PATH")
+
+#: The file names libdiffgentor looks for next to itself and the executable (src/runtime/library.rs).
+ORT_LIBRARY_NAMES = ("libonnxruntime.so.1.31.1", "libonnxruntime.so.1", "libonnxruntime.so")
 
 
 class DgProgress(Structure):
@@ -152,6 +161,44 @@ def candidates(env_value: Optional[str], bundled_dir: str) -> List[Tuple[str, Li
         system.append(found)
     groups.append(("system loader (LD_LIBRARY_PATH, ldconfig cache)", system))
     return groups
+
+
+def onnxruntime_package_library() -> Optional[str]:
+    """libonnxruntime inside the installed ``onnxruntime`` PyPI package (``onnxruntime/capi/``, where
+    its wheel keeps ``libonnxruntime.so.X.Y.Z``), or None. The package is located, never imported:
+    importing it would pull in numpy and its own bindings for nothing."""
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    pattern = "libonnxruntime.*.dylib" if sys.platform == "darwin" else "libonnxruntime.so.*"
+    for package_dir in spec.submodule_search_locations:
+        found = []
+        for path in glob.glob(os.path.join(package_dir, "capi", pattern)):
+            # libonnxruntime.so.1.31.1 -> (1, 31, 1); libonnxruntime_providers_*.so is not matched.
+            numbers = re.findall(r"\d+", os.path.basename(path)[len("libonnxruntime"):])
+            if numbers and os.path.isfile(path):
+                found.append((tuple(int(n) for n in numbers), path))
+        if found:
+            return max(found)[1]
+    return None
+
+
+def default_ort_library(library_file: str, environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The ONNX Runtime the binding passes when the caller names none: the installed ``onnxruntime``
+    package's copy (the platform wheel depends on it), but only where libdiffgentor's own discovery
+    would otherwise fall through to the system loader. DG_ORT_DYLIB_PATH and ORT_DYLIB_PATH (even
+    naming a missing file: that stays the library's error), and a copy next to libdiffgentor or
+    the executable, keep precedence: None then leaves the choice to the library."""
+    env = os.environ if environ is None else environ
+    if any(env.get(name) for name in ORT_PATH_ENVS):
+        return None
+    dirs = [os.path.dirname(os.path.abspath(library_file)), os.path.dirname(os.path.realpath(sys.executable))]
+    if any(os.path.isfile(os.path.join(d, n)) for d in dirs for n in ORT_LIBRARY_NAMES):
+        return None
+    return onnxruntime_package_library()
 
 
 def _bind(lib: ctypes.CDLL) -> None:

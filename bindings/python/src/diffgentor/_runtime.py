@@ -245,8 +245,9 @@ class Runtime(_Closeable):
     """A loaded ONNX Runtime with its execution provider. Thread-safe: share one per process.
 
     ``execution_provider``: "cpu", "cuda", "cuda:ID", "tensorrt" or "tensorrt:ID".
-    ``ort_library``: path of libonnxruntime; default: the library's discovery (DG_ORT_DYLIB_PATH,
-    ORT_DYLIB_PATH, the usual places). ``intra_threads``: intra-op threads per session (None or 0:
+    ``ort_library``: path of libonnxruntime; default: DG_ORT_DYLIB_PATH, ORT_DYLIB_PATH, a copy next
+    to libdiffgentor or the executable, the installed ``onnxruntime`` package's (``capi/``), then
+    the system loader. ``intra_threads``: intra-op threads per session (None or 0:
     ONNX Runtime's default). ``allow_cpu_fallback``: use the CPU when the provider cannot be
     registered instead of raising :class:`EpUnavailableError`. ``options``: any
     ``dg_runtime_options_set`` key, e.g. ``{"sessions_per_graph": 2, "optimization": "all",
@@ -284,6 +285,10 @@ class Runtime(_Closeable):
             check = _native.check
             check(lib.dg_runtime_options_set_execution_provider(
                 opts, _native.encode(execution_provider, "execution_provider")))
+            if ort_library is None:
+                # pip-installed onnxruntime (the wheel's dependency), where the library would
+                # otherwise only try the system loader.
+                ort_library = _native.default_ort_library(_native.lib_path())
             if ort_library is not None:
                 check(lib.dg_runtime_options_set_ort_library(opts, _native.encode(ort_library, "ort_library")))
             if intra_threads is not None:
