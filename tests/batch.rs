@@ -49,6 +49,13 @@ fn finish(out: Output) -> (i32, String, String) {
 
 /// `dg t2i` on models/digits, 2 steps, base seed 100, over `input` into `out`, plus `extra`.
 fn t2i(input: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let args = t2i_args(input, out, extra);
+    dg(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `dg t2i` over `input` into `out` with the tests' settings (digits, 2 steps, seed 100), then
+/// `extra`.
+fn t2i_args(input: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let (input, out) = (input.display().to_string(), out.display().to_string());
     let mut args = vec![
         "t2i",
@@ -67,7 +74,7 @@ fn t2i(input: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
     .map(str::to_string)
     .collect::<Vec<_>>();
     args.extend(extra.iter().map(|s| s.to_string()));
-    dg(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    args
 }
 
 /// The parseable lines of a manifest, by row index (the last line of each row).
@@ -574,22 +581,8 @@ fn kill_9_then_resume_gives_the_uninterrupted_bytes() {
     assert_eq!(expected.len(), 40);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (input_arg, out_arg) = (input.display().to_string(), out.display().to_string());
-    let args = [
-        "t2i",
-        "--model",
-        &*digits(),
-        "--input",
-        &input_arg,
-        "--output-dir",
-        &out_arg,
-        "--steps",
-        "2",
-        "--seed",
-        "100",
-        "--concurrency",
-        "2",
-    ];
+    let args = t2i_args(input, &out, &["--concurrency", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let manifest_path = out.join("manifest.jsonl");
     for rows in kill_points(4, 30) {
         let mut child = dg_command(&args)
@@ -726,23 +719,9 @@ fn three_shards_write_disjoint_files_whose_union_is_the_whole_run() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let logs = tmp.path().join("logs");
-    let (input_arg, out_arg) = (input.display().to_string(), out.display().to_string());
     let logs_arg = logs.display().to_string();
-    let args = [
-        "t2i",
-        "--model",
-        &*digits(),
-        "--input",
-        &input_arg,
-        "--output-dir",
-        &out_arg,
-        "--steps",
-        "2",
-        "--seed",
-        "100",
-        "--log-dir",
-        &logs_arg,
-    ];
+    let args = t2i_args(input, &out, &["--log-dir", &logs_arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Shard 0 and 2 by flag (2 with requests in flight concurrently), shard 1 as a torchrun-style
     // launcher starts it.
     let mut shard0 = dg_command(&args);
@@ -777,7 +756,7 @@ fn three_shards_write_disjoint_files_whose_union_is_the_whole_run() {
     let log = std::fs::read_to_string(logs.join("node0_process1.log")).unwrap();
     assert!(log.contains("row 1: wrote 000001.png"), "{log}");
     assert_eq!(images(&out), images(reference), "byte for byte");
-    let (code, stdout, stderr) = dg(&["manifest", "merge", &out_arg]);
+    let (code, stdout, stderr) = dg(&["manifest", "merge", &out.display().to_string()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.starts_with("merged 40 rows (0 failed) into "),

@@ -1194,16 +1194,18 @@ fn a_websocket_submits_follows_and_reports_errors() {
         }
     }
 
+    // A long job on this socket; its id from the first answer.
+    let submit_slow = |socket: &mut tungstenite::WebSocket<TcpStream>| -> String {
+        send(
+            socket,
+            json!({"type": "submit", "prompt": "1", "steps": 999, "n": 10}),
+        );
+        receive(socket)["id"].as_str().expect("an id").to_string()
+    };
+
     // While it follows a job the socket still reads: a cancel stops the job, and a second
     // submit is refused rather than left unread.
-    send(
-        &mut socket,
-        json!({"type": "submit", "prompt": "1", "steps": 999, "n": 10}),
-    );
-    let id = receive(&mut socket)["id"]
-        .as_str()
-        .expect("an id")
-        .to_string();
+    let id = submit_slow(&mut socket);
     send(&mut socket, json!({"type": "submit", "prompt": "2"}));
     let last = loop {
         let message = receive(&mut socket);
@@ -1219,14 +1221,7 @@ fn a_websocket_submits_follows_and_reports_errors() {
     assert_eq!(last["status"], "cancelled", "{last}");
 
     // Closing the socket cancels the job it submitted.
-    send(
-        &mut socket,
-        json!({"type": "submit", "prompt": "1", "steps": 999, "n": 10}),
-    );
-    let id = receive(&mut socket)["id"]
-        .as_str()
-        .expect("an id")
-        .to_string();
+    let id = submit_slow(&mut socket);
     socket.close(None).expect("closed");
     let job = server.url(&format!("/v1/jobs/{id}"));
     let status = loop {

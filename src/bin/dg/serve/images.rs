@@ -36,6 +36,11 @@ pub fn encode(image: &Image, format: OutputFormat, parameters: &str) -> ApiResul
 /// `max_side` pixels a side before its pixels are allocated.
 pub fn decode_upload(bytes: &[u8], param: &str, max_side: u32) -> ApiResult<Image> {
     check_size(bytes, param, max_side)?;
+    decode(bytes, param)
+}
+
+/// Decodes an upload whose size was checked.
+fn decode(bytes: &[u8], param: &str) -> ApiResult<Image> {
     Image::decode(bytes).map_err(|e| ApiError::invalid(param, format!("`{param}`: {e}")))
 }
 
@@ -45,7 +50,7 @@ pub fn decode_upload(bytes: &[u8], param: &str, max_side: u32) -> ApiResult<Imag
 pub fn decode_mask(bytes: &[u8], max_side: u32) -> ApiResult<Image> {
     check_size(bytes, "mask", max_side)?;
     let Some(alpha) = png_alpha(bytes) else {
-        return decode_upload(bytes, "mask", max_side);
+        return decode(bytes, "mask");
     };
     let (width, height, alpha) = alpha.map_err(|e| ApiError::invalid("mask", e))?;
     let pixels = alpha

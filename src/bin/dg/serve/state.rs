@@ -128,11 +128,10 @@ impl AppState {
             return Ok(());
         }
         let what = if editing { "edits" } else { "generations" };
-        let mode = match self.settings.mode {
-            Mode::T2i => "t2i",
-            Mode::Edit => "edit",
-            Mode::All => "all",
-        };
+        // The flag's own spelling, as clap parses it.
+        let mode = clap::ValueEnum::to_possible_value(&self.settings.mode)
+            .map(|value| value.get_name().to_string())
+            .unwrap_or_default();
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("this server runs with --mode {mode} and takes no {what}"),
