@@ -25,6 +25,7 @@ pub mod request;
 pub mod rng;
 pub mod runtime;
 pub mod schedulers;
+pub mod vlm;
 
 pub use error::{Error, ErrorCode, RemoteError, RemoteFailure, Result};
 pub use image::Image;
