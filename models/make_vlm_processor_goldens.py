@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Write models/vlm-processor-goldens/: references for the pure-Rust VLM pieces in src/vlm/
-(pil.rs, processor.rs, rope.rs, template.rs), dumped from Pillow and transformers.
+(pil.rs, processor.rs, rope.rs, sampling.rs, template.rs), dumped from Pillow and transformers.
+The Rust unit tests in those files read these files; CI never needs Python.
 
 Run from the repository root:   /work/venv-vlm/bin/python models/make_vlm_processor_goldens.py
-Pinned: transformers==5.23.0, pillow==13.0.0 (13 changed the resize pass order, see pil.rs), torch==2.15.0 (CPU is enough), numpy, jinja2==3.1.6.
-Deterministic (fixed seeds, no network); the folder stays small (about 200 KB).
+Pinned: transformers==5.23.0, pillow==13.0.0 (13 changed the resize pass order, see pil.rs),
+torch==2.15.0 (CPU is enough), numpy, jinja2==3.1.6.
+Deterministic (fixed seeds, no network; rerunning rewrites identical files), about 330 KB.
 
 Output (all under models/vlm-processor-goldens/):
   src_*.png                   input images (RGB8, lossless)
@@ -20,7 +22,9 @@ Output (all under models/vlm-processor-goldens/):
   sampling.json               logits after transformers' RepetitionPenaltyLogitsProcessor,
                               TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper (the
                               order generate applies them); -inf written as null
-  templates/*.jinja           chat templates besides models/qwen2_vl_chat_template.jinja
+  templates/*.jinja           chat templates besides models/qwen2_vl_chat_template.jinja: strict
+                              (Llama-2 style: raise_exception, .strip(), bos/eos), loop (loop
+                              controls, filters, tojson) and json (tojson options, dict methods)
   templates.json              {template, conversation, messages, add_generation_prompt, bos_token,
                               eos_token, rendered | error}, rendered by transformers'
                               render_jinja_template (what processor.apply_chat_template calls)

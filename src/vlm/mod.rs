@@ -45,7 +45,7 @@ use captioner::Captioner;
 use generate::{Decoding, Generated, LoopContext};
 use layout::Layout;
 use processor::{QwenImageProcessor, VitImageProcessor};
-use qwen::{Qwen, QwenFiles, QwenIds};
+use qwen::{Qwen, QwenFiles, QwenIds, QwenNames};
 use template::ChatTemplate;
 use text::TextTokenizer;
 
@@ -103,6 +103,7 @@ impl Vlm {
                     embedding: &embedding,
                     decoder: &decoder,
                     merged_embedding: true,
+                    names: QwenNames::from_genai(section.unwrap_or(&serde_json::Value::Null)),
                     decoder_names: names,
                     shared_buffer,
                 };
@@ -124,6 +125,7 @@ impl Vlm {
                     embedding: &embedding,
                     decoder: &decoder,
                     merged_embedding: false,
+                    names: QwenNames::default(),
                     decoder_names: decoder::DecoderNames::default(),
                     shared_buffer: false,
                 };

@@ -551,7 +551,8 @@ mod tests {
         Path::new("preprocessor_config.json")
     }
 
-    /// pixel_values and grid_thw of Qwen2VLImageProcessorPil for 3 images under 2 configs.
+    /// pixel_values and grid_thw of Qwen2VLImageProcessorPil for 3 images under 2 configs, bit for
+    /// bit (the arithmetic is the same IEEE operations in the same order).
     #[test]
     fn qwen_matches_transformers() {
         let cases = golden_json("qwen.json");
@@ -567,7 +568,7 @@ mod tests {
             assert_eq!(out.pixel_values.shape(), theirs.shape(), "{case}");
             let ours = out.pixel_values.as_slice().unwrap();
             let diff = max_abs_diff(ours, theirs.as_slice().unwrap());
-            assert!(diff <= 1e-6, "{}: max diff {diff}", case["pixel_values"]);
+            assert!(diff == 0.0, "{}: max diff {diff}", case["pixel_values"]);
             assert_eq!(
                 out.merged_tokens(processor.merge_size),
                 grid.iter().product::<i64>() as usize / 4
@@ -613,7 +614,7 @@ mod tests {
                 crate::npy::read_f32(&golden(case["pixel_values"].as_str().unwrap())).unwrap();
             assert_eq!(ours.shape(), theirs.shape());
             let diff = max_abs_diff(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
-            assert!(diff <= 1e-6, "{case}: max diff {diff}");
+            assert!(diff == 0.0, "{case}: max diff {diff}");
         }
     }
 

@@ -14,25 +14,71 @@ use super::processor::{ProcessedImage, QwenImageProcessor};
 use super::rope;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::runtime::{Graph, Runtime};
+use crate::runtime::{Graph, Input, Runtime};
 
 /// How the embedding graph treats image features.
 #[derive(Debug)]
 enum Embedding {
     /// onnxruntime-genai: `input_ids` + `image_features` -> `inputs_embeds` with the features
     /// already in the image-pad positions.
-    Merged {
-        graph: Graph,
-        ids: String,
-        features: String,
-        output: String,
-    },
+    Merged(Graph),
     /// transformers.js `embed_tokens`: `input_ids` -> `inputs_embeds`; we scatter the features.
-    Plain {
-        graph: Graph,
-        ids: String,
-        output: String,
-    },
+    Plain(Graph),
+}
+
+/// Input and output names of the three graphs: the canonical ones, or what genai_config.json's
+/// `inputs`/`outputs` maps say.
+#[derive(Debug, Clone)]
+pub(crate) struct QwenNames {
+    pub pixel_values: String,
+    pub image_grid_thw: String,
+    pub image_features: String,
+    pub embed_ids: String,
+    pub embed_features: String,
+    pub embed_output: String,
+    pub inputs_embeds: String,
+    pub position_ids: String,
+}
+
+impl Default for QwenNames {
+    fn default() -> QwenNames {
+        QwenNames {
+            pixel_values: "pixel_values".into(),
+            image_grid_thw: "image_grid_thw".into(),
+            image_features: "image_features".into(),
+            embed_ids: "input_ids".into(),
+            embed_features: "image_features".into(),
+            embed_output: "inputs_embeds".into(),
+            inputs_embeds: "inputs_embeds".into(),
+            position_ids: "position_ids".into(),
+        }
+    }
+}
+
+impl QwenNames {
+    /// Names from genai_config.json's `model` section, defaults where it names none.
+    pub fn from_genai(model: &Value) -> QwenNames {
+        let mut names = QwenNames::default();
+        let fields: [(&mut String, &str); 8] = [
+            (&mut names.pixel_values, "/vision/inputs/pixel_values"),
+            (&mut names.image_grid_thw, "/vision/inputs/image_grid_thw"),
+            (&mut names.image_features, "/vision/outputs/image_features"),
+            (&mut names.embed_ids, "/embedding/inputs/input_ids"),
+            (
+                &mut names.embed_features,
+                "/embedding/inputs/image_features",
+            ),
+            (&mut names.embed_output, "/embedding/outputs/inputs_embeds"),
+            (&mut names.inputs_embeds, "/decoder/inputs/inputs_embeds"),
+            (&mut names.position_ids, "/decoder/inputs/position_ids"),
+        ];
+        for (field, pointer) in fields {
+            if let Some(name) = model.pointer(pointer).and_then(Value::as_str) {
+                *field = name.to_string();
+            }
+        }
+        names
+    }
 }
 
 /// Graph files and names of one Qwen-VL package.
@@ -42,6 +88,7 @@ pub(crate) struct QwenFiles<'a> {
     pub decoder: &'a Path,
     /// Whether the embedding graph merges image features itself.
     pub merged_embedding: bool,
+    pub names: QwenNames,
     pub decoder_names: DecoderNames,
     pub shared_buffer: bool,
 }
@@ -102,6 +149,7 @@ impl QwenIds {
 
 /// A loaded Qwen-VL model.
 pub(crate) struct Qwen {
+    names: QwenNames,
     vision: Graph,
     embedding: Embedding,
     decoder: Decoder,
@@ -125,30 +173,23 @@ impl Qwen {
         processor: QwenImageProcessor,
         ids: QwenIds,
     ) -> Result<Qwen> {
+        let names = files.names;
         let vision = runtime.load_graph("vision_encoder", files.vision)?;
+        input_named(&vision, &names.pixel_values)?;
+        input_named(&vision, &names.image_grid_thw)?;
+        output_named(&vision, &names.image_features)?;
         let graph = runtime.load_graph("embedding", files.embedding)?;
+        input_named(&graph, &names.embed_ids)?;
+        output_named(&graph, &names.embed_output)?;
         let embedding = if files.merged_embedding {
-            Embedding::Merged {
-                ids: input_named(&graph, "input_ids")?,
-                features: input_named(&graph, "image_features")?,
-                output: output_named(&graph, "inputs_embeds")?,
-                graph,
-            }
+            input_named(&graph, &names.embed_features)?;
+            Embedding::Merged(graph)
         } else {
-            Embedding::Plain {
-                ids: input_named(&graph, "input_ids")?,
-                output: output_named(&graph, "inputs_embeds")?,
-                graph,
-            }
+            Embedding::Plain(graph)
         };
-        for name in ["pixel_values", "image_grid_thw"] {
-            input_named(&vision, name)?;
-        }
-        output_named(&vision, "image_features")?;
         let graph = runtime.load_graph("decoder", files.decoder)?;
-        for name in ["inputs_embeds", "position_ids"] {
-            input_named(&graph, name)?;
-        }
+        input_named(&graph, &names.inputs_embeds)?;
+        input_named(&graph, &names.position_ids)?;
         let decoder = Decoder::new(
             graph,
             &files.decoder_names,
@@ -156,6 +197,7 @@ impl Qwen {
             files.shared_buffer,
         )?;
         Ok(Qwen {
+            names,
             vision,
             embedding,
             decoder,
@@ -166,7 +208,7 @@ impl Qwen {
 
     pub fn graphs(&self) -> Vec<&Graph> {
         let embedding = match &self.embedding {
-            Embedding::Merged { graph, .. } | Embedding::Plain { graph, .. } => graph,
+            Embedding::Merged(graph) | Embedding::Plain(graph) => graph,
         };
         vec![&self.vision, embedding, self.decoder.graph()]
     }
@@ -248,12 +290,12 @@ impl Qwen {
             let (features, _) = self.vision.run(
                 &[
                     (
-                        "pixel_values",
-                        crate::runtime::Input::F32(image.pixel_values.view().into_dyn()),
+                        self.names.pixel_values.as_str(),
+                        Input::F32(image.pixel_values.view().into_dyn()),
                     ),
-                    ("image_grid_thw", crate::runtime::Input::I64(grid.view())),
+                    (self.names.image_grid_thw.as_str(), Input::I64(grid.view())),
                 ],
-                "image_features",
+                &self.names.image_features,
             )?;
             let expected = image.merged_tokens(self.ids.merge_size);
             let features = features
@@ -278,7 +320,7 @@ impl Qwen {
     fn hidden_size(&self) -> usize {
         let graph = self.decoder.graph();
         graph
-            .input("inputs_embeds")
+            .input(&self.names.inputs_embeds)
             .and_then(|i| i.shape.last().copied())
             .and_then(|d| usize::try_from(d).ok())
             .unwrap_or(0)
@@ -289,33 +331,18 @@ impl Qwen {
         let ids_array = Array2::from_shape_vec((1, ids.len()), ids.to_vec())
             .map_err(|e| Error::internal("embedding", e))?
             .into_dyn();
+        let names = &self.names;
+        let ids_input = (names.embed_ids.as_str(), Input::I64(ids_array.view()));
         let embeds = match &self.embedding {
-            Embedding::Merged {
-                graph,
-                ids: ids_name,
-                features: features_name,
-                output,
-            } => {
+            Embedding::Merged(graph) => {
                 let features = features.to_owned().into_dyn();
+                let features_input = (names.embed_features.as_str(), Input::F32(features.view()));
                 graph
-                    .run(
-                        &[
-                            (ids_name, crate::runtime::Input::I64(ids_array.view())),
-                            (features_name, crate::runtime::Input::F32(features.view())),
-                        ],
-                        output,
-                    )?
+                    .run(&[ids_input, features_input], &names.embed_output)?
                     .0
             }
-            Embedding::Plain {
-                graph,
-                ids: ids_name,
-                output,
-            } => {
-                let (mut embeds, _) = graph.run(
-                    &[(ids_name, crate::runtime::Input::I64(ids_array.view()))],
-                    output,
-                )?;
+            Embedding::Plain(graph) => {
+                let (mut embeds, _) = graph.run(&[ids_input], &names.embed_output)?;
                 let slots = ids
                     .iter()
                     .enumerate()
@@ -340,8 +367,14 @@ impl Qwen {
             .into_shape_with_order((3, 1, seq))
             .map_err(|e| Error::internal("decoder", e))?;
         let inputs = vec![
-            ("inputs_embeds", value("decoder", prepared.embeds)?.into()),
-            ("position_ids", value("decoder", positions)?.into()),
+            (
+                self.names.inputs_embeds.as_str(),
+                value("decoder", prepared.embeds)?.into(),
+            ),
+            (
+                self.names.position_ids.as_str(),
+                value("decoder", positions)?.into(),
+            ),
         ];
         let (logits, ort) = self.decoder.run(&mut cache, inputs, seq)?;
         Ok(QwenState {
@@ -381,8 +414,11 @@ impl Decoding for QwenState<'_> {
             .into_shape_with_order((3, 1, 1))
             .map_err(|e| Error::internal("decoder", e))?;
         let inputs = vec![
-            ("inputs_embeds", embeds.into()),
-            ("position_ids", value("decoder", positions)?.into()),
+            (self.model.names.inputs_embeds.as_str(), embeds.into()),
+            (
+                self.model.names.position_ids.as_str(),
+                value("decoder", positions)?.into(),
+            ),
         ];
         let (logits, ort) = self.model.decoder.run(&mut self.cache, inputs, 1)?;
         self.logits = logits;
