@@ -37,3 +37,8 @@ pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The same for docs/vlm.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/vlm.md")]
+pub struct VlmDocDoctests;

@@ -11,7 +11,7 @@ use super::generate::Decoding;
 use super::processor::VitImageProcessor;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::runtime::{Graph, Input, Runtime};
+use crate::runtime::{ElementType, Graph, Input, Runtime};
 
 /// A loaded encoder-decoder captioner.
 pub(crate) struct Captioner {
@@ -49,6 +49,12 @@ impl Captioner {
                     ),
                 ));
             }
+        }
+        if encoder.input("pixel_values").map(|i| i.dtype) == Some(ElementType::F16) {
+            return Err(Error::Unsupported(format!(
+                "{}: pixel_values is float16; the VLM runtime runs float32 graphs",
+                encoder.path().display()
+            )));
         }
         let graph = runtime.load_graph("decoder", decoder)?;
         for name in ["input_ids", "encoder_hidden_states"] {

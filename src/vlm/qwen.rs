@@ -14,7 +14,7 @@ use super::processor::{ProcessedImage, QwenImageProcessor};
 use super::rope;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::runtime::{Graph, Input, Runtime};
+use crate::runtime::{ElementType, Graph, Input, Runtime};
 
 /// How the embedding graph treats image features.
 #[derive(Debug)]
@@ -432,6 +432,14 @@ impl Decoding for QwenState<'_> {
 }
 
 fn input_named(graph: &Graph, name: &str) -> Result<String> {
+    if let Some(input) = graph.input(name) {
+        if input.dtype == ElementType::F16 {
+            return Err(Error::Unsupported(format!(
+                "{}: input `{name}` is float16; the VLM runtime runs float32 graphs",
+                graph.path().display()
+            )));
+        }
+    }
     graph.input(name).map(|i| i.name.clone()).ok_or_else(|| {
         Error::model(
             graph.path(),
