@@ -94,21 +94,25 @@ fn greedy_tokens_equal_transformers_in_every_layout() {
 #[test]
 fn streamed_text_adds_up_to_the_answer_and_a_false_return_cancels() {
     let vlm = load("tiny-qwen2.5-vl");
-    let case = &goldens()["cases"][0];
-    let request = request(case);
-    let mut streamed = String::new();
-    let mut ids_seen = Vec::new();
-    let output = vlm
-        .generate_streaming(&request, &mut |event| {
-            streamed.push_str(event.text);
-            ids_seen.push(event.token_id);
-            assert_eq!(event.index, ids_seen.len());
-            true
-        })
-        .expect("generate");
-    assert_eq!(ids_seen, output.token_ids);
-    assert_eq!(streamed, output.text);
+    let goldens = goldens();
+    // Every case: one of them ends at an end token right after a token cut mid-character.
+    for case in goldens["cases"].as_array().expect("cases") {
+        let request = request(case);
+        let mut streamed = String::new();
+        let mut ids_seen = Vec::new();
+        let output = vlm
+            .generate_streaming(&request, &mut |event| {
+                streamed.push_str(event.text);
+                ids_seen.push(event.token_id);
+                assert_eq!(event.index, ids_seen.len());
+                true
+            })
+            .expect("generate");
+        assert_eq!(ids_seen, output.token_ids, "{}", case["name"]);
+        assert_eq!(streamed, output.text, "{}", case["name"]);
+    }
 
+    let request = request(&goldens["cases"][0]);
     let mut calls = 0;
     let err = vlm
         .generate_streaming(&request, &mut |_| {

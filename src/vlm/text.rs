@@ -98,17 +98,27 @@ impl TextStream {
     }
 
     /// Adds the last id (if any) and releases everything still held back: nothing follows that
-    /// could complete a stop string.
+    /// could complete a stop string or a character, so pending bytes are released as the full
+    /// decode has them (a character cut short by the token limit decodes to U+FFFD there too).
     pub fn finish(&mut self, tokenizer: &TextTokenizer, id: Option<i64>) -> Result<&str> {
         let start = self.released;
         if let Some(id) = id {
             self.push(tokenizer, id)?;
         }
-        if !self.stopped {
-            // A character cut short by the token limit stays out, as in the full decode.
-            self.released = self.text.len();
+        if !self.stopped && self.read < self.ids.len() {
+            let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+            let after = tokenizer.decode(&self.ids[self.prefix..])?;
+            if let Some(rest) = after.get(before.len()..) {
+                self.text.push_str(rest);
+            }
+            self.read = self.ids.len();
         }
-        Ok(&self.text[start.min(self.released)..self.released])
+        if let Some(cut) = self.first_stop() {
+            self.text.truncate(cut);
+            self.stopped = true;
+        }
+        self.released = self.text.len().max(start);
+        Ok(&self.text[start.min(self.text.len())..self.text.len()])
     }
 
     /// Whether a stop string has appeared (the text now ends before it).

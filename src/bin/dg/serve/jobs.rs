@@ -31,6 +31,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    state.image_model()?;
     let fields = json_fields(&headers, body)?;
     let job = submit(&state, &fields)?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, &job))).into_response())
@@ -195,7 +196,7 @@ async fn send(socket: &mut WebSocket, message: &Value) -> Result<(), axum::Error
 
 /// Queues a job from a generations body, with `image`/`mask` (base64) for edits.
 fn submit(state: &AppState, fields: &Map<String, Value>) -> ApiResult<Arc<Job>> {
-    let mut call = params::parse(fields, &state.description, &state.settings.policy)?;
+    let mut call = params::parse(fields, state.image_model()?, &state.settings.policy)?;
     let max_side = state.settings.policy.max_side;
     if let Some(bytes) = base64_field(fields, "image")? {
         call.request.init_image = Some(decode_upload(&bytes, "image", max_side)?);
@@ -271,6 +272,8 @@ fn view(state: &AppState, job: &Job) -> Value {
             view["seed"] = json!(output.seed);
             view["size"] = json!(format!("{}x{}", output.width, output.height));
         }
+        // Chat completions are not shown by the job API; their text, should one be looked at.
+        JobState::Answered(output) => view["text"] = json!(output.text),
         JobState::Failed(e) => view["error"] = e.body()["error"].clone(),
         JobState::Cancelled => {}
     }

@@ -1,6 +1,7 @@
-//! `dg serve`: an OpenAI-compatible image server (and a native job API) over any generator,
-//! with a bounded queue, progress streams, health, metrics, an API key and graceful shutdown.
-//! docs/serve.md shows every endpoint.
+//! `dg serve`: an OpenAI-compatible image server (and a native job API) over any generator, and
+//! chat completions over a vision-language model (`--vlm`), with a bounded queue, progress
+//! streams, health, metrics, an API key and graceful shutdown. docs/serve.md shows every endpoint.
+mod chat;
 mod error;
 mod images;
 mod jobs;
@@ -14,6 +15,7 @@ mod state;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +26,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use clap::Args;
+use diffgentor::vlm::Vlm;
 use diffgentor::Error;
 
 use self::error::ApiError;
@@ -31,7 +34,7 @@ use self::images::FileStore;
 use self::metrics::Metrics;
 use self::params::Policy;
 use self::queue::{Limits, Queue};
-use self::state::{AppState, Mode, Settings};
+use self::state::{AppState, Mode, ServedVlm, Settings};
 use crate::backend::{Backend, BackendArgs};
 use crate::output::Out;
 
@@ -39,6 +42,14 @@ use crate::output::Out;
 pub struct ServeArgs {
     #[command(flatten)]
     backend: BackendArgs,
+    /// Vision-language model package to serve `POST /v1/chat/completions` with (alone, or next
+    /// to the image model); it runs on the --ep given, one copy shared by every worker.
+    #[arg(long, value_name = "DIR")]
+    vlm: Option<PathBuf>,
+    /// Let chat `image_url` parts name http(s) URLs, which the server then fetches (10 s, at
+    /// most --max-body-mib, 3 redirects). Off by default: only `data:` URLs are taken.
+    #[arg(long)]
+    allow_remote_images: bool,
     /// Address to listen on (only this machine by default).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -48,7 +59,8 @@ pub struct ServeArgs {
     /// Which endpoints run: t2i (generations), edit (edits) or all.
     #[arg(long, value_enum, default_value = "all")]
     mode: Mode,
-    /// Generations run at once (default: one per replica for local models, 4 for remote ones).
+    /// Generations and chat completions run at once (default: one per replica for local models,
+    /// 4 for remote ones, 1 with only --vlm).
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
     /// Requests that may wait for a worker; past it the server answers 429.
@@ -88,12 +100,17 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
     init_logging();
     let replicas = Arc::new(load_replicas(&args)?);
-    let description = replicas[0].generator.describe();
-    let local = replicas[0].local.is_some();
-    let workers = args
-        .concurrency
-        .unwrap_or(if local { replicas.len() } else { 4 })
-        .max(1);
+    let vlm = match &args.vlm {
+        Some(dir) => Some(load_vlm(&args, dir)?),
+        None => None,
+    };
+    let description = replicas.first().map(|r| r.generator.describe());
+    let default_workers = match replicas.first() {
+        Some(replica) if replica.local.is_some() => replicas.len(),
+        Some(_) => 4,
+        None => 1,
+    };
+    let workers = args.concurrency.unwrap_or(default_workers).max(1);
     let api_key = args
         .api_key
         .clone()
@@ -105,11 +122,17 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
         capacity: args.queue_size,
         timeout: Duration::from_secs(args.request_timeout),
     };
-    let (queue, workers) = Queue::start(replicas.clone(), limits, metrics.clone());
+    let (queue, workers) = Queue::start(
+        replicas.clone(),
+        vlm.as_ref().map(|v| v.vlm.clone()),
+        limits,
+        metrics.clone(),
+    );
     let ttl = Duration::from_secs(args.job_ttl);
     let state = Arc::new(AppState {
         replicas,
         description,
+        vlm,
         queue: queue.clone(),
         jobs: Mutex::new(HashMap::new()),
         files: FileStore::new(ttl),
@@ -120,6 +143,7 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
             policy: Policy::from_env(args.max_side)?,
             max_body: args.max_body_mib.saturating_mul(1 << 20),
             ttl,
+            allow_remote_images: args.allow_remote_images,
         },
         shutting_down: Default::default(),
     });
@@ -149,8 +173,9 @@ async fn serve(state: Arc<AppState>, args: &ServeArgs, out: &mut Out) -> diffgen
         .map_err(|e| Error::InvalidArg(format!("no local address: {e}")))?;
     outln!(out, "listening on http://{address}");
     tracing::info!(
-        model = %state.description.name,
-        backend = state.description.kind,
+        model = state.description.as_ref().map_or("", |d| &d.name),
+        backend = state.description.as_ref().map_or("", |d| d.kind),
+        vlm = state.vlm.as_ref().map_or("", |v| &v.name),
         replicas = state.replicas.len(),
         workers = state.queue.workers(),
         "serving on http://{address}"
@@ -198,6 +223,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/images/edits", post(openai::edits))
+        .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/files/{name}", get(openai::file))
@@ -228,10 +254,14 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The pipelines (or the one remote generator) behind the queue.
+/// The pipelines (or the one remote generator) behind the queue; none when only a VLM is
+/// served.
 fn load_replicas(args: &ServeArgs) -> diffgentor::Result<Vec<Backend>> {
     if args.backend.backend != "local" {
         return Ok(vec![args.backend.load()?]);
+    }
+    if args.backend.model.is_none() && args.vlm.is_some() {
+        return Ok(Vec::new());
     }
     let count = if args.devices.is_empty() {
         args.replicas.max(1)
@@ -258,6 +288,21 @@ fn load_replicas(args: &ServeArgs) -> diffgentor::Result<Vec<Backend>> {
             backend.load()
         })
         .collect()
+}
+
+/// The VLM every worker shares, named by its folder.
+fn load_vlm(args: &ServeArgs, dir: &std::path::Path) -> diffgentor::Result<ServedVlm> {
+    let vlm = Vlm::load(args.backend.runtime.build()?, dir)?;
+    let name = dir
+        .canonicalize()
+        .ok()
+        .as_deref()
+        .and_then(|d| d.file_name())
+        .map_or_else(|| "vlm".to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(ServedVlm {
+        vlm: Arc::new(vlm),
+        name,
+    })
 }
 
 /// Logs to stderr; `DG_LOG` (or `RUST_LOG`) filters, `info` by default.

@@ -1,5 +1,6 @@
 //! The OpenAI Images endpoints: `POST /v1/images/generations` (JSON), `POST /v1/images/edits`
-//! (multipart), `GET /v1/models`, and the files `response_format: url` points at.
+//! (multipart), `GET /v1/models` (the image model and the VLM), and the files
+//! `response_format: url` points at.
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,8 +34,9 @@ pub async fn generations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let description = state.image_model()?;
     let fields = json_fields(&headers, body)?;
-    let call = params::parse(&fields, &state.description, &state.settings.policy)?;
+    let call = params::parse(&fields, description, &state.settings.policy)?;
     run(state, &headers, call, "image_generation").await
 }
 
@@ -43,6 +45,7 @@ pub async fn edits(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
+    let description = state.image_model()?.clone();
     state.check_mode(true)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
@@ -81,14 +84,14 @@ pub async fn edits(
                 format!(
                     "{} edits one image per request; got {} (several reference images need a \
                      model that takes them)",
-                    state.description.name,
+                    description.name,
                     more.len()
                 ),
             )
             .code("unsupported_task"))
         }
     };
-    let mut call = params::parse(&fields, &state.description, &state.settings.policy)?;
+    let mut call = params::parse(&fields, &description, &state.settings.policy)?;
     if let (Some(w), Some(h)) = (call.request.width, call.request.height) {
         if (w, h) != (image.width, image.height) {
             return Err(ApiError::invalid(
@@ -188,7 +191,10 @@ pub fn parameters(state: &AppState, job: &Job, output: &diffgentor::Output) -> S
     let replica = job.replica().unwrap_or(0);
     // Jobs only run on the replicas, so the index is in range; the first stands in otherwise.
     let backend = state.replicas.get(replica).unwrap_or(&state.replicas[0]);
-    parameters_text(&job.request, output, backend)
+    match job.image_request() {
+        Some(request) => parameters_text(request, output, backend),
+        None => String::new(),
+    }
 }
 
 /// Resolves once the job has ended, with its final state.
@@ -279,30 +285,36 @@ fn stream(
         .keep_alive(KeepAlive::default())
 }
 
+/// The models served: the image model (when there is one), then the VLM (when there is one).
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_entry(&state)]}))
+    Json(json!({"object": "list", "data": model_entries(&state)}))
 }
 
 pub async fn model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if id != state.description.name {
-        return Err(
-            ApiError::new(StatusCode::NOT_FOUND, format!("no model `{id}`"))
-                .code("model_not_found"),
-        );
-    }
-    Ok(Json(model_entry(&state)))
+    model_entries(&state)
+        .into_iter()
+        .find(|entry| entry["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no model `{id}`")).code("model_not_found")
+        })
 }
 
-fn model_entry(state: &AppState) -> Value {
-    json!({
-        "id": state.description.name,
-        "object": "model",
-        "created": 0,
-        "owned_by": format!("diffgentor ({})", state.description.kind),
-    })
+fn model_entries(state: &AppState) -> Vec<Value> {
+    let entry = |id: &str, owner: &str| {
+        json!({
+            "id": id,
+            "object": "model",
+            "created": 0,
+            "owned_by": format!("diffgentor ({owner})"),
+        })
+    };
+    let images = state.description.as_ref().map(|d| entry(&d.name, d.kind));
+    let vlm = state.vlm.as_ref().map(|v| entry(&v.name, "vlm"));
+    images.into_iter().chain(vlm).collect()
 }
 
 /// An image kept for `response_format: url`.

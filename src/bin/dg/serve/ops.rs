@@ -29,7 +29,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let body = json!({
         "status": if reason.is_some() { "unavailable" } else { "ready" },
         "reason": reason,
-        "model": state.description.name,
+        "model": state.description.as_ref().map(|d| &d.name),
+        "vlm": state.vlm.as_ref().map(|v| &v.name),
         "replicas": state.replicas.len(),
         "workers": state.queue.workers(),
         "queued": waiting,

@@ -1,14 +1,17 @@
 //! The bounded queue in front of the generators: jobs wait in order, a fixed set of worker
-//! threads runs them (each on one replica), and every change of a job's state is published on a
-//! watch channel that HTTP handlers, SSE streams and WebSockets await.
+//! threads runs them (an image job on the worker's replica, a chat completion on the one shared
+//! VLM), and every change of a job's state is published on a watch channel that HTTP handlers,
+//! SSE streams and WebSockets await.
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::http::StatusCode;
+use diffgentor::vlm::{Vlm, VlmOutput, VlmRequest};
 use diffgentor::{CancelToken, Error, Output, Request};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::error::ApiError;
 use super::metrics::Metrics;
@@ -25,6 +28,8 @@ pub enum JobState {
         stages: usize,
     },
     Done(Arc<Output>),
+    /// A chat completion's answer.
+    Answered(Arc<VlmOutput>),
     Failed(ApiError),
     Cancelled,
 }
@@ -34,7 +39,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Running { .. } => "running",
-            JobState::Done(_) => "done",
+            JobState::Done(_) | JobState::Answered(_) => "done",
             JobState::Failed(_) => "failed",
             JobState::Cancelled => "cancelled",
         }
@@ -43,15 +48,40 @@ impl JobState {
     pub fn finished(&self) -> bool {
         matches!(
             self,
-            JobState::Done(_) | JobState::Failed(_) | JobState::Cancelled
+            JobState::Done(_) | JobState::Answered(_) | JobState::Failed(_) | JobState::Cancelled
         )
+    }
+}
+
+/// What a job asks for.
+pub enum Work {
+    /// Images from the diffusion model (or remote generator).
+    Image(Box<Request>),
+    /// A chat completion from the VLM.
+    Chat(Chat),
+}
+
+/// A chat completion and, while a client streams it, where each new token's text goes.
+pub struct Chat {
+    pub request: VlmRequest,
+    /// Taken by the worker for the run and dropped when it ends, so the receiver sees the end.
+    tokens: Mutex<Option<mpsc::UnboundedSender<String>>>,
+}
+
+impl Chat {
+    /// A completion whose tokens are sent on `tokens` as they come (`None`: answered whole).
+    pub fn new(request: VlmRequest, tokens: Option<mpsc::UnboundedSender<String>>) -> Chat {
+        Chat {
+            request,
+            tokens: Mutex::new(tokens),
+        }
     }
 }
 
 /// One request on its way through the queue.
 pub struct Job {
     pub id: String,
-    pub request: Request,
+    pub work: Work,
     /// The replica that ran it (for the `parameters` text of its images).
     replica: Mutex<Option<usize>>,
     pub created: SystemTime,
@@ -63,12 +93,15 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(id: String, mut request: Request) -> Arc<Job> {
+    pub fn new(id: String, mut work: Work) -> Arc<Job> {
         let cancel = CancelToken::new();
-        request.cancel = Some(cancel.clone());
+        match &mut work {
+            Work::Image(request) => request.cancel = Some(cancel.clone()),
+            Work::Chat(chat) => chat.request.cancel = Some(cancel.clone()),
+        }
         Arc::new(Job {
             id,
-            request,
+            work,
             replica: Mutex::new(None),
             created: SystemTime::now(),
             cancel,
@@ -76,6 +109,14 @@ impl Job {
             finished_at: Mutex::new(None),
             encoded: OnceLock::new(),
         })
+    }
+
+    /// The image request, for an image job.
+    pub fn image_request(&self) -> Option<&Request> {
+        match &self.work {
+            Work::Image(request) => Some(request.as_ref()),
+            Work::Chat(_) => None,
+        }
     }
 
     pub fn state(&self) -> JobState {
@@ -91,7 +132,11 @@ impl Job {
     }
 
     /// Ends the job unless it already ended (a cancel racing a finish keeps the first outcome).
+    /// A chat completion's token stream ends with it, also when it never ran.
     fn finish(&self, state: JobState) -> bool {
+        if let Work::Chat(chat) = &self.work {
+            lock(&chat.tokens).take();
+        }
         let changed = self.state.send_if_modified(|current| {
             if current.finished() {
                 return false;
@@ -156,9 +201,11 @@ pub enum Refusal {
 }
 
 impl Queue {
-    /// Starts `workers` threads over `replicas` (worker i runs on replica i mod the count).
+    /// Starts `workers` threads over `replicas` (worker i runs image jobs on replica i mod the
+    /// count; there may be none when only a VLM is served) and the VLM every worker shares.
     pub fn start(
         replicas: Arc<Vec<Backend>>,
+        vlm: Option<Arc<Vlm>>,
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> (Arc<Queue>, Vec<JoinHandle<()>>) {
@@ -183,9 +230,11 @@ impl Queue {
             .map(|i| {
                 let queue = queue.clone();
                 let replicas = replicas.clone();
+                let vlm = vlm.clone();
+                let replica = (!replicas.is_empty()).then(|| i % replicas.len());
                 std::thread::Builder::new()
                     .name(format!("dg-worker-{i}"))
-                    .spawn(move || queue.work(&replicas, i % replicas.len()))
+                    .spawn(move || queue.work(&replicas, replica, vlm.as_deref()))
             })
             .filter_map(|spawned| match spawned {
                 Ok(handle) => Some(handle),
@@ -270,9 +319,13 @@ impl Queue {
             if let Some(job) = waiting.jobs.pop_front() {
                 waiting.running += 1;
                 self.metrics.set_queue(waiting.jobs.len(), waiting.running);
+                let total = match &job.work {
+                    Work::Image(request) => request.steps,
+                    Work::Chat(chat) => chat.request.max_new_tokens,
+                };
                 job.progress(JobState::Running {
                     step: 0,
-                    total: job.request.steps,
+                    total,
                     stage: 1,
                     stages: 1,
                 });
@@ -285,18 +338,25 @@ impl Queue {
         }
     }
 
-    fn work(&self, replicas: &[Backend], replica: usize) {
+    fn work(&self, replicas: &[Backend], replica: Option<usize>, vlm: Option<&Vlm>) {
         while let Some(job) = self.next() {
             let outcome = if job.cancel.is_cancelled() {
                 // Cancelled as it was taken: it never runs.
                 JobState::Cancelled
             } else {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.run(&job, &replicas[replica], replica)
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job.work {
+                    Work::Image(request) => match replica {
+                        Some(i) => self.run(&job, request, &replicas[i], i),
+                        None => JobState::Failed(no_model("image model")),
+                    },
+                    Work::Chat(chat) => match vlm {
+                        Some(vlm) => self.run_chat(&job, chat, vlm),
+                        None => JobState::Failed(no_model("VLM")),
+                    },
                 }))
                 .unwrap_or_else(|_| {
                     JobState::Failed(ApiError::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        StatusCode::INTERNAL_SERVER_ERROR,
                         "the generator panicked (a bug: please report it)",
                     ))
                 })
@@ -312,11 +372,11 @@ impl Queue {
 
     /// Runs one job and says how it ended: cancelled at the next step once the caller cancels or
     /// the request timeout passes (a 504 then).
-    fn run(&self, job: &Job, backend: &Backend, replica: usize) -> JobState {
+    fn run(&self, job: &Job, request: &Request, backend: &Backend, replica: usize) -> JobState {
         *lock(&job.replica) = Some(replica);
         let started = Instant::now();
         let mut timed_out = false;
-        let result = backend.generator.generate(&job.request, &mut |p| {
+        let result = backend.generator.generate(request, &mut |p| {
             job.progress(JobState::Running {
                 step: p.step,
                 total: p.total,
@@ -331,22 +391,73 @@ impl Queue {
                 self.metrics.record_generation(&output, started.elapsed());
                 return JobState::Done(Arc::new(output));
             }
-            Err(Error::Cancelled) if timed_out => JobState::Failed(
-                ApiError::new(
-                    axum::http::StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "the generation ran longer than {} s and was cancelled",
-                        self.timeout.as_secs()
-                    ),
-                )
-                .code("timeout"),
-            ),
+            Err(Error::Cancelled) if timed_out => JobState::Failed(self.timed_out()),
             Err(Error::Cancelled) => JobState::Cancelled,
             Err(e) => JobState::Failed(e.into()),
         };
         self.metrics.record_failure(started.elapsed());
         outcome
     }
+
+    /// Runs one chat completion, sending each token's text to a streaming client: cancelled at the
+    /// next token once the caller cancels, the streaming client goes away or the request timeout
+    /// passes (a 504 then).
+    fn run_chat(&self, job: &Job, chat: &Chat, vlm: &Vlm) -> JobState {
+        let started = Instant::now();
+        let mut timed_out = false;
+        let mut generated = 0;
+        let tokens = lock(&chat.tokens).take();
+        let result = vlm.generate_streaming(&chat.request, &mut |event| {
+            generated = event.index;
+            timed_out = started.elapsed() > self.timeout;
+            if timed_out || job.cancel.is_cancelled() {
+                return false;
+            }
+            // A streaming client that went away ends the completion too.
+            tokens
+                .as_ref()
+                .is_none_or(|tokens| tokens.send(event.text.to_string()).is_ok())
+        });
+        // The streaming client's receiver ends here, before the job does.
+        drop(tokens);
+        let (outcome, reason) = match result {
+            Ok(output) => {
+                let reason = output.finish_reason.as_str();
+                self.metrics.record_chat(
+                    reason,
+                    output.prompt_tokens,
+                    output.token_ids.len(),
+                    started.elapsed(),
+                );
+                return JobState::Answered(Arc::new(output));
+            }
+            Err(Error::Cancelled) if timed_out => (JobState::Failed(self.timed_out()), "timeout"),
+            Err(Error::Cancelled) => (JobState::Cancelled, "cancelled"),
+            Err(e) => (JobState::Failed(e.into()), "failed"),
+        };
+        self.metrics
+            .record_chat(reason, 0, generated, started.elapsed());
+        outcome
+    }
+
+    fn timed_out(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the generation ran longer than {} s and was cancelled",
+                self.timeout.as_secs()
+            ),
+        )
+        .code("timeout")
+    }
+}
+
+/// A job for a model this server does not run (the routes refuse them first; never expected).
+fn no_model(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("this server runs no {what} (a bug: please report it)"),
+    )
 }
 
 /// Locks a mutex, taking it over from a thread that panicked while holding it (every value kept

@@ -1,5 +1,5 @@
-//! What every handler shares: the replicas, the queue, the jobs by id, the file store, metrics
-//! and the server's settings.
+//! What every handler shares: the replicas, the VLM, the queue, the jobs by id, the file store,
+//! metrics and the server's settings.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use diffgentor::generators::{Description, Task};
+use diffgentor::vlm::Vlm;
 use diffgentor::Request;
 
 use super::error::{ApiError, ApiResult};
 use super::images::{random_id, FileStore};
 use super::metrics::Metrics;
 use super::params::Policy;
-use super::queue::{lock, Job, Queue, Refusal};
+use super::queue::{lock, Job, Queue, Refusal, Work};
 use crate::backend::Backend;
 
 /// Which endpoints a server takes (`--mode`).
@@ -35,11 +36,23 @@ pub struct Settings {
     pub max_body: usize,
     /// How long finished jobs (and url images) are kept.
     pub ttl: Duration,
+    /// Whether chat `image_url` parts may name http(s) URLs this server fetches.
+    pub allow_remote_images: bool,
+}
+
+/// The vision-language model behind `/v1/chat/completions`, shared by every worker.
+pub struct ServedVlm {
+    pub vlm: Arc<Vlm>,
+    /// Its id in `/v1/models` and in answers: the package's folder name.
+    pub name: String,
 }
 
 pub struct AppState {
+    /// The image generators (none when only a VLM is served).
     pub replicas: Arc<Vec<Backend>>,
-    pub description: Description,
+    /// What the image generators do (`None` when only a VLM is served).
+    pub description: Option<Description>,
+    pub vlm: Option<ServedVlm>,
     pub queue: Arc<Queue>,
     pub jobs: Mutex<HashMap<String, Arc<Job>>>,
     pub files: FileStore,
@@ -49,13 +62,42 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Queues a request as a new job: 429 with a retry estimate when the queue is full, 503 once
-    /// the server is shutting down.
+    /// The image model, or a 404 when this server runs only a VLM.
+    pub fn image_model(&self) -> ApiResult<&Description> {
+        self.description.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this server runs only a vision-language model (--vlm) and makes no images; \
+                 start it with --model DIR (or --backend) for the image endpoints",
+            )
+            .code("model_not_served")
+        })
+    }
+
+    /// The VLM, or a 404 when this server was started without `--vlm`.
+    pub fn chat_model(&self) -> ApiResult<&ServedVlm> {
+        self.vlm.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this server runs no vision-language model; start it with --vlm DIR for chat \
+                 completions",
+            )
+            .code("model_not_served")
+        })
+    }
+
+    /// Queues an image request as a new job (see [`AppState::submit_work`]).
     pub fn submit(&self, request: Request) -> ApiResult<Arc<Job>> {
+        self.submit_work(Work::Image(Box::new(request)))
+    }
+
+    /// Queues work as a new job: 429 with a retry estimate when the queue is full, 503 once the
+    /// server is shutting down.
+    pub fn submit_work(&self, work: Work) -> ApiResult<Arc<Job>> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(shutting_down());
         }
-        let job = Job::new(random_id(12)?, request);
+        let job = Job::new(random_id(12)?, work);
         match self.queue.submit(job.clone()) {
             Ok(()) => {
                 let mut jobs = lock(&self.jobs);
@@ -81,11 +123,13 @@ impl AppState {
         }
     }
 
-    /// A job by id, unless it is unknown or ended longer ago than the TTL (the sweep that frees
-    /// it runs every few seconds; a lookup never sees it past its time).
+    /// An image job by id, unless it is unknown or ended longer ago than the TTL (the sweep that
+    /// frees it runs every few seconds; a lookup never sees it past its time). Chat completions
+    /// are kept only while their client waits, and the job API does not show them.
     pub fn job(&self, id: &str) -> ApiResult<Arc<Job>> {
         lock(&self.jobs)
             .get(id)
+            .filter(|job| job.image_request().is_some())
             .filter(|job| job.finished_for().is_none_or(|age| age < self.settings.ttl))
             .cloned()
             .ok_or_else(|| {
@@ -144,7 +188,8 @@ impl AppState {
         let task = Task::of(request);
         let editing = task != Task::TextToImage;
         self.check_mode(editing)?;
-        let tasks = &self.description.tasks;
+        let description = self.image_model()?;
+        let tasks = &description.tasks;
         // An instruction-editing model takes an image for any edit it is asked.
         if tasks.contains(&task) || (editing && tasks.contains(&Task::Edit)) {
             return Ok(());
@@ -157,7 +202,7 @@ impl AppState {
             },
             format!(
                 "{} cannot do {task} (it does {})",
-                self.description.name,
+                description.name,
                 tasks
                     .iter()
                     .map(Task::to_string)
