@@ -160,6 +160,25 @@ typedef struct dg_runtime_options_t dg_runtime_options_t;
 typedef struct dg_runtime_t dg_runtime_t;
 
 /**
+ * Parameters of one VLM request: a builder. Not thread-safe: use one from one thread at a time.
+ * `dg_vlm_generate` copies it, so it may be changed, reused or freed once that call returns.
+ */
+typedef struct dg_vlm_params_t dg_vlm_params_t;
+
+/**
+ * The answer of one `dg_vlm_generate`, owned by the caller and freed with `dg_vlm_result_free`.
+ * Immutable, so safe to read from any thread.
+ */
+typedef struct dg_vlm_result_t dg_vlm_result_t;
+
+/**
+ * A loaded vision-language model (`dg_vlm_load`). Thread-safe: many threads may call
+ * `dg_vlm_generate` on one model at once (weights are shared; each request has its own cache and
+ * sampler). Holds its runtime alive. Free it with `dg_vlm_free` once no generate on it is running.
+ */
+typedef struct dg_vlm_t dg_vlm_t;
+
+/**
  * Progress of a running request, passed to the progress callback after every denoising step.
  * Starts with its size so fields can be appended in later versions: read a field only if
  * `struct_size` covers it.
@@ -199,6 +218,43 @@ typedef struct {
  * `dg_pipeline_generate` returns. It must not unwind or longjmp out of the call.
  */
 typedef bool (*dg_progress_fn)(const dg_progress_t *progress, void *user_data);
+
+/**
+ * One new token, passed to the token callback. Starts with its size so fields can be appended in
+ * later versions: read a field only if `struct_size` covers it.
+ */
+typedef struct {
+    /**
+     * `sizeof(dg_vlm_token_t)` as the library was built.
+     */
+    uint32_t struct_size;
+    /**
+     * New tokens so far, this one included (1 for the first).
+     */
+    uint32_t index;
+    /**
+     * The token's id.
+     */
+    int64_t token_id;
+    /**
+     * The text this token completes: UTF-8, NUL-terminated, valid only during the call. Often
+     * "" (a token in the middle of a UTF-8 character, a special token, or text held back because
+     * it may begin a stop string); the texts of all calls add up to the result's text.
+     */
+    const char *text;
+    /**
+     * Bytes of `text` before its terminating NUL (the text may itself contain NUL bytes).
+     */
+    size_t text_len;
+} dg_vlm_token_t;
+
+/**
+ * Token callback: called on the generating thread after every new token with a `token` valid
+ * only during the call and the `user_data` given to `dg_vlm_generate`. Return true to go on,
+ * false to cancel the request (`DG_ERROR_CANCELLED`). It is never called after
+ * `dg_vlm_generate` returns. It must not unwind or longjmp out of the call.
+ */
+typedef bool (*dg_vlm_token_fn)(const dg_vlm_token_t *token, void *user_data);
 
 #ifdef __cplusplus
 extern "C" {
@@ -762,6 +818,236 @@ size_t dg_buffer_len(const dg_buffer_t *buf);
  * `buf` is NULL or came from `dg_image_encode_png`/`dg_image_encode_jpeg`, freed at most once.
  */
 void dg_buffer_free(dg_buffer_t *buf);
+
+/**
+ * Loads the vision-language model package in directory `model_dir` (UTF-8) on `rt`, telling its
+ * layout from the files: onnxruntime-genai (Qwen2.5-VL style), transformers.js
+ * (`onnx/vision_encoder.onnx`, `embed_tokens.onnx`, `decoder_model_merged.onnx`) or optimum
+ * vision-encoder-decoder (`encoder_model.onnx`, `decoder_model_merged.onnx`). A directory that
+ * matches none is `DG_ERROR_MODEL` listing the graphs and inputs found. The model goes to `*out`.
+ *
+ * # Safety
+ * `rt` is NULL or a live runtime; `model_dir` is NULL or a NUL-terminated string; `out` is NULL
+ * or valid for writing a pointer.
+ */
+dg_error_t *dg_vlm_load(const dg_runtime_t *rt, const char *model_dir, dg_vlm_t **out);
+
+/**
+ * What the model is, as a JSON object (UTF-8, NUL-terminated, owned by `vlm`): "layout"
+ * ("onnxruntime-genai", "transformers.js" or "optimum vision-encoder-decoder"),
+ * "context_length" (most tokens, prompt and answer, one sequence may have), "eos_ids" (the
+ * end-of-sequence token ids) and "chat" (true when the model reads a conversation through its
+ * chat template; false for a captioner, which reads one image and takes text other than the
+ * default caption prompt as the beginning of its caption) and "caption_prompt" (the prompt
+ * `dg caption` asks for a caption with when given none). "" when `vlm` is NULL.
+ *
+ * # Safety
+ * `vlm` is NULL or a live model.
+ */
+const char *dg_vlm_info(const dg_vlm_t *vlm);
+
+/**
+ * Frees a model. NULL is a no-op. Must not race with a `dg_vlm_generate` on the same model.
+ *
+ * # Safety
+ * `vlm` is NULL or came from `dg_vlm_load`, is freed at most once, and no call is using it.
+ */
+void dg_vlm_free(dg_vlm_t *vlm);
+
+/**
+ * Creates empty parameters in `*out`: no message yet, at most 128 new tokens, greedy decoding
+ * (temperature 0), no stop string. Add the conversation's parts in order with
+ * `dg_vlm_params_add_text` and the `dg_vlm_params_add_image*` functions.
+ *
+ * # Safety
+ * `out` is NULL or valid for writing a pointer.
+ */
+dg_error_t *dg_vlm_params_new(dg_vlm_params_t **out);
+
+/**
+ * Creates parameters in `*out` that ask the model to rewrite `instruction` (an edit instruction
+ * or a text-to-image prompt, UTF-8) into a better prompt for a generator of `style`:
+ * "qwen_image_edit" (one precise edit instruction), "flux2" (a dense scene description),
+ * "glm_image" (a structured description, text quoted) or "t2i" (any text-to-image model); each
+ * style's system prompt is in docs/vlm.md. Add the image the instruction is about, if any, with
+ * one `dg_vlm_params_add_image*` call (role NULL or "user"); `dg_vlm_params_add_text` is refused
+ * on these parameters. At most 256 new tokens unless "max_new_tokens" is set; "system" replaces
+ * the style's system prompt. Read the rewritten prompt with `dg_vlm_result_enhanced_prompt`.
+ * An unknown style is `DG_ERROR_INVALID_ARG` listing the styles; an empty instruction too.
+ *
+ * # Safety
+ * `style` and `instruction` are NULL or NUL-terminated strings; `out` is NULL or valid for
+ * writing a pointer.
+ */
+dg_error_t *dg_vlm_params_new_enhance(const char *style,
+                                      const char *instruction,
+                                      dg_vlm_params_t **out);
+
+/**
+ * Frees parameters. NULL is a no-op.
+ *
+ * # Safety
+ * `p` is NULL or came from `dg_vlm_params_new` or `dg_vlm_params_new_enhance` and is freed at
+ * most once.
+ */
+void dg_vlm_params_free(dg_vlm_params_t *p);
+
+/**
+ * Appends a text part to the conversation. Parts are read in the order they are added:
+ * consecutive parts of one `role` form one message, a part of another role starts the next
+ * message. `role` is "user" (NULL means "user"), "system" or "assistant" (any non-empty role
+ * the model's chat template knows); `text` is UTF-8.
+ *
+ * # Safety
+ * `p` is NULL or live params; `role` and `text` are NULL or NUL-terminated strings.
+ */
+dg_error_t *dg_vlm_params_add_text(dg_vlm_params_t *p, const char *role, const char *text);
+
+/**
+ * Appends an image part (copied), in order as `dg_vlm_params_add_text` (role NULL means
+ * "user"). `pixels` holds `height` rows of `stride` bytes, each `width` pixels of `channels`
+ * bytes (1 grey, 3 RGB or 4 RGBA, alpha ignored), as `dg_params_set_init_image` takes them; a
+ * generated image's `dg_image_pixels` can be passed as is. At most 64 images per request.
+ *
+ * # Safety
+ * `p` is NULL or live params; `role` is NULL or a NUL-terminated string; `pixels` is NULL or
+ * valid for reading `stride * (height - 1) + width * channels` bytes.
+ */
+dg_error_t *dg_vlm_params_add_image(dg_vlm_params_t *p,
+                                    const char *role,
+                                    const uint8_t *pixels,
+                                    uint32_t width,
+                                    uint32_t height,
+                                    uint32_t channels,
+                                    size_t stride);
+
+/**
+ * Appends an image part decoded from the `len` bytes at `data`: a PNG, JPEG or WebP file's
+ * contents (what an upload or a file holds), as RGB with alpha dropped. Anything else, or a side
+ * over 16384 pixels, is `DG_ERROR_INVALID_ARG`. Role as `dg_vlm_params_add_text`.
+ *
+ * # Safety
+ * `p` is NULL or live params; `role` is NULL or a NUL-terminated string; `data` is NULL or valid
+ * for reading `len` bytes.
+ */
+dg_error_t *dg_vlm_params_add_image_encoded(dg_vlm_params_t *p,
+                                            const char *role,
+                                            const uint8_t *data,
+                                            size_t len);
+
+/**
+ * Appends an image part read from the PNG, JPEG or WebP file at `path` (UTF-8). A file that
+ * cannot be read is `DG_ERROR_IO`; one that is no such image `DG_ERROR_INVALID_ARG`. Role as
+ * `dg_vlm_params_add_text`.
+ *
+ * # Safety
+ * `p` is NULL or live params; `role` and `path` are NULL or NUL-terminated strings.
+ */
+dg_error_t *dg_vlm_params_add_image_file(dg_vlm_params_t *p, const char *role, const char *path);
+
+/**
+ * Sets a generation setting by string key and value, e.g.
+ * `dg_vlm_params_set(p, "max_new_tokens", "64")`.
+ *
+ * Keys: "max_new_tokens" (1..=32768; default 128, 256 for enhancement), "temperature" (0..=100;
+ * 0, the default, is greedy decoding), "top_k" (0 = off), "top_p" (in (0, 1]; 1 = off),
+ * "repetition_penalty" (in (0, 100]; 1 = off), "seed" (u64; the draw of sampled decoding),
+ * "system" (a system message put first, replacing any other) and "stop" (adds a stop string:
+ * generation ends when the text contains it, and the text stops before it; at most 16; ""
+ * removes them all). An unknown key is `DG_ERROR_INVALID_ARG` listing the keys; an unparsable or
+ * out-of-range value is `DG_ERROR_INVALID_ARG` naming key and value, and changes nothing.
+ *
+ * # Safety
+ * `p` is NULL or live params; `key` and `value` are NULL or NUL-terminated strings.
+ */
+dg_error_t *dg_vlm_params_set(dg_vlm_params_t *p, const char *key, const char *value);
+
+/**
+ * Runs one request: `params` is copied at the start, so the caller may reuse it afterwards.
+ * `on_token` (nullable) is called with every new token and `user_data`; returning false cancels.
+ * `cancel` (nullable) may be raised from any thread: the request stops before its next token.
+ * A cancelled request returns `DG_ERROR_CANCELLED`. A request the model cannot take (no message,
+ * an image smaller than one patch, a prompt longer than the context, two images for a captioner)
+ * is `DG_ERROR_INVALID_ARG`. The answer goes to `*out`; free it with `dg_vlm_result_free`.
+ * Thread-safe: many threads may generate on one model at once.
+ *
+ * # Safety
+ * `vlm`, `params` and `cancel` are NULL or live handles; `on_token` is NULL or a function that
+ * can be called with `user_data` from this thread; `out` is NULL or valid for writing a pointer.
+ */
+dg_error_t *dg_vlm_generate(const dg_vlm_t *vlm,
+                            const dg_vlm_params_t *params,
+                            dg_vlm_token_fn on_token,
+                            void *user_data,
+                            const dg_cancel_token_t *cancel,
+                            dg_vlm_result_t **out);
+
+/**
+ * The answer's text (UTF-8, NUL-terminated, owned by `result`): special tokens skipped, cut
+ * before a stop string. Its length in bytes goes to `*len` when `len` is not NULL (the text may
+ * contain NUL bytes, which a model can generate). "" (and 0) when `result` is NULL.
+ *
+ * # Safety
+ * `result` is NULL or a live result; `len` is NULL or valid for writing a `size_t`.
+ */
+const char *dg_vlm_result_text(const dg_vlm_result_t *result, size_t *len);
+
+/**
+ * The new token ids (an end-of-sequence token that ended generation included), owned by
+ * `result`; their count goes to `*len` when `len` is not NULL. NULL (and 0) when `result` is
+ * NULL.
+ *
+ * # Safety
+ * `result` is NULL or a live result; `len` is NULL or valid for writing a `size_t`.
+ */
+const int64_t *dg_vlm_result_token_ids(const dg_vlm_result_t *result, size_t *len);
+
+/**
+ * Tokens in the prompt, image tokens included; 0 when `result` is NULL.
+ *
+ * # Safety
+ * `result` is NULL or a live result.
+ */
+size_t dg_vlm_result_prompt_tokens(const dg_vlm_result_t *result);
+
+/**
+ * Why generation ended, a static string: "stop" (an end-of-sequence token or a stop string) or
+ * "length" (max_new_tokens or the model's context); "" when `result` is NULL.
+ *
+ * # Safety
+ * `result` is NULL or a live result.
+ */
+const char *dg_vlm_result_finish_reason(const dg_vlm_result_t *result);
+
+/**
+ * Where the time went, as a JSON object (UTF-8, NUL-terminated, owned by `result`) of seconds:
+ * "preprocess_s" (chat template, tokenizer, image preprocessing), "vision_s" (vision encoder),
+ * "first_token_s" (time to first token), "decode_s" (first token to last), "total_s", and
+ * "tokens_per_second" (decoding speed after the first token; 0 for fewer than two tokens).
+ * "" when `result` is NULL.
+ *
+ * # Safety
+ * `result` is NULL or a live result.
+ */
+const char *dg_vlm_result_timings(const dg_vlm_result_t *result);
+
+/**
+ * The answer read as a prompt for a generator (what prompt enhancement wants): surrounding
+ * whitespace, a code fence, a "Prompt:"-style label and wrapping quotes removed (UTF-8,
+ * NUL-terminated, owned by `result`). "" when nothing is left or `result` is NULL.
+ *
+ * # Safety
+ * `result` is NULL or a live result.
+ */
+const char *dg_vlm_result_enhanced_prompt(const dg_vlm_result_t *result);
+
+/**
+ * Frees a result. NULL is a no-op.
+ *
+ * # Safety
+ * `result` is NULL or came from `dg_vlm_generate` and is freed at most once.
+ */
+void dg_vlm_result_free(dg_vlm_result_t *result);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -27,6 +27,8 @@ pub mod pipeline;
 
 pub mod images;
 
+pub mod vlm;
+
 pub use cancel::*;
 pub use error::*;
 pub use images::*;
@@ -34,6 +36,7 @@ pub use params::*;
 pub use pipeline::*;
 pub use runtime::*;
 pub use version::*;
+pub use vlm::*;
 
 /// What a body run by [`boundary`] returns: `Err` becomes the `dg_error_t*` handed to C.
 pub(crate) type FfiResult<T = ()> = Result<T, dg_error_t>;

@@ -22,6 +22,7 @@ pub enum EnhanceStyle {
 }
 
 impl EnhanceStyle {
+    /// cbindgen:ignore
     pub const ALL: [EnhanceStyle; 4] = [
         EnhanceStyle::QwenImageEdit,
         EnhanceStyle::Flux2,
@@ -129,7 +130,10 @@ pub fn clean_reply(reply: &str) -> Option<String> {
         "prompt:",
         "instruction:",
     ] {
-        if text.len() >= label.len() && text[..label.len()].eq_ignore_ascii_case(label) {
+        if text
+            .get(..label.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(label))
+        {
             text = text[label.len()..].trim();
             break;
         }
@@ -167,6 +171,11 @@ mod tests {
         );
         assert_eq!(clean_reply("“a red fox”").as_deref(), Some("a red fox"));
         assert_eq!(clean_reply(" \n "), None);
+        // A label's length may fall inside a multi-byte character: no panic, nothing cut.
+        assert_eq!(
+            clean_reply("pr\u{FFFD}mpt x").as_deref(),
+            Some("pr\u{FFFD}mpt x")
+        );
     }
 
     #[test]

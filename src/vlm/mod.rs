@@ -37,7 +37,7 @@ pub mod text;
 
 pub use request::{
     ChatMessage, FinishReason, Part, TokenEvent, VlmOutput, VlmRequest, VlmTimings,
-    DEFAULT_CAPTION_PROMPT, MAX_IMAGES, MAX_NEW_TOKENS, MAX_STOP_STRINGS,
+    DEFAULT_CAPTION_PROMPT, KEYS, MAX_IMAGES, MAX_NEW_TOKENS, MAX_STOP_STRINGS,
 };
 pub use sampling::SamplingParams;
 

@@ -32,6 +32,27 @@ pub enum Part {
     Image(Image),
 }
 
+/// The settings a caller may name by key (the C ABI's `dg_vlm_params_set`, bindings): the one table
+/// [`VlmRequest::set`] reads, with what each means.
+pub const KEYS: [(&str, &str); 7] = [
+    ("max_new_tokens", "new tokens at most, 1..=32768"),
+    ("temperature", "0 = greedy (the default), up to 100"),
+    ("top_k", "keep the k most likely tokens; 0 = off"),
+    (
+        "top_p",
+        "keep the smallest set reaching this probability, (0, 1]; 1 = off",
+    ),
+    (
+        "repetition_penalty",
+        "penalise ids already seen, (0, 100]; 1 = off",
+    ),
+    ("seed", "sampling seed, an unsigned 64-bit integer"),
+    (
+        "stop",
+        "adds a stop string (at most 16); an empty value clears them",
+    ),
+];
+
 /// One generation: a conversation (images inline), how many tokens and how to pick them.
 #[derive(Debug, Clone)]
 pub struct VlmRequest {
@@ -108,6 +129,59 @@ impl VlmRequest {
                     .collect(),
             })
             .collect()
+    }
+
+    /// Sets one of [`KEYS`] from text. A bad value is INVALID_ARG naming key and value and changes
+    /// nothing.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |why: &dyn std::fmt::Display| {
+            Error::InvalidArg(format!(
+                "invalid value `{value}` for VLM setting `{key}`: {why}"
+            ))
+        };
+        let number = value.trim();
+        let mut sampling = self.sampling;
+        match key {
+            "max_new_tokens" => {
+                let n: usize = number.parse().map_err(|e| bad(&e))?;
+                if n == 0 || n > MAX_NEW_TOKENS {
+                    return Err(bad(&format!("must be 1..={MAX_NEW_TOKENS}")));
+                }
+                self.max_new_tokens = n;
+                return Ok(());
+            }
+            "temperature" => sampling.temperature = number.parse().map_err(|e| bad(&e))?,
+            "top_p" => sampling.top_p = number.parse().map_err(|e| bad(&e))?,
+            "repetition_penalty" => {
+                sampling.repetition_penalty = number.parse().map_err(|e| bad(&e))?
+            }
+            "top_k" => sampling.top_k = number.parse().map_err(|e| bad(&e))?,
+            "seed" => sampling.seed = number.parse().map_err(|e| bad(&e))?,
+            "stop" if value.is_empty() => {
+                self.stop.clear();
+                return Ok(());
+            }
+            "stop" if self.stop.len() >= MAX_STOP_STRINGS => {
+                return Err(bad(&format!("at most {MAX_STOP_STRINGS} stop strings")));
+            }
+            "stop" => {
+                self.stop.push(value.to_string());
+                return Ok(());
+            }
+            _ => {
+                let keys: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(Error::InvalidArg(format!(
+                    "unknown VLM setting `{key}` (expected {})",
+                    keys.join(", ")
+                )));
+            }
+        }
+        sampling.validate().map_err(|e| match e {
+            Error::InvalidArg(why) => bad(&why),
+            other => bad(&other),
+        })?;
+        self.sampling = sampling;
+        Ok(())
     }
 
     /// Checks what does not depend on the model: counts, bounds and sampling values.

@@ -13,9 +13,13 @@
 // Pipelines are local (a model package loaded on a Runtime) or remote (Pipeline::remote: an
 // OpenAI-compatible or Gemini image service, configured by RemoteOptions); both generate alike.
 //
-// Threading: Runtime and Pipeline are thread-safe (many threads may call Pipeline::generate on
-// one pipeline at once); Params, RuntimeOptions and RemoteOptions are builders for one thread at
-// a time; CancelToken::cancel may be called from any thread. See bindings/cpp/README.md.
+// Vision-language models (dg::Vlm, loaded with Runtime::load_vlm) caption images, answer questions
+// about them and rewrite prompts for a generator (VlmParams::enhance); VlmResult holds the answer.
+//
+// Threading: Runtime, Pipeline and Vlm are thread-safe (many threads may call generate on one
+// pipeline or model at once); Params, VlmParams, RuntimeOptions and RemoteOptions are builders for
+// one thread at a time; CancelToken::cancel may be called from any thread. See
+// bindings/cpp/README.md.
 
 #ifndef DIFFGENTOR_HPP
 #define DIFFGENTOR_HPP
@@ -27,7 +31,11 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iomanip>
+#include <limits>
+#include <locale>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -130,6 +138,12 @@ struct ImagesDeleter {
 };
 struct BufferDeleter {
     void operator()(dg_buffer_t *b) const noexcept { dg_buffer_free(b); }
+};
+struct VlmDeleter {
+    void operator()(dg_vlm_t *v) const noexcept { dg_vlm_free(v); }
+};
+struct VlmParamsDeleter {
+    void operator()(dg_vlm_params_t *p) const noexcept { dg_vlm_params_free(p); }
 };
 
 /// Takes ownership of `raw` (NULL = success) and throws it as dg::Error.
@@ -298,6 +312,7 @@ private:
 };
 
 class Pipeline;
+class Vlm;
 
 /// A loaded ONNX Runtime with its execution provider. Thread-safe; share one per process.
 /// Pipelines keep it alive internally, so it may be destroyed before them.
@@ -309,6 +324,8 @@ public:
 
     /// Loads a model package directory on this runtime (same as Pipeline(runtime, dir)).
     inline Pipeline load(const std::string &model_dir) const;
+    /// Loads a vision-language model package on this runtime (same as Vlm(runtime, dir)).
+    inline Vlm load_vlm(const std::string &model_dir) const;
 
     const dg_runtime_t *get() const {
         if (!handle_) detail::moved_from("Runtime");
@@ -735,6 +752,267 @@ private:
 inline Pipeline Runtime::load(const std::string &model_dir) const {
     return Pipeline(*this, model_dir);
 }
+
+/// Parameters of one VLM request: the conversation, in order, and the generation settings. A
+/// fluent builder (one thread at a time); Vlm::generate copies it, so it may be changed and reused.
+/// Consecutive parts of one role form one message; a part of another role starts the next one.
+class VlmParams {
+public:
+    /// No message yet; at most 128 new tokens, greedy decoding, no stop string.
+    VlmParams() {
+        dg_vlm_params_t *raw = nullptr;
+        detail::check(dg_vlm_params_new(&raw));
+        handle_.reset(raw);
+    }
+
+    /// Prompt enhancement: asks the model to rewrite `instruction` (an edit instruction or a
+    /// text-to-image prompt) into a better prompt for a generator of `style`: "qwen_image_edit",
+    /// "flux2", "glm_image" or "t2i" (else InvalidArg listing them). Add the image it is about, if
+    /// any, with one image*() call; text() is refused. Read VlmResult::enhanced_prompt().
+    static VlmParams enhance(const std::string &style, const std::string &instruction) {
+        dg_vlm_params_t *raw = nullptr;
+        detail::check(dg_vlm_params_new_enhance(detail::c_str(style, "style"),
+                                                detail::c_str(instruction, "instruction"), &raw));
+        return VlmParams(raw);
+    }
+
+    /// A text part of `role` ("user", "system", "assistant").
+    VlmParams &text(const std::string &text, const std::string &role = "user") {
+        detail::check(dg_vlm_params_add_text(get(), detail::c_str(role, "role"),
+                                             detail::c_str(text, "text")));
+        return *this;
+    }
+    /// An image part (copied): `height` rows of `stride` bytes, each `width` pixels of `channels`
+    /// bytes (1 grey, 3 RGB, 4 RGBA with alpha ignored), as Params::init_image takes them.
+    VlmParams &image(const std::uint8_t *pixels, std::uint32_t width, std::uint32_t height,
+                     std::uint32_t channels, std::size_t stride, const std::string &role = "user") {
+        detail::check(dg_vlm_params_add_image(get(), detail::c_str(role, "role"), pixels, width,
+                                              height, channels, stride));
+        return *this;
+    }
+    /// As above from a vector; `stride` 0 means width * channels.
+    VlmParams &image(const std::vector<std::uint8_t> &pixels, std::uint32_t width,
+                     std::uint32_t height, std::uint32_t channels, std::size_t stride = 0,
+                     const std::string &role = "user") {
+        stride = detail::checked_layout(pixels, width, height, channels, stride, "image");
+        return image(pixels.data(), width, height, channels, stride, role);
+    }
+    /// An image a pipeline made, e.g. to caption a generated picture.
+    inline VlmParams &image(const Image &image, const std::string &role = "user");
+    /// An image read from a PNG, JPEG or WebP file (Io when unreadable, InvalidArg when no such
+    /// image).
+    VlmParams &image_file(const std::string &path, const std::string &role = "user") {
+        detail::check(dg_vlm_params_add_image_file(get(), detail::c_str(role, "role"),
+                                                   detail::c_str(path, "path")));
+        return *this;
+    }
+    /// An image decoded from the bytes of a PNG, JPEG or WebP file (an upload, a download).
+    VlmParams &image_encoded(const std::uint8_t *data, std::size_t len,
+                             const std::string &role = "user") {
+        detail::check(
+            dg_vlm_params_add_image_encoded(get(), detail::c_str(role, "role"), data, len));
+        return *this;
+    }
+    VlmParams &image_encoded(const std::vector<std::uint8_t> &data,
+                             const std::string &role = "user") {
+        static const std::uint8_t none = 0;  // a valid pointer for an empty vector
+        return image_encoded(data.empty() ? &none : data.data(), data.size(), role);
+    }
+
+    /// Any setting by key (dg_vlm_params_set): "max_new_tokens", "temperature", "top_k",
+    /// "top_p", "repetition_penalty", "seed", "system", "stop". An unknown key or a bad value is
+    /// InvalidArg naming it, and changes nothing.
+    VlmParams &set(const std::string &key, const std::string &value) {
+        detail::check(dg_vlm_params_set(get(), detail::c_str(key, "key"),
+                                        detail::c_str(value, "value")));
+        return *this;
+    }
+    /// At most this many new tokens (1..32768; default 128, 256 for an enhancement).
+    VlmParams &max_new_tokens(std::uint32_t n) { return set("max_new_tokens", std::to_string(n)); }
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    VlmParams &temperature(float t) { return set("temperature", number(t)); }
+    /// Keep the k most likely tokens when sampling (0 = off).
+    VlmParams &top_k(std::uint32_t k) { return set("top_k", std::to_string(k)); }
+    /// Keep the most likely tokens up to this probability when sampling (1 = off).
+    VlmParams &top_p(float p) { return set("top_p", number(p)); }
+    /// Above 1 discourages repeated tokens (1 = off).
+    VlmParams &repetition_penalty(float r) { return set("repetition_penalty", number(r)); }
+    /// The seed of sampled decoding.
+    VlmParams &seed(std::uint64_t seed) { return set("seed", std::to_string(seed)); }
+    /// A system message put first, replacing any other (for an enhancement: the style's).
+    VlmParams &system(const std::string &text) { return set("system", text); }
+    /// Adds a stop string: the answer ends before it (at most 16); "" removes them all.
+    VlmParams &stop(const std::string &text) { return set("stop", text); }
+
+    const dg_vlm_params_t *get() const {
+        if (!handle_) detail::moved_from("VlmParams");
+        return handle_.get();
+    }
+    dg_vlm_params_t *get() {
+        if (!handle_) detail::moved_from("VlmParams");
+        return handle_.get();
+    }
+
+private:
+    explicit VlmParams(dg_vlm_params_t *raw) noexcept : handle_(raw) {}
+
+    /// A float as text that parses back to the same float.
+    static std::string number(float value) {
+        std::ostringstream out;
+        out.imbue(std::locale::classic());
+        out << std::setprecision(std::numeric_limits<float>::max_digits10) << value;
+        return out.str();
+    }
+
+    std::unique_ptr<dg_vlm_params_t, detail::VlmParamsDeleter> handle_;
+};
+
+inline VlmParams &VlmParams::image(const Image &image, const std::string &role) {
+    if (image.pixels() == nullptr) throw Error(ErrorCode::InvalidArg, "image: an empty dg::Image");
+    return this->image(image.pixels(), image.width(), image.height(), image.channels(),
+                       image.stride(), role);
+}
+
+/// One new token, passed to the token callback.
+struct VlmToken {
+    std::int64_t id = 0;  ///< the token id
+    /// The text this token completes; often empty (inside a UTF-8 character, a special token, text
+    /// held back because it may begin a stop string). The texts add up to VlmResult::text().
+    std::string text;
+    std::uint32_t index = 0;  ///< new tokens so far, this one included (1 for the first)
+};
+
+/// Called on the generating thread after every new token; return false to cancel the request.
+/// An exception thrown by it cancels the request and is rethrown by Vlm::generate.
+using TokenCallback = std::function<bool(const VlmToken &)>;
+
+/// The answer of one request. Immutable and cheap to copy (copies share the C result).
+class VlmResult {
+public:
+    /// The answer, special tokens skipped, cut before a stop string (UTF-8; may hold NUL bytes).
+    std::string text() const {
+        std::size_t len = 0;
+        const char *p = dg_vlm_result_text(raw_.get(), &len);
+        return std::string(p, len);
+    }
+    /// The new token ids (an end-of-sequence token that ended generation included).
+    std::vector<std::int64_t> token_ids() const {
+        std::size_t len = 0;
+        const std::int64_t *p = dg_vlm_result_token_ids(raw_.get(), &len);
+        return p ? std::vector<std::int64_t>(p, p + len) : std::vector<std::int64_t>();
+    }
+    /// Tokens in the prompt, image tokens included.
+    std::size_t prompt_tokens() const noexcept { return dg_vlm_result_prompt_tokens(raw_.get()); }
+    /// "stop" (an end-of-sequence token or a stop string) or "length" (max_new_tokens or the
+    /// context).
+    std::string finish_reason() const { return dg_vlm_result_finish_reason(raw_.get()); }
+    /// Where the time went, JSON object text of seconds: "preprocess_s", "vision_s",
+    /// "first_token_s", "decode_s", "total_s", and "tokens_per_second".
+    std::string timings() const { return dg_vlm_result_timings(raw_.get()); }
+    /// The answer read as a prompt for a generator (whitespace, a code fence, a "Prompt:" label
+    /// and wrapping quotes removed); "" when nothing is left. What an enhancement wants.
+    std::string enhanced_prompt() const { return dg_vlm_result_enhanced_prompt(raw_.get()); }
+
+    const dg_vlm_result_t *get() const noexcept { return raw_.get(); }
+
+private:
+    friend class Vlm;
+    explicit VlmResult(dg_vlm_result_t *raw)
+        : raw_(std::shared_ptr<const dg_vlm_result_t>(raw, [](const dg_vlm_result_t *p) {
+              dg_vlm_result_free(const_cast<dg_vlm_result_t *>(p));
+          })) {}
+
+    std::shared_ptr<const dg_vlm_result_t> raw_;
+};
+
+namespace detail {
+
+struct TokenContext {
+    const TokenCallback *callback;
+    std::exception_ptr error;
+};
+
+// Called by the library on the generating thread. Nothing may unwind into C: an exception is
+// stored and turns into a cancel; Vlm::generate rethrows it once dg_vlm_generate has returned.
+inline bool token_trampoline(const dg_vlm_token_t *token, void *user_data) noexcept {
+    auto *ctx = static_cast<TokenContext *>(user_data);
+    if (ctx->error) return false;
+    try {
+        VlmToken t;
+        t.id = token->token_id;
+        t.index = token->index;
+        if (token->struct_size >= offsetof(dg_vlm_token_t, text_len) + sizeof token->text_len)
+            t.text.assign(token->text, token->text_len);
+        return (*ctx->callback)(t);
+    } catch (...) {
+        ctx->error = std::current_exception();
+        return false;
+    }
+}
+
+}  // namespace detail
+
+/// A vision-language model: captions images, answers questions about them and rewrites prompts.
+/// Thread-safe: generate may run on many threads at once. Keeps its runtime alive. Do not destroy
+/// it while a generate on it is running.
+class Vlm {
+public:
+    /// Loads the package in `model_dir` (onnxruntime-genai, transformers.js or optimum
+    /// vision-encoder-decoder layout); one that matches none is Model listing what was found.
+    Vlm(const Runtime &runtime, const std::string &model_dir) {
+        dg_vlm_t *raw = nullptr;
+        detail::check(dg_vlm_load(runtime.get(), detail::c_str(model_dir, "model_dir"), &raw));
+        handle_.reset(raw);
+    }
+
+    /// JSON object text: "layout", "context_length", "eos_ids", "chat" (false for a captioner)
+    /// and "caption_prompt" (the prompt `dg caption` asks for a caption with).
+    std::string info() const { return dg_vlm_info(get()); }
+
+    /// Runs one request. `on_token` (may be empty) is called with every new token; returning false
+    /// cancels. `cancel` (may be null) may be raised from any thread. A cancelled request throws
+    /// Error(ErrorCode::Cancelled); an exception thrown by `on_token` is rethrown as is.
+    VlmResult generate(const VlmParams &params, const TokenCallback &on_token = nullptr,
+                       const CancelToken *cancel = nullptr) const {
+        detail::TokenContext ctx{&on_token, nullptr};
+        dg_vlm_result_t *raw = nullptr;
+        dg_error_t *err = dg_vlm_generate(get(), params.get(),
+                                          on_token ? &detail::token_trampoline : nullptr,
+                                          on_token ? &ctx : nullptr,
+                                          cancel ? cancel->get() : nullptr, &raw);
+        if (ctx.error) {
+            dg_error_free(err);
+            dg_vlm_result_free(raw);
+            std::rethrow_exception(ctx.error);
+        }
+        detail::check(err);
+        return VlmResult(raw);
+    }
+    VlmResult generate(const VlmParams &params, const CancelToken &cancel,
+                       const TokenCallback &on_token = nullptr) const {
+        return generate(params, on_token, &cancel);
+    }
+
+    /// Prompt enhancement in one call: the rewritten prompt (VlmResult::enhanced_prompt) of
+    /// `instruction` for `style`, about the image file `image_path` when it is not empty.
+    std::string enhance(const std::string &style, const std::string &instruction,
+                        const std::string &image_path = "") const {
+        VlmParams params = VlmParams::enhance(style, instruction);
+        if (!image_path.empty()) params.image_file(image_path);
+        return generate(params).enhanced_prompt();
+    }
+
+    const dg_vlm_t *get() const {
+        if (!handle_) detail::moved_from("Vlm");
+        return handle_.get();
+    }
+    explicit operator bool() const noexcept { return static_cast<bool>(handle_); }
+
+private:
+    std::unique_ptr<dg_vlm_t, detail::VlmDeleter> handle_;
+};
+
+inline Vlm Runtime::load_vlm(const std::string &model_dir) const { return Vlm(*this, model_dir); }
 
 }  // namespace dg
 

@@ -11,6 +11,11 @@
         images = remote.generate("a red fox", output="raw")
         print(images.metadata)  # {"model": ..., "revised_prompts": [...], ...}
 
+    # A vision-language model: captions, answers about images, prompt enhancement.
+    with diffgentor.Runtime() as rt, diffgentor.Vlm(rt, "models/tiny-qwen2.5-vl") as vlm:
+        answer = vlm.generate("What is in the picture?", images=["photo.png"], max_new_tokens=32)
+        print(answer.text, answer.token_ids)
+
 The C library is found through DG_LIBRARY_PATH, a copy bundled in ``diffgentor/lib/``, then the
 system loader; ONNX Runtime through ``Runtime(ort_library=...)``, DG_ORT_DYLIB_PATH, or the
 installed ``onnxruntime`` package (the platform wheel depends on it). See README.md.
@@ -47,6 +52,7 @@ from ._runtime import (
     library_path,
     library_version,
 )
+from ._vlm import Message, TokenCallback, Vlm, VlmImage, VlmResult, VlmTimings, VlmToken
 
 __version__ = "0.1.0"
 
@@ -63,6 +69,7 @@ __all__ = [
     "InvalidArgError",
     "IoError",
     "LibraryNotFoundError",
+    "Message",
     "ModelError",
     "NullArgError",
     "OutputKind",
@@ -78,7 +85,13 @@ __all__ = [
     "RemoteError",
     "RemoteTimeoutError",
     "Runtime",
+    "TokenCallback",
     "UnsupportedError",
+    "Vlm",
+    "VlmImage",
+    "VlmResult",
+    "VlmTimings",
+    "VlmToken",
     "library_path",
     "library_version",
 ]

@@ -23,6 +23,7 @@ from ctypes import (
     c_double,
     c_float,
     c_int,
+    c_int64,
     c_size_t,
     c_uint8,
     c_uint32,
@@ -70,6 +71,23 @@ class DgProgress(Structure):
 
 #: ``dg_progress_fn``: ``bool (*)(const dg_progress_t *, void *)``.
 PROGRESS_FN = CFUNCTYPE(c_bool, POINTER(DgProgress), c_void_p)
+
+
+class DgVlmToken(Structure):
+    """``dg_vlm_token_t``. As for ``dg_progress_t``, a field past the library's ``struct_size`` must
+    not be read. ``text`` is read with its length (it may hold NUL bytes), so it is a plain pointer."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("index", c_uint32),
+        ("token_id", c_int64),
+        ("text", c_void_p),
+        ("text_len", c_size_t),
+    ]
+
+
+#: ``dg_vlm_token_fn``: ``bool (*)(const dg_vlm_token_t *, void *)``.
+VLM_TOKEN_FN = CFUNCTYPE(c_bool, POINTER(DgVlmToken), c_void_p)
 
 _H = c_void_p  # every opaque handle, and dg_error_t * results
 _OUT = POINTER(c_void_p)  # T **out
@@ -137,6 +155,26 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "dg_buffer_data": (POINTER(c_uint8), [_H]),
     "dg_buffer_len": (c_size_t, [_H]),
     "dg_buffer_free": (None, [_H]),
+    "dg_vlm_load": (_H, [_H, c_char_p, _OUT]),
+    "dg_vlm_info": (c_char_p, [_H]),
+    "dg_vlm_free": (None, [_H]),
+    "dg_vlm_params_new": (_H, [_OUT]),
+    "dg_vlm_params_new_enhance": (_H, [c_char_p, c_char_p, _OUT]),
+    "dg_vlm_params_free": (None, [_H]),
+    "dg_vlm_params_add_text": (_H, [_H, c_char_p, c_char_p]),
+    "dg_vlm_params_add_image": (_H, [_H, c_char_p, POINTER(c_uint8), c_uint32, c_uint32, c_uint32, c_size_t]),
+    "dg_vlm_params_add_image_encoded": (_H, [_H, c_char_p, POINTER(c_uint8), c_size_t]),
+    "dg_vlm_params_add_image_file": (_H, [_H, c_char_p, c_char_p]),
+    "dg_vlm_params_set": (_H, [_H, c_char_p, c_char_p]),
+    "dg_vlm_generate": (_H, [_H, _H, VLM_TOKEN_FN, c_void_p, _H, _OUT]),
+    # The text may hold NUL bytes: read as a pointer and a length (ctypes.string_at).
+    "dg_vlm_result_text": (c_void_p, [_H, POINTER(c_size_t)]),
+    "dg_vlm_result_token_ids": (POINTER(c_int64), [_H, POINTER(c_size_t)]),
+    "dg_vlm_result_prompt_tokens": (c_size_t, [_H]),
+    "dg_vlm_result_finish_reason": (c_char_p, [_H]),
+    "dg_vlm_result_timings": (c_char_p, [_H]),
+    "dg_vlm_result_enhanced_prompt": (c_char_p, [_H]),
+    "dg_vlm_result_free": (None, [_H]),
 }
 
 
