@@ -21,6 +21,10 @@
 // NewRemote makes a Pipeline that sends requests to a remote image service ("openai" or
 // "gemini") instead; it is used the same way, and Pipeline.Kind tells the two apart.
 //
+// LoadVLM loads a vision-language model package (captioning, visual question answering, prompt
+// enhancement); VLM.Generate runs one conversation described by VLMParams, streaming tokens to a
+// callback. See docs/vlm.md.
+//
 // Errors are *Error values carrying the C API's numeric code; errors.Is(err, ErrCancelled) and
 // the other ErrorCode sentinels compare codes. Cancelling the context stops a request before its
 // next denoising step (errors.Is(err, context.Canceled) then holds too). Runtime and Pipeline are
