@@ -5,12 +5,12 @@
 //! backoff, a circuit breaker per endpoint, keys never shown); [`openai`] and [`gemini`] only say
 //! how to build their HTTP calls and read the answers.
 pub mod gemini;
-mod http;
+pub(crate) mod http;
 mod local;
 pub mod openai;
 pub mod options;
 pub mod pool;
-mod remote;
+pub(crate) mod remote;
 
 use std::fmt;
 use std::sync::Arc;

@@ -6,13 +6,16 @@ use diffgentor::generators::{self, GeneratorOptions};
 use diffgentor::model::LoadedModel;
 use diffgentor::runtime::library;
 use diffgentor::schedulers;
+use diffgentor::vlm::{Vlm, VlmRequest};
 
+use crate::caption::is_vlm_package;
 use crate::output::Out;
 use crate::RuntimeArgs;
 
 #[derive(Args)]
 pub struct DoctorArgs {
-    /// Also load this model package and describe its components.
+    /// Also load this model package and describe its components (a diffusion package, or a
+    /// vision-language one: layout, context length, eos ids, chat template, graphs).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// Check a remote backend instead (openai or gemini): reachability and authentication, with
@@ -68,6 +71,9 @@ pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
     let Some(dir) = args.model else {
         return Ok(());
     };
+    if is_vlm_package(&dir) {
+        return describe_vlm(Vlm::load(runtime, &dir)?, out);
+    }
     let model = LoadedModel::load(&runtime, &dir)?;
     let package = &model.package;
     outln!(out, "model {} ({})", package.name, package.class_name);
@@ -105,6 +111,39 @@ pub fn run(args: DoctorArgs, out: &mut Out) -> diffgentor::Result<()> {
             out,
             "  vae_encoder absent: image inputs (img2img, inpainting, editing) are unavailable"
         );
+    }
+    Ok(())
+}
+
+/// Describes a vision-language package: its layout, limits, chat template and graphs.
+fn describe_vlm(vlm: Vlm, out: &mut Out) -> diffgentor::Result<()> {
+    let dir = vlm.dir();
+    let name = dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    outln!(
+        out,
+        "model {name} (vision-language, {} layout)",
+        vlm.layout()
+    );
+    outln!(out, "  context length {}", vlm.context_length());
+    let eos: Vec<String> = vlm.eos_ids().iter().map(ToString::to_string).collect();
+    outln!(out, "  eos ids {}", eos.join(", "));
+    if vlm.is_chat() {
+        // Rendering a text-only prompt is what every request does first.
+        match vlm.prompt_ids(&VlmRequest::new("hello", Vec::new())) {
+            Ok(_) => outln!(out, "  chat template yes"),
+            Err(err) => outln!(out, "  chat template unusable: {err}"),
+        }
+    } else {
+        outln!(
+            out,
+            "  chat template none (a captioner: one image in, a caption out; a prompt begins the caption)"
+        );
+    }
+    for graph in vlm.graphs() {
+        outln!(out, "  {} {}", graph.component(), graph.signature());
     }
     Ok(())
 }

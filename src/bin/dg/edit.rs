@@ -53,6 +53,7 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
         return args.request.run_batch(request, Task::Edit, out);
     }
     let mode: Resample = args.upscale.parse()?;
+    let enhancement = args.request.enhance(&mut request)?;
     let backend = args.request.backend.load()?;
     if let Some(path) = &args.init_latents {
         let pipeline = backend
@@ -75,5 +76,6 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
         };
         request.init_latents = Some(latents.into_dyn());
     }
-    args.request.run(&backend, &request, out)
+    args.request
+        .run(&backend, &request, enhancement.as_ref(), out)
 }

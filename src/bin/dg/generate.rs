@@ -8,11 +8,13 @@ use clap::Args;
 use diffgentor::generators::Task;
 use diffgentor::request::Plan;
 use diffgentor::rng::RngMode;
+use diffgentor::vlm::enhance::EnhanceStyle;
 use diffgentor::{npy, Error, Output, Request};
 use serde_json::Value;
 
 use crate::backend::{Backend, BackendArgs};
 use crate::batch::{self, BatchArgs};
+use crate::enhance::{enhance_request, style_parser, Enhancement};
 use crate::output::Out;
 use crate::progress::{Mode, ProgressDisplay};
 
@@ -87,6 +89,19 @@ pub struct RequestArgs {
     /// img2img over the upscaled latents of the one before.
     #[arg(long, value_name = "FILE.json")]
     plan: Option<PathBuf>,
+    /// Rewrite the prompt with a vision-language model before generating: a VLM package directory
+    /// or `openai:MODEL` (as `dg enhance --model`); `dg edit` shows it the image. The PNG records
+    /// both prompts.
+    #[arg(long, value_name = "DIR|openai:MODEL", conflicts_with = "input")]
+    enhance_prompt: Option<String>,
+    /// The rewrite's style (default: qwen_image_edit when editing an image, t2i otherwise).
+    #[arg(
+        long,
+        value_name = "STYLE",
+        value_parser = style_parser(),
+        requires = "enhance_prompt"
+    )]
+    enhance_style: Option<EnhanceStyle>,
     /// Print the time of every stage.
     #[arg(long)]
     timings: bool,
@@ -103,12 +118,13 @@ pub struct RequestArgs {
 
 pub fn run(args: GenerateArgs, out: &mut Out) -> diffgentor::Result<()> {
     let args = args.request;
-    let request = args.build_request()?;
+    let mut request = args.build_request()?;
     if args.batch.input.is_some() {
         return args.run_batch(request, batch::Task::TextToImage, out);
     }
+    let enhancement = args.enhance(&mut request)?;
     let backend = args.backend.load()?;
-    args.run(&backend, &request, out)
+    args.run(&backend, &request, enhancement.as_ref(), out)
 }
 
 impl RequestArgs {
@@ -122,11 +138,30 @@ impl RequestArgs {
         batch::run(&self.batch, &self.backend, self.quiet, base, task, out)
     }
 
-    /// Runs the request and writes its images (and latents when asked).
+    /// With --enhance-prompt: rewrites the request's prompt (before any generator loads, so the
+    /// two models are not in memory together) and says what was done.
+    pub fn enhance(&self, request: &mut Request) -> diffgentor::Result<Option<Enhancement>> {
+        self.enhance_prompt
+            .as_deref()
+            .map(|spec| {
+                enhance_request(
+                    spec,
+                    self.enhance_style,
+                    &self.backend.runtime,
+                    request,
+                    self.quiet,
+                )
+            })
+            .transpose()
+    }
+
+    /// Runs the request and writes its images (and latents when asked); `enhancement`, the
+    /// prompt's rewrite, is recorded in every PNG.
     pub fn run(
         &self,
         backend: &Backend,
         request: &Request,
+        enhancement: Option<&Enhancement>,
         out: &mut Out,
     ) -> diffgentor::Result<()> {
         let args = self;
@@ -147,10 +182,19 @@ impl RequestArgs {
             true
         })?;
         display.finish();
-        let parameters = parameters_text(request, &output, backend);
+        let parameters = parameters_text_with(request, &output, backend, enhancement);
+        let mut text = vec![("parameters", parameters.as_str())];
+        if let Some(e) = enhancement {
+            text.extend([
+                ("original_prompt", e.original.as_str()),
+                ("enhanced_prompt", e.enhanced.as_str()),
+                ("prompt_enhancer", e.enhancer.as_str()),
+                ("prompt_enhancer_style", e.style.as_str()),
+            ]);
+        }
         let paths = output_paths(output_path, output.images.len());
         for (image, path) in output.images.iter().zip(&paths) {
-            image.save_png(path, &[("parameters", &parameters)])?;
+            image.save_png(path, &text)?;
             outln!(out, "wrote {}", path.display());
         }
         if let Some(path) = &args.save_latents {
@@ -252,6 +296,28 @@ const PROMPT_CHARS_IN_METADATA: usize = 2000;
 
 /// The `parameters` text chunk in the layout AUTOMATIC1111 writes and PNG-info readers parse.
 pub fn parameters_text(request: &Request, output: &Output, backend: &Backend) -> String {
+    parameters_text_with(request, output, backend, None)
+}
+
+/// A value of the settings line as AUTOMATIC1111 writes it: JSON-quoted when it holds a comma,
+/// a colon or a line break, which would end it early.
+fn a1111_value(value: &str) -> String {
+    if value.contains([',', ':', '\n']) {
+        serde_json::Value::from(value).to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// [`parameters_text`], with the prompt's enhancer and style (when it was rewritten) in the
+/// settings line; the prompt line is the enhanced prompt, the one the model ran. The PNG keeps
+/// the original in its `original_prompt` chunk.
+pub fn parameters_text_with(
+    request: &Request,
+    output: &Output,
+    backend: &Backend,
+    enhancement: Option<&Enhancement>,
+) -> String {
     let clip = |text: &str| -> String { text.chars().take(PROMPT_CHARS_IN_METADATA).collect() };
     let description = backend.generator.describe();
     let model = &description.name;
@@ -290,6 +356,15 @@ pub fn parameters_text(request: &Request, output: &Output, backend: &Backend) ->
         if let Some(plan) = &request.plan {
             text.push_str(&format!(", Plan stages: {}", plan.stages.len()));
         }
+    }
+    if let Some(e) = enhancement {
+        // The original prompt has its own text chunk: here it could push the line past the
+        // chunk's bound.
+        text.push_str(&format!(
+            ", Prompt enhancer: {}, Enhance style: {}",
+            a1111_value(&e.enhancer),
+            e.style,
+        ));
     }
     text.push_str(&format!(
         ", Version: diffgentor {}",

@@ -7,8 +7,10 @@ mod output;
 
 mod backend;
 mod batch;
+mod caption;
 mod doctor;
 mod edit;
+mod enhance;
 mod generate;
 mod montage;
 mod progress;
@@ -40,6 +42,14 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Edit an image: img2img, inpainting (--mask) or instruction editing (InstructPix2Pix models).
     Edit(Box<edit::EditArgs>),
+    /// Describe images, or answer a question about them (--prompt), with a vision-language model.
+    ///
+    /// The answer streams to stdout as it is made (--json: one object at the end). Without
+    /// --prompt the model is asked for one detailed caption paragraph; with --prompt and no
+    /// --image the question is text only.
+    Caption(Box<caption::CaptionArgs>),
+    /// Rewrite an edit instruction (reading --image) or a text-to-image prompt with a VLM.
+    Enhance(Box<enhance::EnhanceArgs>),
     /// Show the ONNX Runtime library, execution providers and (with --model) a package's components.
     Doctor(doctor::DoctorArgs),
     /// Tile PNG images into one contact sheet.
@@ -121,6 +131,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args, &mut out),
         Command::Edit(args) => edit::run(*args, &mut out),
+        Command::Caption(args) => caption::run(*args, &mut out),
+        Command::Enhance(args) => enhance::run(*args, &mut out),
         Command::Doctor(args) => doctor::run(args, &mut out),
         Command::Montage(args) => montage::run(args, &mut out),
         Command::Manifest(args) => batch::manifest(args, &mut out),

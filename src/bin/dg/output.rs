@@ -57,6 +57,26 @@ impl Out {
         }
     }
 
+    /// Writes `text` as it is (no newline) and flushes it, so a reader sees text streamed as it
+    /// is made; after a failed write nothing more is written.
+    pub fn text(&mut self, text: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        let result = self
+            .sink
+            .write_all(text.as_bytes())
+            .and_then(|()| self.sink.flush());
+        if let Err(err) = result {
+            self.error = Some(err);
+        }
+    }
+
+    /// Whether a write has failed (the reader went away): a command streaming text can stop.
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
     /// Flushes what is buffered; the first error of any write.
     pub fn finish(mut self) -> io::Result<()> {
         match self.error.take() {

@@ -88,6 +88,13 @@ pub(super) fn classify(response: &HttpResponse, asked: usize) -> Result<Answer, 
             })
         });
     }
+    Err(error_verdict(response))
+}
+
+/// What the pool should do with a failed (non-2xx) answer of an OpenAI-compatible service, read
+/// in any of the shapes servers use; shared with the prompt enhancer's chat completions.
+pub(crate) fn error_verdict(response: &HttpResponse) -> Verdict {
+    let status = response.status;
     let said = ServiceError::read(response);
     let failure = |kind| Failure {
         kind,
@@ -97,17 +104,17 @@ pub(super) fn classify(response: &HttpResponse, asked: usize) -> Result<Answer, 
     };
     if status == 429 && said.is("insufficient_quota") {
         // Retrying cannot help this key; the pool moves to another one.
-        return Err(Verdict::KeyExhausted(failure(RemoteFailure::RateLimited)));
+        return Verdict::KeyExhausted(failure(RemoteFailure::RateLimited));
     }
     if (400..500).contains(&status)
         && (said.is("moderation_blocked") || said.is("content_policy_violation"))
     {
-        return Err(Verdict::Fail(failure(RemoteFailure::Refused)));
+        return Verdict::Fail(failure(RemoteFailure::Refused));
     }
     if matches!(status, 401 | 403) {
         // A wrong, revoked or unauthorised key (`invalid_api_key`, a region or organisation it
         // may not use): no retry with it helps, but another key in the pool may serve the call.
-        return Err(Verdict::KeyExhausted(failure(RemoteFailure::Error)));
+        return Verdict::KeyExhausted(failure(RemoteFailure::Error));
     }
     let kind = if status == 429 {
         RemoteFailure::RateLimited
@@ -119,14 +126,14 @@ pub(super) fn classify(response: &HttpResponse, asked: usize) -> Result<Answer, 
         Some(v) if v.eq_ignore_ascii_case("false") => false,
         _ => matches!(status, 408 | 409 | 429) || status >= 500,
     };
-    Err(if retry {
+    if retry {
         Verdict::Retry {
             after: response.retry_after(),
             failure: failure(kind),
         }
     } else {
         Verdict::Fail(failure(kind))
-    })
+    }
 }
 
 /// Checks and decodes a 2xx body to a call that asked for `asked` images; the error says what is

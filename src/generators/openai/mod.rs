@@ -64,7 +64,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::request::{Output, Progress, Request};
 
-mod answer;
+pub(crate) mod answer;
 mod download;
 mod sizes;
 
@@ -478,7 +478,7 @@ fn mask_png(mask: &Image) -> Result<Vec<u8>> {
 }
 
 /// Whether `base_url` is OpenAI's public API (which always needs a key).
-fn is_openai_host(base_url: &str) -> bool {
+pub(crate) fn is_openai_host(base_url: &str) -> bool {
     let host = download::origin(base_url)
         .split("://")
         .nth(1)
