@@ -73,6 +73,14 @@ demo: build
 bench-serve: build
 	scripts/bench-serve.sh $(or $(MODEL),models/tiny-sd)
 
+# Generation speed of a VLM: dg-bench vlm against onnxruntime-genai's Python generator on the same graphs,
+# alternating in one run (a few minutes; figures in docs/performance.md, "VLM"). Needs a Python with
+# onnxruntime-genai (VENV=/work/venv-vlm by default; also torch, transformers and mobius-onnx the first time,
+# to build the random-weight benchmark model into target/vlm-bench). MODEL=DIR measures that package instead.
+.PHONY: bench-vlm
+bench-vlm: build
+	scripts/bench-vlm.sh $(MODEL)
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings

@@ -279,7 +279,10 @@ fn broken_packages_are_refused_with_what_was_found() {
     std::fs::remove_file(copy.join("preprocessor_config.json")).expect("remove");
     let err = Vlm::load(common::runtime(), &copy).expect_err("no preprocessor config");
     assert_eq!(err.code(), ErrorCode::Model);
-    assert!(err.to_string().contains("preprocessor_config.json"), "{err}");
+    assert!(
+        err.to_string().contains("preprocessor_config.json"),
+        "{err}"
+    );
 
     let copy = common::copy_model("tiny-qwen2.5-vl", &dir.path().join("e"));
     std::fs::write(copy.join("decoder/model.onnx"), b"not a graph").expect("write");

@@ -1,6 +1,7 @@
 //! `dg-bench`: closed-loop load on one shared pipeline; where every millisecond goes.
 mod report;
 mod unet;
+mod vlm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use diffgentor::generators::{self, Generator, GeneratorOptions};
 use diffgentor::runtime::OptimizationLevel;
 use diffgentor::{Error, ExecutionProvider, Pipeline, Request, Runtime, RuntimeOptions};
@@ -19,22 +20,29 @@ use report::{Report, Sample, Settings};
 #[command(
     name = "dg-bench",
     version,
-    about = "Measure diffgentor throughput and latency"
+    about = "Measure diffgentor throughput and latency",
+    long_about = "Measure diffgentor throughput and latency. Without a subcommand it measures image \
+                  generation (flags below); `dg-bench vlm` measures a vision-language model.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
-struct Args {
-    /// Model package directory (the local backend).
-    #[arg(long, value_name = "DIR", required_if_eq("backend", "local"))]
-    model: Option<PathBuf>,
-    /// Backend that serves the requests: local, openai or gemini (keys from DG_<BACKEND>_API_KEY or
-    /// the pool file; see docs/backends.md).
-    #[arg(long, default_value = "local")]
-    backend: String,
-    /// Remote backends: the base URL (e.g. http://127.0.0.1:8000/v1); else DG_<BACKEND>_BASE_URL.
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
-    /// Remote backends: the model name the service runs.
-    #[arg(long, value_name = "NAME")]
-    remote_model: Option<String>,
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A vision-language model: time to first token, decode tokens/s and peak memory of greedy
+    /// generations (docs/performance.md, "VLM").
+    Vlm(vlm::VlmArgs),
+}
+
+/// ONNX Runtime settings, the same for every command.
+#[derive(clap::Args)]
+struct RuntimeArgs {
     /// Execution provider: cpu, cuda[:ID] or tensorrt[:ID].
     #[arg(long, default_value = "cpu")]
     ep: String,
@@ -50,13 +58,48 @@ struct Args {
     /// Stop ONNX Runtime's idle threads from spin-waiting (helps on shared or busy machines).
     #[arg(long)]
     no_spinning: bool,
+    /// Directory for ONNX Runtime's optimized graphs (written on the first load, read on later ones).
+    #[arg(long, value_name = "DIR")]
+    optimized_cache: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    fn options(&self, sessions_per_graph: usize) -> diffgentor::Result<RuntimeOptions> {
+        Ok(RuntimeOptions {
+            ort_library: self.ort_lib.clone(),
+            execution_provider: self.ep.parse::<ExecutionProvider>()?,
+            allow_cpu_fallback: false,
+            intra_threads: self.threads,
+            optimization: self.opt_level.parse::<OptimizationLevel>()?,
+            no_spinning: self.no_spinning,
+            sessions_per_graph,
+            optimized_graph_cache: self.optimized_cache.clone(),
+        })
+    }
+}
+
+/// Image generation (the default command).
+#[derive(clap::Args)]
+struct Args {
+    /// Model package directory (the local backend).
+    #[arg(long, value_name = "DIR", required_if_eq("backend", "local"))]
+    model: Option<PathBuf>,
+    /// Backend that serves the requests: local, openai or gemini (keys from DG_<BACKEND>_API_KEY or
+    /// the pool file; see docs/backends.md).
+    #[arg(long, default_value = "local")]
+    backend: String,
+    /// Remote backends: the base URL (e.g. http://127.0.0.1:8000/v1); else DG_<BACKEND>_BASE_URL.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Remote backends: the model name the service runs.
+    #[arg(long, value_name = "NAME")]
+    remote_model: Option<String>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Sessions per graph: concurrent requests run the same graph at once on up to N sessions (each
     /// holds its own weights). dg-bench builds min(N, concurrency) per graph before measuring.
     #[arg(long, default_value_t = 1)]
     sessions: usize,
-    /// Directory for ONNX Runtime's optimized graphs (written on the first load, read on later ones).
-    #[arg(long, value_name = "DIR")]
-    optimized_cache: Option<PathBuf>,
     /// Measure the UNet alone: each request is --steps UNet runs on the CFG batch with fixed text
     /// embeddings (no tokenizer, text encoder, scheduler or VAE).
     #[arg(long)]
@@ -128,16 +171,7 @@ fn run(args: Args) -> diffgentor::Result<Report> {
 
 fn run_local(args: &Args, model: &std::path::Path, request: Request) -> diffgentor::Result<Report> {
     let load_started = Instant::now();
-    let runtime = Runtime::new(RuntimeOptions {
-        ort_library: args.ort_lib.clone(),
-        execution_provider: args.ep.parse::<ExecutionProvider>()?,
-        allow_cpu_fallback: false,
-        intra_threads: args.threads,
-        optimization: args.opt_level.parse::<OptimizationLevel>()?,
-        no_spinning: args.no_spinning,
-        sessions_per_graph: args.sessions,
-        optimized_graph_cache: args.optimized_cache.clone(),
-    })?;
+    let runtime = Runtime::new(args.runtime.options(args.sessions)?)?;
     let pipeline = Pipeline::load(runtime, model)?;
     // Sessions the measured loop would otherwise build on first contention.
     for graph in pipeline.model().graphs() {
@@ -211,12 +245,13 @@ fn settings(args: &Args, model: String) -> Settings {
     Settings {
         model,
         backend: args.backend.clone(),
-        ep: args.ep.clone(),
-        intra_threads: args.threads,
-        opt_level: args.opt_level.clone(),
-        no_spinning: args.no_spinning,
+        ep: args.runtime.ep.clone(),
+        intra_threads: args.runtime.threads,
+        opt_level: args.runtime.opt_level.clone(),
+        no_spinning: args.runtime.no_spinning,
         sessions_per_graph: args.sessions,
         optimized_cache: args
+            .runtime
             .optimized_cache
             .as_ref()
             .map(|d| d.display().to_string()),
@@ -315,15 +350,21 @@ fn closed_loop(
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let json = args.json.clone();
-    let result = run(args).and_then(|report| {
-        print!("{}", report.table());
-        if let Some(path) = json {
-            diffgentor::image::write_atomically(&path, report.json().as_bytes())?;
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Vlm(args)) => vlm::main(args),
+        None => {
+            let args = cli.args;
+            let json = args.json.clone();
+            run(args).and_then(|report| {
+                print!("{}", report.table());
+                if let Some(path) = json {
+                    diffgentor::image::write_atomically(&path, report.json().as_bytes())?;
+                }
+                Ok(())
+            })
         }
-        Ok(())
-    });
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
