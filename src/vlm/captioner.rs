@@ -146,8 +146,8 @@ pub(crate) struct CaptionState<'m> {
 }
 
 impl Decoding for CaptionState<'_> {
-    fn logits(&self) -> &[f32] {
-        &self.logits
+    fn logits_mut(&mut self) -> &mut [f32] {
+        &mut self.logits
     }
 
     fn advance(&mut self, token: i64) -> Result<()> {

@@ -305,12 +305,14 @@ impl Decoder {
             .try_extract_array::<f32>()
             .map_err(|e| self.fail(format!("`{}`: {e}", self.logits)))?;
         match *array.shape() {
-            [1, n, _] if n > 0 => Ok(array
-                .index_axis(Axis(1), n - 1)
-                .index_axis(Axis(0), 0)
-                .iter()
-                .copied()
-                .collect()),
+            [1, n, _] if n > 0 => {
+                let row = array.index_axis(Axis(1), n - 1);
+                // The last row of a [1, n, vocab] tensor is contiguous: one memcpy.
+                Ok(match row.as_slice() {
+                    Some(slice) => slice.to_vec(),
+                    None => row.iter().copied().collect(),
+                })
+            }
             ref shape => Err(self.fail(format!(
                 "`{}` has shape {shape:?}, expected [1, positions, vocab]",
                 self.logits

@@ -7,11 +7,12 @@ use super::sampling::Sampler;
 use super::text::{TextStream, TextTokenizer};
 use crate::error::{Error, Result};
 
-/// A model part way through a sequence: it has read the prompt and returns the logits of the next
+/// A model part way through a sequence: it has read the prompt and holds the logits of the next
 /// token; `advance` feeds it the chosen one.
 pub(crate) trait Decoding {
-    /// Logits over the vocabulary for the next token.
-    fn logits(&self) -> &[f32];
+    /// Logits over the vocabulary for the next token; the sampler rewrites them in place (no copy
+    /// per token: a real vocabulary is 150k floats).
+    fn logits_mut(&mut self) -> &mut [f32];
     /// Appends `token` to the sequence and computes the next logits.
     fn advance(&mut self, token: i64) -> Result<()>;
     /// Whether one more token fits in the model's context.
@@ -45,13 +46,12 @@ pub(crate) fn run(
     let mut stream = TextStream::new(&request.stop);
     let mut history = cx.prompt.to_vec();
     let mut new_ids = Vec::new();
-    let mut logits = state.logits().to_vec();
     let mut first_at = None;
     let finish_reason = loop {
         if request.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
             return Err(Error::Cancelled);
         }
-        let id = sampler.next(&mut logits, &history);
+        let id = sampler.next(state.logits_mut(), &history);
         let now = Instant::now();
         first_at.get_or_insert_with(|| {
             timings.first_token = now - cx.started;
@@ -81,8 +81,6 @@ pub(crate) fn run(
             break FinishReason::Length;
         }
         state.advance(id)?;
-        logits.clear();
-        logits.extend_from_slice(state.logits());
     };
     if let Some(first) = first_at {
         timings.decode = first.elapsed();

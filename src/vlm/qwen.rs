@@ -404,8 +404,8 @@ pub(crate) struct QwenState<'m> {
 }
 
 impl Decoding for QwenState<'_> {
-    fn logits(&self) -> &[f32] {
-        &self.logits
+    fn logits_mut(&mut self) -> &mut [f32] {
+        &mut self.logits
     }
 
     fn advance(&mut self, token: i64) -> Result<()> {
