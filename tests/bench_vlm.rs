@@ -155,6 +155,15 @@ fn vlm_table_and_refusals() {
     let output = dg_bench(&["vlm", "--model", "models/tiny-sd"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
 
+    // Without --model the local benchmark asks for it (it used to name the backend instead).
+    let output = dg_bench(&[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("--model DIR is required"),
+        "{}",
+        text(&output.stderr)
+    );
+
     // The image-generation benchmark stays the command without a subcommand.
     let output = dg_bench(&["--help"]);
     assert!(output.status.success());

@@ -163,8 +163,13 @@ fn run(args: Args) -> diffgentor::Result<Report> {
         request.width = Some(w);
         request.height = Some(h);
     }
-    match &args.model {
-        Some(model) if args.backend == "local" => run_local(&args, model, request),
+    match (&args.model, args.backend.as_str()) {
+        (Some(model), "local") => run_local(&args, model, request),
+        // clap's required_if_eq does not fire for a defaulted --backend.
+        (None, "local") => Err(diffgentor::Error::InvalidArg(
+            "--model DIR is required with the local backend (or pass --backend openai|gemini)"
+                .into(),
+        )),
         _ => run_remote(&args, request),
     }
 }
