@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds and tests the C++ binding: ctest suite, the digits example, and find_package from a
-# `make install` prefix (plus add_subdirectory use from the source tree).
+# Builds and tests the C++ binding: ctest suite, the digits example, find_package from a
+# `make install` prefix, and use from the source tree by add_subdirectory and by FetchContent
+# (SOURCE_DIR, and GIT_REPOSITORY of a local file:// repo with SOURCE_SUBDIR; offline).
 # usage (from the repo root): bindings/cpp/test.sh OUT_DIR
 # Writes OUT_DIR/cpp.rgb: raw RGB8 of the fox request (tiny-sd, "a red fox", seed 42, 3 steps,
 # euler) generated through the binding, and OUT_DIR/cpp-edit.rgb: raw RGB8 of the img2img request
@@ -126,6 +127,76 @@ cmake --build "$OUT/cpp-consumer-subdir" -j "$JOBS" >>"$OUT/cpp-consumer-subdir.
     { cat "$OUT/cpp-consumer-subdir.log"; exit 1; }
 "$OUT/cpp-consumer-subdir/consumer" models/digits "$OUT/cpp-consumer-subdir.png"
 cmp "$OUT/cpp-consumer-package.png" "$OUT/cpp-consumer-subdir.png"
+
+# 5. FetchContent from a source checkout, in a consumer project written to a temp dir, offline:
+#    (a) SOURCE_DIR at this checkout's bindings/cpp with the library found by default
+#    (DIFFGENTOR_LIB_DIR unset: $DG_LIB_DIR, else the checkout's target/release), (b) the
+#    FATAL_ERROR for a missing library, (c) GIT_REPOSITORY (a file:// repo holding a commit of this
+#    working tree's bindings/cpp and include/, tagged) + SOURCE_SUBDIR bindings/cpp, against a lib
+#    directory with libdiffgentor.so alone, as `cargo build --release` leaves it (no SONAME link).
+FETCH=$OUT/cpp-fetch
+rm -rf "$FETCH"
+mkdir -p "$FETCH/src"
+cp bindings/cpp/tests/consumer/main.cpp "$FETCH/src/main.cpp"
+cat >"$FETCH/src/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.14)
+project(fetch_consumer LANGUAGES CXX)
+include(FetchContent)
+if(DG_GIT_REPOSITORY)
+  FetchContent_Declare(diffgentor GIT_REPOSITORY "${DG_GIT_REPOSITORY}" GIT_TAG "${DG_GIT_TAG}"
+                       SOURCE_SUBDIR bindings/cpp)
+else()
+  FetchContent_Declare(diffgentor SOURCE_DIR "${DG_CHECKOUT}/bindings/cpp")
+endif()
+FetchContent_MakeAvailable(diffgentor)
+add_executable(consumer main.cpp)
+target_link_libraries(consumer PRIVATE diffgentor::diffgentor)
+target_compile_options(consumer PRIVATE -Wall -Wextra -Werror)
+CMAKE
+
+step "consumer: FetchContent SOURCE_DIR=$ROOT/bindings/cpp"
+fetch_args=()
+# The default library directory is the checkout's target/release: test that default when it is
+# the library under test, else pass DG_LIB_DIR's.
+if [ "$DG_LIB_DIR" != "$ROOT/target/release" ]; then
+    fetch_args+=(-DDIFFGENTOR_LIB_DIR="$DG_LIB_DIR")
+fi
+env -u DG_LIB_DIR cmake -S "$FETCH/src" -B "$FETCH/source" -DDG_CHECKOUT="$ROOT" \
+    -DFETCHCONTENT_FULLY_DISCONNECTED=ON "${fetch_args[@]}" >"$FETCH/source.log" 2>&1 ||
+    { cat "$FETCH/source.log"; exit 1; }
+cmake --build "$FETCH/source" -j "$JOBS" >>"$FETCH/source.log" 2>&1 || { cat "$FETCH/source.log"; exit 1; }
+[ -z "$(find "$FETCH/source" -name CTestTestfile.cmake -path '*_deps*' -print -quit)" ] ||
+    { echo "cpp: FetchContent built the binding's own tests" >&2; exit 1; }
+ldd "$FETCH/source/consumer" | grep -q "libdiffgentor.so.$major => $DG_LIB_DIR/" ||
+    { ldd "$FETCH/source/consumer"; echo "cpp: FetchContent consumer does not load $DG_LIB_DIR" >&2; exit 1; }
+env -u LD_LIBRARY_PATH "$FETCH/source/consumer" models/digits "$FETCH/source.png"
+cmp "$OUT/cpp-consumer-package.png" "$FETCH/source.png"
+
+step "consumer: FetchContent with no library built: FATAL_ERROR"
+if cmake -S "$FETCH/src" -B "$FETCH/nolib" -DDG_CHECKOUT="$ROOT" -DFETCHCONTENT_FULLY_DISCONNECTED=ON \
+    -DDIFFGENTOR_LIB_DIR="$FETCH/nolib-dir" >"$FETCH/nolib.log" 2>&1; then
+    echo "cpp: configuring without libdiffgentor.so succeeded" >&2; exit 1
+fi
+tr -s ' \n' ' ' <"$FETCH/nolib.log" | grep -q 'not found. Build the library in the checkout first: `make c-lib` (or `make build`, `cargo build --release`)' ||
+    { cat "$FETCH/nolib.log"; echo "cpp: no FATAL_ERROR naming make build / cargo build" >&2; exit 1; }
+
+step "consumer: FetchContent GIT_REPOSITORY file:// + SOURCE_SUBDIR bindings/cpp, lib without SONAME link"
+GITREPO=$FETCH/repo
+mkdir -p "$GITREPO/bindings" "$GITREPO/include" "$FETCH/cargo-only"
+cp -R bindings/cpp "$GITREPO/bindings/cpp"
+cp include/diffgentor.h "$GITREPO/include/"
+git -C "$GITREPO" init -q
+git -C "$GITREPO" add -A
+git -C "$GITREPO" -c user.name=test -c user.email=test@invalid commit -q -m snapshot
+git -C "$GITREPO" tag v0.0.0-test
+ln -s "$DG_LIB_DIR/libdiffgentor.so" "$FETCH/cargo-only/libdiffgentor.so"
+cmake -S "$FETCH/src" -B "$FETCH/git" -DDG_GIT_REPOSITORY="file://$GITREPO" -DDG_GIT_TAG=v0.0.0-test \
+    -DDIFFGENTOR_LIB_DIR="$FETCH/cargo-only" >"$FETCH/git.log" 2>&1 || { cat "$FETCH/git.log"; exit 1; }
+cmake --build "$FETCH/git" -j "$JOBS" >>"$FETCH/git.log" 2>&1 || { cat "$FETCH/git.log"; exit 1; }
+[ -f "$FETCH/git/_deps/diffgentor-src/bindings/cpp/CMakeLists.txt" ] ||
+    { echo "cpp: FetchContent did not clone into _deps/diffgentor-src" >&2; exit 1; }
+env -u LD_LIBRARY_PATH "$FETCH/git/consumer" models/digits "$FETCH/git.png"
+cmp "$OUT/cpp-consumer-package.png" "$FETCH/git.png"
 
 edit_note=
 [ -f "$OUT/cpp-edit.rgb" ] && edit_note=" and $OUT/cpp-edit.rgb"

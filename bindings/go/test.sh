@@ -3,7 +3,9 @@
 # raw RGB to OUT_DIR/go.rgb and tests/c/edit.c's img2img request's to OUT_DIR/go-edit.rgb, each
 # compared with the Rust CLI's pixels from `make c-test` when present), the digits example, a build against an install-style prefix
 # through `-tags diffgentor_pkgconfig`, and README.md's "own module" example: a throwaway module with
-# the go.mod and main.go copied out of the README, built offline both ways and run.
+# the go.mod and main.go copied out of the README, built offline both ways and run, then vendored
+# (go mod vendor, -mod=vendor) and built both ways again; and the same program getting the module by
+# git tag (bindings/go/vX.Y.Z) from a local git repo standing in for GitHub, vendored and built.
 # usage (from the repository root): bindings/go/test.sh OUT_DIR
 set -euo pipefail
 
@@ -164,4 +166,82 @@ check_png() {
     check_png "$OUT_DIR/go-consumer-pkgconfig.png"
 )
 echo "go-test: the README's own-module example builds offline (cgo flags, -tags diffgentor_pkgconfig) and draws 16x16"
+
+# README.md's "Vendoring": the same module (require + replace), `go mod vendor`, then built from
+# vendor/ with -mod=vendor both ways (cgo flags from the environment, and the pkg-config tag, which
+# needs link_pkgconfig.go in vendor/ although the default build excludes it).
+MODPATH=github.com/diffgentor/diffgentor/bindings/go
+(
+    cd "$CONSUMER"
+    rm -rf vendor hello
+    GOPROXY=off go mod vendor
+    for f in link.go link_pkgconfig.go runtime.go; do
+        test -f "vendor/$MODPATH/$f" || { echo "go-test: go mod vendor left out $f" >&2; exit 1; }
+    done
+    grep -qxF "# $MODPATH v0.0.0 => $ROOT/bindings/go" vendor/modules.txt || {
+        echo "go-test: vendor/modules.txt does not record the replace" >&2; exit 1; }
+    rm -f "$OUT_DIR/go-vendor.png" "$OUT_DIR/go-vendor-pkgconfig.png"
+    CGO_CFLAGS="-I$ROOT/include" CGO_LDFLAGS="-L$LIB_DIR -Wl,-rpath,$LIB_DIR" GOPROXY=off \
+        go build -mod=vendor -o hello .
+    env -u LD_LIBRARY_PATH ./hello "$ROOT/models/digits" "$OUT_DIR/go-vendor.png"
+    check_png "$OUT_DIR/go-vendor.png"
+    rm -f hello
+    env -u CGO_CFLAGS -u CGO_LDFLAGS PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" GOPROXY=off \
+        go build -mod=vendor -tags diffgentor_pkgconfig -o hello .
+    LD_LIBRARY_PATH="$PREFIX/lib" ./hello "$ROOT/models/digits" "$OUT_DIR/go-vendor-pkgconfig.png"
+    check_png "$OUT_DIR/go-vendor-pkgconfig.png"
+    cmp go.mod go.mod.readme || { echo "go-test: vendoring changed the README's go.mod" >&2; exit 1; }
+    rm -rf vendor hello
+)
+echo "go-test: the README's module vendored (go mod vendor, -mod=vendor) builds both ways and draws the same digit"
+
+# README.md's "By git tag": `go get MODULE@vX.Y.Z` resolves the tag bindings/go/vX.Y.Z (the
+# module is in a subdirectory). Offline: a git repo holding a commit of this working tree's
+# bindings/go, tagged bindings/go/v$version, stands in for github.com/diffgentor/diffgentor through
+# git's url.<repo>.insteadOf (go runs git for github.com paths: no proxy, no ?go-get=1 lookup).
+# go get, go mod tidy, go mod vendor, then the module cache and the repo are deleted and the
+# program is built from vendor/ with GOPROXY=off and run. A plain vX.Y.Z tag must not satisfy it.
+TAG=$OUT_DIR/go-tag
+[ -d "$TAG" ] && chmod -R u+w "$TAG"
+rm -rf "$TAG"
+mkdir -p "$TAG/repo/bindings" "$TAG/home" "$TAG/hello"
+cp -R "$ROOT/bindings/go" "$TAG/repo/bindings/go"
+(
+    cd "$TAG/repo"
+    git init -q
+    git add -A
+    git -c user.name=test -c user.email=test@invalid commit -q -m "bindings/go snapshot"
+    git tag "bindings/go/v$version"
+    git tag v9.9.9 # the root module's tag format: not the subdirectory module's
+    git clone -q --bare . "$TAG/repo.git"
+)
+cp "$CONSUMER/main.go" "$TAG/hello/main.go"
+printf 'module example.com/hello-tag\n\ngo 1.19\n' > "$TAG/hello/go.mod"
+(
+    export GOCACHE GOPATH
+    GOCACHE=$(go env GOCACHE) GOPATH=$(go env GOPATH)
+    export HOME=$TAG/home GIT_CONFIG_NOSYSTEM=1 GOMODCACHE=$TAG/modcache GOFLAGS=-modcacherw
+    git config --global "url.file://$TAG/repo.git.insteadOf" https://github.com/diffgentor/diffgentor
+    export GOPROXY=direct GOPRIVATE=github.com/diffgentor/diffgentor
+    export CGO_CFLAGS="-I$ROOT/include" CGO_LDFLAGS="-L$LIB_DIR -Wl,-rpath,$LIB_DIR"
+    cd "$TAG/hello"
+    if go get "$MODPATH@v9.9.9" >"$TAG/root-tag.log" 2>&1; then
+        echo "go-test: go get resolved the root-style tag v9.9.9 for $MODPATH" >&2; exit 1
+    fi
+    # (go finds v9.9.9 as the root module's version, which holds no such package)
+    grep -qE "does not contain package $MODPATH|unknown revision" "$TAG/root-tag.log" || {
+        cat "$TAG/root-tag.log"; echo "go-test: go get @v9.9.9 failed for another reason" >&2; exit 1; }
+    go get "$MODPATH@v$version"
+    go mod tidy
+    grep -qE "^require $MODPATH v$version\$" go.mod || {
+        cat go.mod; echo "go-test: go.mod does not require $MODPATH v$version" >&2; exit 1; }
+    grep -q "^$MODPATH v$version h1:" go.sum || { echo "go-test: no go.sum entry for the tag" >&2; exit 1; }
+    go mod vendor
+    go clean -modcache
+    rm -rf "$TAG/repo" "$TAG/repo.git"
+    GOPROXY=off go build -mod=vendor -o hello .
+    env -u LD_LIBRARY_PATH ./hello "$ROOT/models/digits" "$OUT_DIR/go-tag.png"
+    check_png "$OUT_DIR/go-tag.png"
+)
+echo "go-test: go get $MODPATH@v$version resolved git tag bindings/go/v$version (not v9.9.9), vendored and built offline"
 echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-edit.rgb, $OUT_DIR/go-digit3.png)"
