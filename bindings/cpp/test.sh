@@ -6,7 +6,8 @@
 # Writes OUT_DIR/cpp.rgb: raw RGB8 of the fox request (tiny-sd, "a red fox", seed 42, 3 steps,
 # euler) generated through the binding, and OUT_DIR/cpp-edit.rgb: raw RGB8 of the img2img request
 # of tests/c/edit.c (init target/c-test/out/edit-init.rgb, "a red fox", seed 5, 6 steps, euler_a,
-# strength 0.5) when `make c-test` has made that init image.
+# strength 0.5) when `make c-test` has made that init image, and OUT_DIR/cpp-inpaint.rgb: the same
+# request plus the mask target/c-test/out/edit-mask.rgb on models/tiny-sd-inpaint.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -59,10 +60,10 @@ cmake -S bindings/cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDIFFGENTOR_ROOT="
 cmake --build "$BUILD" -j "$JOBS" >"$OUT/cpp-build.log" || { cat "$OUT/cpp-build.log"; exit 1; }
 
 # 2. The ctest suite (c_api_coverage included); generate_test writes the fox's pixels,
-#    edit_test the img2img pixels.
+#    edit_test the img2img and inpainting pixels.
 step "ctest"
-rm -f "$OUT/cpp.rgb" "$OUT/cpp-edit.rgb"
-(cd "$BUILD" && DG_FOX_RGB="$OUT/cpp.rgb" DG_EDIT_RGB="$OUT/cpp-edit.rgb" \
+rm -f "$OUT/cpp.rgb" "$OUT/cpp-edit.rgb" "$OUT/cpp-inpaint.rgb"
+(cd "$BUILD" && DG_FOX_RGB="$OUT/cpp.rgb" DG_EDIT_RGB="$OUT/cpp-edit.rgb" DG_INPAINT_RGB="$OUT/cpp-inpaint.rgb" \
     ctest --output-on-failure --timeout 120)
 size=$(stat -c %s "$OUT/cpp.rgb")
 [ "$size" -eq $((64 * 64 * 3)) ] || { echo "cpp: $OUT/cpp.rgb has $size bytes" >&2; exit 1; }
@@ -70,19 +71,28 @@ if [ -f target/c-test/out/rust.rgb ]; then
     cmp "$OUT/cpp.rgb" target/c-test/out/rust.rgb
     step "cpp.rgb equals target/c-test/out/rust.rgb"
 fi
-# img2img: edit_test writes its pixels only when it had the real init image (`make c-test`);
-# target/c-test/out/rust-edit.rgb is `dg edit`'s for the same request.
-if [ -f target/c-test/out/edit-init.rgb ]; then
-    size=$(stat -c %s "$OUT/cpp-edit.rgb")
-    [ "$size" -eq $((64 * 64 * 3)) ] ||
-        { echo "cpp: $OUT/cpp-edit.rgb has $size bytes" >&2; exit 1; }
-    if [ -f target/c-test/out/rust-edit.rgb ]; then
-        cmp "$OUT/cpp-edit.rgb" target/c-test/out/rust-edit.rgb
-        step "cpp-edit.rgb equals target/c-test/out/rust-edit.rgb"
+# img2img and inpainting: edit_test writes their pixels only when it had the real init image and
+# mask (`make c-test`); target/c-test/out/rust-edit.rgb and rust-inpaint.rgb are `dg edit`'s and
+# `dg edit --mask`'s for the same requests.
+# check_edit NAME INPUT: OUT/cpp-NAME.rgb is 64x64 RGB equal to target/c-test/out/rust-NAME.rgb.
+check_edit() {
+    if [ ! -f "target/c-test/out/$2" ]; then
+        step "no target/c-test/out/$2 (run \`make c-test\`): $1 bytes not compared"
+        return
     fi
-else
-    step "no target/c-test/out/edit-init.rgb (run \`make c-test\`): img2img bytes not compared"
-fi
+    size=$(stat -c %s "$OUT/cpp-$1.rgb")
+    [ "$size" -eq $((64 * 64 * 3)) ] ||
+        { echo "cpp: $OUT/cpp-$1.rgb has $size bytes" >&2; exit 1; }
+    if [ -f "target/c-test/out/rust-$1.rgb" ]; then
+        cmp "$OUT/cpp-$1.rgb" "target/c-test/out/rust-$1.rgb" || {
+            echo "cpp: $OUT/cpp-$1.rgb differs from target/c-test/out/rust-$1.rgb (the CLI's pixels)" >&2
+            exit 1
+        }
+        step "cpp-$1.rgb equals target/c-test/out/rust-$1.rgb"
+    fi
+}
+check_edit edit edit-init.rgb
+check_edit inpaint edit-mask.rgb
 
 # 3. The example.
 step "example digits"
@@ -199,5 +209,6 @@ env -u LD_LIBRARY_PATH "$FETCH/git/consumer" models/digits "$FETCH/git.png"
 cmp "$OUT/cpp-consumer-package.png" "$FETCH/git.png"
 
 edit_note=
-[ -f "$OUT/cpp-edit.rgb" ] && edit_note=" and $OUT/cpp-edit.rgb"
+[ -f "$OUT/cpp-edit.rgb" ] && edit_note=", $OUT/cpp-edit.rgb"
+[ -f "$OUT/cpp-inpaint.rgb" ] && edit_note+=", $OUT/cpp-inpaint.rgb"
 step "all passed in $(( $(date +%s) - start ))s; wrote $OUT/cpp.rgb$edit_note"

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"image"
 	"image/png"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -100,11 +99,7 @@ func TestFox(t *testing.T) {
 	if img.Bounds() != image.Rect(0, 0, 64, 64) || len(img.RGB()) != 64*64*3 || img.Stride != 64*3 {
 		t.Fatalf("bounds %v, %d bytes, stride %d; want 64x64 RGB", img.Bounds(), len(img.RGB()), img.Stride)
 	}
-	if path := os.Getenv("DG_FOX_RGB"); path != "" {
-		if err := os.WriteFile(path, img.RGB(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeEnvRGB(t, "DG_FOX_RGB", img)
 
 	// The same request again (through Generate) gives the same bytes.
 	imgs, err := p.Generate(context.Background(), foxParams())

@@ -20,7 +20,20 @@ const editSize = 64
 // *image.RGBA), the init image `make c-test` gives tests/c/edit.c and `dg edit`.
 func editImage(t *testing.T) image.Image {
 	t.Helper()
-	f, err := os.Open(filepath.Join(repoRoot, "tests", "golden", "edit", "image_64x64.png"))
+	return goldenEditPNG(t, "image_64x64.png")
+}
+
+// editMask is tests/golden/edit/mask_64x64.png decoded by image/png (8-bit grey: an
+// *image.Gray), the mask `make c-test` gives tests/c/edit.c and `dg edit --mask`.
+func editMask(t *testing.T) image.Image {
+	t.Helper()
+	return goldenEditPNG(t, "mask_64x64.png")
+}
+
+// goldenEditPNG decodes a 64x64 PNG of tests/golden/edit/.
+func goldenEditPNG(t *testing.T, name string) image.Image {
+	t.Helper()
+	f, err := os.Open(filepath.Join(repoRoot, "tests", "golden", "edit", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +43,7 @@ func editImage(t *testing.T) image.Image {
 		t.Fatal(err)
 	}
 	if img.Bounds() != image.Rect(0, 0, editSize, editSize) {
-		t.Fatalf("init image is %v, want 64x64", img.Bounds())
+		t.Fatalf("%s is %v, want 64x64", name, img.Bounds())
 	}
 	return img
 }
@@ -68,11 +81,7 @@ func TestImg2Img(t *testing.T) {
 	if img.Width() != editSize || img.Height() != editSize || res.Seed != 5 {
 		t.Fatalf("%dx%d seed %d; want 64x64 (the init image's size), seed 5", img.Width(), img.Height(), res.Seed)
 	}
-	if path := os.Getenv("DG_EDIT_RGB"); path != "" {
-		if err := os.WriteFile(path, img.RGB(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeEnvRGB(t, "DG_EDIT_RGB", img)
 	if bytes.Equal(img.RGB(), packedRGB(src)) {
 		t.Error("img2img returned the init image unchanged")
 	}
@@ -175,6 +184,24 @@ func TestInpaint(t *testing.T) {
 	if again := generateOne(t, p, params); !bytes.Equal(again.RGB(), inpainted.RGB()) {
 		t.Error("SetMaskFromImage gave different pixels than the padded buffer")
 	}
+}
+
+// The img2img request of tests/c/edit.c plus tests/golden/edit/mask_64x64.png as an *image.Gray on
+// the inpainting package (9-channel UNet); its pixels go to DG_INPAINT_RGB, which test.sh compares
+// with `dg edit --mask`'s for the same request.
+func TestInpaintPackage(t *testing.T) {
+	p := loadPipeline(t, "tiny-sd-inpaint")
+	mask := editMask(t)
+	if _, ok := mask.(*image.Gray); !ok {
+		t.Fatalf("mask decodes to %T, want *image.Gray", mask)
+	}
+	params := editParams(diffgentor.PixelsFromImage(editImage(t)))
+	params.Mask = diffgentor.PixelsFromImage(mask)
+	img := generateOne(t, p, params)
+	if img.Width() != editSize || img.Height() != editSize {
+		t.Fatalf("inpainted image is %dx%d, want 64x64", img.Width(), img.Height())
+	}
+	writeEnvRGB(t, "DG_INPAINT_RGB", img)
 }
 
 const testPlan = `{"stages": [{"width": 64, "height": 64, "steps": 2},

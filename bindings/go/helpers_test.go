@@ -18,6 +18,17 @@ var testRuntime *diffgentor.Runtime
 
 func modelDir(name string) string { return filepath.Join(repoRoot, "models", name) }
 
+// writeEnvRGB writes img's packed RGB to the file the environment variable env names, if set:
+// test.sh compares it with the CLI's pixels for the same request (target/c-test/out/rust*.rgb).
+func writeEnvRGB(t *testing.T, env string, img *diffgentor.Image) {
+	t.Helper()
+	if path := os.Getenv(env); path != "" {
+		if err := os.WriteFile(path, img.RGB(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // runtimeOptions honours DG_TEST_INTRA_THREADS, as the C tests do.
 func runtimeOptions() []diffgentor.RuntimeOption {
 	if s := os.Getenv("DG_TEST_INTRA_THREADS"); s != "" {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and tests the Go binding: go vet, gofmt, `go test -race` (which writes the fox request's
-# raw RGB to OUT_DIR/go.rgb and tests/c/edit.c's img2img request's to OUT_DIR/go-edit.rgb, each
-# compared with the Rust CLI's pixels from `make c-test` when present), the digits example, a build against an install-style prefix
+# raw RGB to OUT_DIR/go.rgb, tests/c/edit.c's img2img request's to OUT_DIR/go-edit.rgb and its
+# inpainting request's to OUT_DIR/go-inpaint.rgb, each compared with the Rust CLI's pixels from
+# `make c-test` when present), the digits example, a build against an install-style prefix
 # through `-tags diffgentor_pkgconfig`, and README.md's "own module" example: a throwaway module with
 # the go.mod and main.go copied out of the README, built offline both ways and run, then vendored
 # (go mod vendor, -mod=vendor) and built both ways again; and the same program getting the module by
@@ -65,8 +66,8 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
-rm -f "$OUT_DIR/go.rgb" "$OUT_DIR/go-edit.rgb"
-DG_FOX_RGB="$OUT_DIR/go.rgb" DG_EDIT_RGB="$OUT_DIR/go-edit.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
+rm -f "$OUT_DIR/go.rgb" "$OUT_DIR/go-edit.rgb" "$OUT_DIR/go-inpaint.rgb"
+DG_FOX_RGB="$OUT_DIR/go.rgb" DG_EDIT_RGB="$OUT_DIR/go-edit.rgb" DG_INPAINT_RGB="$OUT_DIR/go-inpaint.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
     | grep -E '^(--- |PASS|FAIL|ok |panic|WARNING: DATA RACE)' || true
 if ! grep -q '^ok ' "$OUT_DIR/go-test.log" || grep -qE '^(FAIL|--- FAIL|WARNING: DATA RACE)' "$OUT_DIR/go-test.log"; then
     echo "go-test: go test failed (log: $OUT_DIR/go-test.log)" >&2
@@ -88,6 +89,7 @@ check_rgb() {
 }
 check_rgb "$OUT_DIR/go.rgb" rust.rgb text-to-image
 check_rgb "$OUT_DIR/go-edit.rgb" rust-edit.rgb img2img
+check_rgb "$OUT_DIR/go-inpaint.rgb" rust-inpaint.rgb inpainting
 
 mkdir -p "$OUT_DIR/go-bin"
 go build -o "$OUT_DIR/go-bin/digits" ./examples/digits
@@ -244,4 +246,4 @@ printf 'module example.com/hello-tag\n\ngo 1.19\n' > "$TAG/hello/go.mod"
     check_png "$OUT_DIR/go-tag.png"
 )
 echo "go-test: go get $MODPATH@v$version resolved git tag bindings/go/v$version (not v9.9.9), vendored and built offline"
-echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-edit.rgb, $OUT_DIR/go-digit3.png)"
+echo "go-test: all Go binding tests passed ($OUT_DIR/go.rgb, $OUT_DIR/go-edit.rgb, $OUT_DIR/go-inpaint.rgb, $OUT_DIR/go-digit3.png)"

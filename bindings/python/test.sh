@@ -2,7 +2,8 @@
 # The Python binding's checks (bindings spec): a venv in OUT_DIR/venv with this package (installed
 # the way users do, `pip install ./bindings/python`), pytest, numpy and Pillow; the test suite; the
 # example; OUT_DIR/python.rgb, the raw RGB8 pixels of the shared "fox" request; and
-# OUT_DIR/python-edit.rgb, those of tests/c/edit.c's img2img request (the same as `dg edit`'s);
+# OUT_DIR/python-edit.rgb and OUT_DIR/python-inpaint.rgb, those of tests/c/edit.c's img2img and
+# inpainting requests (the same as `dg edit`'s and `dg edit --mask`'s);
 # then the platform wheel (build-wheel.sh, `make wheel`) built from DG_LIB_DIR's library, installed
 # with its onnxruntime dependency in OUT_DIR/wheel-venv and run with no DG_* variable.
 # usage (from the repository root): bindings/python/test.sh OUT_DIR
@@ -61,14 +62,15 @@ fi
 # The binding itself, every run: a wheel built from the current tree (hatchling, build isolation).
 "${PIP[@]}" install --force-reinstall --no-deps "$HERE"
 
-rm -f "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-digits.png"
+rm -f "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-inpaint.rgb" "$OUT_DIR/python-digits.png"
 echo "python: pytest (library: $LIB_DIR)"
 (cd "$HERE" && DG_LIBRARY_PATH=$LIB_DIR DG_FOX_RGB=$OUT_DIR/python.rgb DG_EDIT_RGB=$OUT_DIR/python-edit.rgb \
+	DG_INPAINT_RGB=$OUT_DIR/python-inpaint.rgb \
 	"$PY" -m pytest -q tests)
 
 echo "python: example"
 DG_LIBRARY_PATH=$LIB_DIR "$PY" "$HERE/examples/digits.py" --output "$OUT_DIR/python-digits.png" 2>/dev/null
-"$PY" - "$OUT_DIR/python-digits.png" "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" <<'PYEOF'
+"$PY" - "$OUT_DIR/python-digits.png" "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-inpaint.rgb" <<'PYEOF'
 import sys
 from PIL import Image
 with Image.open(sys.argv[1]) as im:
@@ -156,12 +158,17 @@ if [ -e "$REFERENCE" ]; then
 	}
 	echo "python: python.rgb == target/c-test/out/rust.rgb, byte for byte"
 fi
-EDIT_REFERENCE=$ROOT/target/c-test/out/rust-edit.rgb
-if [ -e "$EDIT_REFERENCE" ]; then
-	cmp "$OUT_DIR/python-edit.rgb" "$EDIT_REFERENCE" || {
-		echo "python: python-edit.rgb differs from $EDIT_REFERENCE (the same img2img request through dg edit)" >&2
+# check_reference NAME WHAT: OUT_DIR/python-NAME.rgb equals target/c-test/out/rust-NAME.rgb (the CLI's
+# pixels for the same request, written by `make c-test`) when that exists.
+check_reference() {
+	local reference=$ROOT/target/c-test/out/rust-$1.rgb
+	[ -e "$reference" ] || return 0
+	cmp "$OUT_DIR/python-$1.rgb" "$reference" || {
+		echo "python: python-$1.rgb differs from $reference (the same $2 request through ${3})" >&2
 		exit 1
 	}
-	echo "python: python-edit.rgb == target/c-test/out/rust-edit.rgb, byte for byte"
-fi
-echo "python: all checks passed in $((SECONDS - start))s; wrote $OUT_DIR/python.rgb and $OUT_DIR/python-edit.rgb"
+	echo "python: python-$1.rgb == target/c-test/out/rust-$1.rgb, byte for byte"
+}
+check_reference edit img2img "dg edit"
+check_reference inpaint inpainting "dg edit --mask"
+echo "python: all checks passed in $((SECONDS - start))s; wrote $OUT_DIR/python.rgb, $OUT_DIR/python-edit.rgb and $OUT_DIR/python-inpaint.rgb"

@@ -1,8 +1,11 @@
-/* Editing through the C API: img2img from a caller's pixel buffer (its pixels must equal
- * `dg edit`'s for the same request, compared by the Makefile), latent-blend inpainting with a
- * grey mask buffer, a progressive plan, and every error of the editing setters.
+/* Editing through the C API: img2img from a caller's pixel buffer, and inpainting on an inpainting
+ * package with the same request plus a mask (the pixels of each must equal `dg edit`'s, and
+ * `dg edit --mask`'s, for the same request, compared by the Makefile), latent-blend inpainting with
+ * a grey mask buffer, a progressive plan, and every error of the editing setters.
  *
- * usage: edit MODEL_DIR INIT.rgb OUT.rgb   (INIT.rgb: 64x64 raw RGB; MODEL_DIR: models/tiny-sd) */
+ * usage: edit MODEL_DIR INIT.rgb OUT.rgb INPAINT_MODEL_DIR MASK.rgb INPAINT_OUT.rgb
+ * (INIT.rgb, MASK.rgb: 64x64 raw RGB; MODEL_DIR: models/tiny-sd; INPAINT_MODEL_DIR:
+ * models/tiny-sd-inpaint) */
 #include "common.h"
 
 #include <math.h>
@@ -21,8 +24,8 @@ static dg_params_t *edit_params(const uint8_t *rgb) {
     return p;
 }
 
-static void test_img2img(const dg_pipeline_t *pipe, const uint8_t *rgb, const char *out) {
-    dg_params_t *p = edit_params(rgb);
+/* Runs p (then frees it) and writes the image's packed RGB to out: the bytes the Makefile compares. */
+static void generate_to_file(const dg_pipeline_t *pipe, dg_params_t *p, const char *out) {
     dg_images_t *imgs = NULL;
     CHECK_OK(dg_pipeline_generate(pipe, p, NULL, NULL, NULL, &imgs));
     dg_params_free(p);
@@ -33,6 +36,22 @@ static void test_img2img(const dg_pipeline_t *pipe, const uint8_t *rgb, const ch
     CHECK(packed != NULL && write_file(out, packed, len) == 0, "cannot write %s", out);
     free(packed);
     dg_images_free(imgs);
+}
+
+static void test_img2img(const dg_pipeline_t *pipe, const uint8_t *rgb, const char *out) {
+    generate_to_file(pipe, edit_params(rgb), out);
+}
+
+/* The img2img request plus a mask (packed RGB, as png2rgb writes the grey PNG) on an inpainting
+ * package (9-channel UNet): `dg edit --mask`'s request. */
+static void test_inpaint_package(dg_runtime_t *rt, const char *model, const uint8_t *rgb,
+                                 const uint8_t *mask, const char *out) {
+    dg_pipeline_t *pipe = NULL;
+    CHECK_OK(dg_pipeline_load(rt, model, &pipe));
+    dg_params_t *p = edit_params(rgb);
+    CHECK_OK(dg_params_set_mask(p, mask, SIZE, SIZE, 3, SIZE * 3));
+    generate_to_file(pipe, p, out);
+    dg_pipeline_free(pipe);
 }
 
 /* A grey mask (1 channel) with a padded stride: only the centre square is repainted, so the
@@ -114,16 +133,27 @@ static void test_setter_errors(const dg_pipeline_t *pipe, const uint8_t *rgb) {
     dg_params_free(p);
 }
 
+/* A 64x64 raw RGB file, or NULL after saying why. */
+static uint8_t *read_rgb(const char *path) {
+    size_t len = 0;
+    uint8_t *rgb = read_file(path, &len);
+    if (rgb == NULL || len != SIZE * SIZE * 3) {
+        fprintf(stderr, "edit: %s must hold 64x64 RGB pixels\n", path);
+        free(rgb);
+        return NULL;
+    }
+    return rgb;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: edit MODEL_DIR INIT.rgb OUT.rgb\n");
+    if (argc != 7) {
+        fprintf(stderr, "usage: edit MODEL_DIR INIT.rgb OUT.rgb INPAINT_MODEL_DIR MASK.rgb INPAINT_OUT.rgb\n");
         return 2;
     }
-    size_t len = 0;
-    uint8_t *rgb = read_file(argv[2], &len);
-    if (rgb == NULL || len != SIZE * SIZE * 3) {
-        fprintf(stderr, "edit: %s must hold 64x64 RGB pixels\n", argv[2]);
+    uint8_t *rgb = read_rgb(argv[2]), *mask = read_rgb(argv[5]);
+    if (rgb == NULL || mask == NULL) {
         free(rgb);
+        free(mask);
         return 2;
     }
     dg_runtime_t *rt = test_runtime();
@@ -133,7 +163,9 @@ int main(int argc, char **argv) {
     test_inpaint_and_plan(pipe, rgb);
     test_setter_errors(pipe, rgb);
     dg_pipeline_free(pipe);
+    test_inpaint_package(rt, argv[4], rgb, mask, argv[6]);
     dg_runtime_free(rt);
     free(rgb);
+    free(mask);
     return test_result("edit");
 }

@@ -2,12 +2,15 @@
 // (the request of `dg edit ... --seed 5 --steps 6 --scheduler euler_a --strength 0.5`; raw RGB
 // written to $DG_EDIT_RGB when set), the pixel-buffer overloads (pointer + stride, vector,
 // RGBA, dg::Image), inpainting with a padded grey mask, image guidance, a progressive plan,
-// RuntimeOptions::set, and the error code of every editing misuse.
+// RuntimeOptions::set, and the error code of every editing misuse; then the same img2img request
+// plus a mask on the inpainting package $DG_INPAINT_MODEL (the request of `dg edit --mask`; raw
+// RGB written to $DG_INPAINT_RGB when set).
 //
-// The init image is $DG_EDIT_INIT_RGB (64x64 raw RGB; ctest passes
-// target/c-test/out/edit-init.rgb, which `make c-test` decodes from
-// tests/golden/edit/image_64x64.png). Without it a synthetic gradient is used and nothing is
-// written to $DG_EDIT_RGB, since those pixels would not match the CLI's.
+// The init image is $DG_EDIT_INIT_RGB and the mask $DG_EDIT_MASK_RGB (64x64 raw RGB; ctest passes
+// target/c-test/out/edit-init.rgb and edit-mask.rgb, which `make c-test` decodes from
+// tests/golden/edit/image_64x64.png and mask_64x64.png). Without them a synthetic gradient (and
+// centre mask) is used and nothing is written to $DG_EDIT_RGB ($DG_INPAINT_RGB), since those
+// pixels would not match the CLI's.
 #include "check.hpp"
 
 #include <cstdio>
@@ -30,17 +33,40 @@ struct Init {
     bool golden = false;  // the file of `make c-test`, not the synthetic fallback
 };
 
-static Init load_init() {
+// The 64x64 raw RGB file $env names (golden), else an empty rgb to be filled synthetically.
+static Init load_golden(const char *env, const char *what) {
     Init init;
-    if (const char *path = std::getenv("DG_EDIT_INIT_RGB")) {
+    if (const char *path = std::getenv(env)) {
         init.rgb = test::read_file(path);
         if (init.rgb.size() == kRgbBytes) {
             init.golden = true;
             return init;
         }
         std::fprintf(stderr, "edit_test: %s is missing or not 64x64 RGB (run `make c-test`); "
-                             "using a synthetic init image\n", path);
+                             "using a synthetic %s\n", path, what);
     }
+    init.rgb.clear();
+    return init;
+}
+
+// Writes bytes to the file $env names (for test.sh to compare with the CLI's pixels) when they
+// come from the golden inputs; otherwise removes that file.
+static void write_golden_output(const char *env, const std::vector<std::uint8_t> &bytes, bool golden) {
+    if (const char *path = std::getenv(env)) {
+        if (golden) {
+            std::ofstream f(path, std::ios::binary | std::ios::trunc);
+            f.write(reinterpret_cast<const char *>(bytes.data()),
+                    static_cast<std::streamsize>(bytes.size()));
+            CHECK(f.good(), std::string("writing ") + path);
+        } else {
+            std::remove(path);
+        }
+    }
+}
+
+static Init load_init() {
+    Init init = load_golden("DG_EDIT_INIT_RGB", "init image");
+    if (init.golden) return init;
     init.rgb.resize(kRgbBytes);
     for (std::uint32_t y = 0; y < kSize; ++y)
         for (std::uint32_t x = 0; x < kSize; ++x) {
@@ -87,16 +113,7 @@ static std::vector<std::uint8_t> test_img2img(const dg::Pipeline &pipeline, cons
     CHECK(out.size() == kRgbBytes, "img2img bytes");
     CHECK(out != init.rgb, "img2img returned the init image unchanged");
 
-    if (const char *path = std::getenv("DG_EDIT_RGB")) {
-        if (init.golden) {
-            std::ofstream f(path, std::ios::binary | std::ios::trunc);
-            f.write(reinterpret_cast<const char *>(out.data()),
-                    static_cast<std::streamsize>(out.size()));
-            CHECK(f.good(), std::string("writing ") + path);
-        } else {
-            std::remove(path);
-        }
-    }
+    write_golden_output("DG_EDIT_RGB", out, init.golden);
 
     // Deterministic, and the params were only copied.
     CHECK(pipeline.generate(params)[0].to_vector() == out, "img2img is not deterministic");
@@ -171,6 +188,27 @@ static void test_inpaint(const dg::Pipeline &pipeline, const Init &init,
     // Clearing the mask is plain img2img again.
     params.clear_mask();
     CHECK(pipeline.generate(params)[0].to_vector() == img2img, "clear_mask is not img2img");
+}
+
+// tests/c/edit.c's inpainting request: edit_params plus the mask (packed RGB, as `make c-test`'s
+// png2rgb writes tests/golden/edit/mask_64x64.png) on the inpainting package (9-channel UNet).
+static void test_inpaint_package(const dg::Runtime &runtime, const std::string &model,
+                                 const Init &init, const std::vector<std::uint8_t> &img2img) {
+    Init mask = load_golden("DG_EDIT_MASK_RGB", "mask");
+    if (!mask.golden) {
+        const std::vector<std::uint8_t> grey = centre_mask(kSize);
+        for (std::uint8_t v : grey) mask.rgb.insert(mask.rgb.end(), 3, v);
+    }
+    const char *env = std::getenv("DG_INPAINT_MODEL");
+    dg::Pipeline pipeline = runtime.load(env != nullptr ? std::string(env) : model + "-inpaint");
+    dg::Params params = edit_params(init);
+    params.mask(mask.rgb, kSize, kSize, 3);
+    dg::Images images = pipeline.generate(params);
+    CHECK(images.size() == 1 && images[0].width() == kSize && images[0].height() == kSize,
+          "one 64x64 inpainted image");
+    std::vector<std::uint8_t> out = images[0].to_vector();
+    CHECK(out.size() == kRgbBytes && out != img2img, "inpainting package bytes");
+    write_golden_output("DG_INPAINT_RGB", out, init.golden && mask.golden);
 }
 
 static void test_plan(const dg::Pipeline &pipeline) {
@@ -293,5 +331,6 @@ int main(int argc, char **argv) {
         test_plan(pipeline);
         test_runtime_options(model, pipeline);
         test_errors(pipeline, init);
+        test_inpaint_package(runtime, model, init, img2img);
     });
 }

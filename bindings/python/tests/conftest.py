@@ -27,6 +27,15 @@ if not os.environ.get("DG_ORT_DYLIB_PATH"):
 import diffgentor  # noqa: E402  (after the environment above)
 
 
+def write_env_rgb(env: str, image: "diffgentor.RawImage") -> None:
+    """Writes image's raw RGB to the file the environment variable env names, if set: test.sh
+    compares it with the CLI's pixels for the same request (target/c-test/out/rust*.rgb)."""
+    out = os.environ.get(env)
+    if out:
+        with open(out, "wb") as f:
+            f.write(image.data)
+
+
 @pytest.fixture(scope="session")
 def runtime() -> Iterator[diffgentor.Runtime]:
     with diffgentor.Runtime() as rt:

@@ -1,12 +1,12 @@
 """Editing through the binding: img2img (the same request as tests/c/edit.c's first case and
-`dg edit`, whose pixels test.sh compares byte for byte), inpainting with a padded grey mask, plans,
+`dg edit`, whose pixels test.sh compares byte for byte), the same request plus a mask on an
+inpainting package (tests/c/edit.c's and `dg edit --mask`'s), inpainting with a padded grey mask, plans,
 image guidance, every input kind, and the errors of the editing parameters with their codes."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Dict, List
 
 import numpy as np
@@ -15,11 +15,12 @@ from PIL import Image
 
 import diffgentor
 from diffgentor import ErrorCode
-from conftest import REPO
+from conftest import MODELS, REPO, write_env_rgb
 
 SIZE = 64
 INIT_PNG = REPO / "tests" / "golden" / "edit" / "image_64x64.png"
 INIT_RGB = REPO / "target" / "c-test" / "out" / "edit-init.rgb"  # `make c-test`'s png2rgb of INIT_PNG
+MASK_PNG = REPO / "tests" / "golden" / "edit" / "mask_64x64.png"  # grey (mode L)
 #: tests/c/edit.c's edit_params: everything else default (guidance 7.5, the init image's size).
 EDIT: Dict[str, Any] = dict(seed=5, steps=6, scheduler="euler_a", strength=0.5)
 PROMPT = "a red fox"
@@ -49,10 +50,7 @@ def test_img2img_request_of_the_c_test(tiny: diffgentor.Pipeline, init: diffgent
     assert img2img.size == (SIZE, SIZE)  # the output takes the init image's size
     assert len(set(img2img.data)) > 16, "a flat image"
     assert img2img != init
-    out = os.environ.get("DG_EDIT_RGB")
-    if out:  # test.sh: OUT_DIR/python-edit.rgb, compared with `dg edit`'s pixels (rust-edit.rgb)
-        with open(out, "wb") as f:
-            f.write(img2img.data)
+    write_env_rgb("DG_EDIT_RGB", img2img)  # test.sh: OUT_DIR/python-edit.rgb, compared with rust-edit.rgb
     # Text-to-image with the same seed is another image; the same edit again is the same bytes.
     (t2i,) = tiny.generate(PROMPT, seed=5, steps=6, scheduler="euler_a", output="raw")
     assert t2i != img2img
@@ -101,6 +99,19 @@ def test_inpainting(tiny: diffgentor.Pipeline, init: diffgentor.RawImage, img2im
     (everything,) = tiny.generate(PROMPT, **EDIT, image=init, mask=np.full((SIZE, SIZE), 255, dtype=np.uint8),
                                   output="raw")
     assert everything not in (inpainted, img2img)
+
+
+def test_inpainting_request_of_the_c_test(runtime: diffgentor.Runtime, init: diffgentor.RawImage,
+                                          img2img: diffgentor.RawImage) -> None:
+    """tests/c/edit.c's inpainting request: the img2img one plus MASK_PNG (a PIL grey image) on the
+    inpainting package (9-channel UNet)."""
+    with Image.open(MASK_PNG) as im:
+        mask = im.copy()
+    assert mask.mode == "L" and mask.size == (SIZE, SIZE)
+    with runtime.load(MODELS / "tiny-sd-inpaint") as pipe:
+        (inpainted,) = pipe.generate(PROMPT, **EDIT, image=init, mask=mask, output="raw")
+    assert inpainted.size == (SIZE, SIZE) and inpainted != img2img
+    write_env_rgb("DG_INPAINT_RGB", inpainted)  # test.sh: OUT_DIR/python-inpaint.rgb, compared with rust-inpaint.rgb
 
 
 def test_plan_typed_matches_the_extra_key(tiny: diffgentor.Pipeline) -> None:

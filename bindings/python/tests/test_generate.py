@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import List
 
 import diffgentor
-from conftest import FOX, FOX_PROMPT
+from conftest import FOX, FOX_PROMPT, write_env_rgb
 
 
 def test_fox_request(tiny: diffgentor.Pipeline) -> None:
@@ -17,10 +16,7 @@ def test_fox_request(tiny: diffgentor.Pipeline) -> None:
     fox = images[0]
     assert (fox.width, fox.height) == (64, 64) and len(fox.data) == 64 * 64 * 3
     assert len(set(fox.data)) > 16, "a flat image"
-    out = os.environ.get("DG_FOX_RGB")
-    if out:  # test.sh: OUT_DIR/python.rgb, compared with the C API's and the CLI's pixels
-        with open(out, "wb") as f:
-            f.write(fox.data)
+    write_env_rgb("DG_FOX_RGB", fox)  # test.sh: OUT_DIR/python.rgb, compared with the C API's and the CLI's pixels
     # Same request again: byte for byte the same.
     assert tiny.generate(FOX_PROMPT, **FOX, output="raw")[0] == fox
 

@@ -1,5 +1,6 @@
 /* png2rgb IN.png OUT.rgb: decodes an 8-bit RGB, non-interlaced PNG (what diffgentor writes) to raw
- * RGB rows, width * 3 bytes each, top to bottom. A test tool: it lets the Makefile compare the
+ * RGB rows, width * 3 bytes each, top to bottom; an 8-bit greyscale one (an inpainting mask) comes
+ * out as RGB too, each grey byte three times. A test tool: it lets the Makefile compare the
  * pixels of a PNG written by `dg generate` (Rust API) with raw pixels from the C API. Text chunks
  * (metadata) are skipped; every chunk's CRC is checked. Needs zlib (-lz). */
 #include <stdint.h>
@@ -47,6 +48,7 @@ int main(int argc, char **argv) {
     if (len < 8 || memcmp(png, "\x89PNG\r\n\x1a\n", 8) != 0) return die("not a PNG");
 
     uint32_t width = 0, height = 0;
+    size_t bpp = 3; /* bytes per pixel: 3 for RGB, 1 for greyscale */
     uint8_t *idat = NULL;
     size_t idat_len = 0;
     int seen_end = 0;
@@ -59,8 +61,9 @@ int main(int argc, char **argv) {
             if (n != 13) return die("bad IHDR");
             width = be32(data);
             height = be32(data + 4);
-            if (data[8] != 8 || data[9] != 2 || data[12] != 0)
-                return die("only 8-bit RGB non-interlaced PNGs are supported");
+            if (data[8] != 8 || (data[9] != 2 && data[9] != 0) || data[12] != 0)
+                return die("only 8-bit RGB or greyscale non-interlaced PNGs are supported");
+            bpp = data[9] == 2 ? 3 : 1;
         } else if (memcmp(type, "IDAT", 4) == 0) {
             uint8_t *more = realloc(idat, idat_len + n);
             if (more == NULL) return die("out of memory");
@@ -76,7 +79,7 @@ int main(int argc, char **argv) {
     }
     if (!seen_end || width == 0 || height == 0 || idat == NULL) return die("incomplete PNG");
 
-    size_t row = (size_t)width * 3, raw_len = (row + 1) * height;
+    size_t row = (size_t)width * bpp, raw_len = (row + 1) * height;
     uint8_t *raw = malloc(raw_len), *rgb = malloc(row * height);
     if (raw == NULL || rgb == NULL) return die("out of memory");
     uLongf out_len = (uLongf)raw_len;
@@ -88,7 +91,7 @@ int main(int argc, char **argv) {
         uint8_t *out = rgb + y * row, *up = y ? out - row : NULL;
         uint8_t filter = in[-1];
         for (size_t x = 0; x < row; x++) {
-            int a = x >= 3 ? out[x - 3] : 0, b = up ? up[x] : 0, c = up && x >= 3 ? up[x - 3] : 0;
+            int a = x >= bpp ? out[x - bpp] : 0, b = up ? up[x] : 0, c = up && x >= bpp ? up[x - bpp] : 0;
             int v;
             switch (filter) {
             case 0: v = 0; break;
@@ -100,6 +103,17 @@ int main(int argc, char **argv) {
             }
             out[x] = (uint8_t)(in[x] + v);
         }
+    }
+
+    if (bpp == 1) {
+        uint8_t *expanded = malloc(row * height * 3);
+        if (expanded == NULL) return die("out of memory");
+        for (size_t i = 0; i < row * height; i++) {
+            expanded[3 * i] = expanded[3 * i + 1] = expanded[3 * i + 2] = rgb[i];
+        }
+        free(rgb);
+        rgb = expanded;
+        row *= 3;
     }
 
     FILE *o = fopen(argv[2], "wb");
