@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array1, Array2, Axis};
 use ort::memory::Allocator;
-use ort::session::SessionInputValue;
+use ort::session::{IoBinding, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
 use crate::error::{Error, Result};
@@ -63,6 +63,9 @@ pub(crate) struct Decoder {
 /// The cache of one request.
 pub(crate) struct CacheState {
     values: Vec<DynValue>,
+    /// Shared-buffer decoders: the IO binding with the cache bound, and the pool id of the session
+    /// it belongs to.
+    bound: Option<(usize, IoBinding)>,
     /// Tokens the cache holds.
     len: usize,
     /// The most tokens it can hold (the shared buffer's length, or the context length).
@@ -186,6 +189,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(CacheState {
             values,
+            bound: None,
             len: 0,
             capacity,
         })
@@ -276,23 +280,38 @@ impl Decoder {
     ) -> Result<(Vec<f32>, Duration)> {
         let fail = |e: ort::Error| self.fail(format!("binding: {e}"));
         let mut session = self.graph.session()?;
-        let mut binding = session.create_binding().map_err(fail)?;
+        let id = session.id();
+        // The cache buffers are bound once per session a request runs on (a binding belongs to its
+        // session); each step rebinds only its own inputs and the logits output.
+        if cache
+            .bound
+            .as_ref()
+            .is_none_or(|(bound_to, _)| *bound_to != id)
+        {
+            let mut binding = session.create_binding().map_err(fail)?;
+            for (slot, value) in self.slots.iter().zip(cache.values.iter_mut()) {
+                binding
+                    .bind_input(slot.past.as_str(), value)
+                    .map_err(fail)?;
+                binding
+                    .bind_output(slot.present.as_str(), value)
+                    .map_err(fail)?;
+            }
+            cache.bound = Some((id, binding));
+        }
+        let Some((_, binding)) = cache.bound.as_mut() else {
+            return Err(self.fail("binding: not made"));
+        };
         for (name, value) in &feeds {
             binding.bind_input(name.as_ref(), &**value).map_err(fail)?;
         }
-        for (slot, value) in self.slots.iter().zip(cache.values.iter_mut()) {
-            binding
-                .bind_input(slot.past.as_str(), value)
-                .map_err(fail)?;
-            binding
-                .bind_output(slot.present.as_str(), value)
-                .map_err(fail)?;
-        }
+        // Bound afresh every step: a device-bound output keeps the last run's buffer, whose shape
+        // (prompt length, then one position) would not fit.
         binding
             .bind_output_to_device(self.logits.as_str(), session.allocator().memory_info())
             .map_err(fail)?;
         let started = Instant::now();
-        let outputs = session.run_binding(&binding).map_err(|e| self.fail(e))?;
+        let outputs = session.run_binding(binding).map_err(|e| self.fail(e))?;
         let elapsed = started.elapsed();
         let logits = self.last_logits(outputs.get(&self.logits))?;
         Ok((logits, elapsed))
