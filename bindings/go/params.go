@@ -118,17 +118,25 @@ func (p *Params) build() (*C.dg_params_t, error) {
 }
 
 func setKey(cp *C.dg_params_t, key, value string) error {
-	ck, err := cString("parameter key", key)
+	return withKeyValue("parameter", key, value, func(ck, cv *C.char) *C.dg_error_t {
+		return C.dg_params_set(cp, ck, cv)
+	})
+}
+
+// withKeyValue passes key and value as C strings to a string-keyed setter (`what` names them in
+// errors: "parameter", "VLM parameter") and turns its answer into an error.
+func withKeyValue(what, key, value string, set func(ck, cv *C.char) *C.dg_error_t) error {
+	ck, err := cString(what+" key", key)
 	if err != nil {
 		return err
 	}
 	defer free(ck)
-	cv, err := cString("value of parameter "+strconv.Quote(key), value)
+	cv, err := cString("value of "+what+" "+strconv.Quote(key), value)
 	if err != nil {
 		return err
 	}
 	defer free(cv)
-	return takeError(C.dg_params_set(cp, ck, cv))
+	return takeError(set(ck, cv))
 }
 
 func (p *Params) apply(cp *C.dg_params_t) error {

@@ -551,17 +551,9 @@ func (p *VLMParams) fill(cp *C.dg_vlm_params_t) error {
 }
 
 func setVLMKey(cp *C.dg_vlm_params_t, key, value string) error {
-	ck, err := cString("VLM parameter key", key)
-	if err != nil {
-		return err
-	}
-	defer free(ck)
-	cv, err := cString("value of VLM parameter "+strconv.Quote(key), value)
-	if err != nil {
-		return err
-	}
-	defer free(cv)
-	return takeError(C.dg_vlm_params_set(cp, ck, cv))
+	return withKeyValue("VLM parameter", key, value, func(ck, cv *C.char) *C.dg_error_t {
+		return C.dg_vlm_params_set(cp, ck, cv)
+	})
 }
 
 func addVLMPart(cp *C.dg_vlm_params_t, role string, part VLMPart) error {

@@ -213,7 +213,7 @@ impl Decoder {
         }
         let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs
             .into_iter()
-            .map(|(n, v)| (Cow::Owned(n.to_string()), v))
+            .map(|(n, v)| (Cow::Borrowed(n), v))
             .collect();
         if let Some(name) = &self.attention_mask {
             let mask = Array2::<i64>::ones((1, total));

@@ -244,7 +244,7 @@ impl Vlm {
     pub fn prompt_ids(&self, request: &VlmRequest) -> Result<Vec<i64>> {
         match &self.model {
             Model::Qwen(qwen) => Ok(self.qwen_prompt(qwen, request)?.0),
-            Model::Captioner(c) => Ok(self.caption_prefix(c, request)),
+            Model::Captioner(c) => self.caption_prefix(c, request),
         }
     }
 
@@ -289,7 +289,7 @@ impl Vlm {
 
     /// An encoder-decoder captioner has no chat: it reads one image, and text other than the default
     /// caption prompt becomes the beginning of the caption.
-    fn caption_prefix(&self, captioner: &Captioner, request: &VlmRequest) -> Vec<i64> {
+    fn caption_prefix(&self, captioner: &Captioner, request: &VlmRequest) -> Result<Vec<i64>> {
         let text: String = request
             .messages
             .iter()
@@ -303,11 +303,9 @@ impl Vlm {
             .join(" ");
         let mut prefix = vec![captioner.start_id()];
         if !text.is_empty() && text != DEFAULT_CAPTION_PROMPT {
-            if let Ok(ids) = self.tokenizer.encode(&text) {
-                prefix.extend(ids);
-            }
+            prefix.extend(self.tokenizer.encode(&text)?);
         }
-        prefix
+        Ok(prefix)
     }
 
     fn run_captioner(
@@ -326,7 +324,7 @@ impl Vlm {
                 images.len()
             )));
         };
-        let prefix = self.caption_prefix(captioner, request);
+        let prefix = self.caption_prefix(captioner, request)?;
         let capacity = self.capacity(prefix.len(), request)?;
         timings.preprocess = started.elapsed();
         let (_, states, vision) = captioner.encode(image)?;

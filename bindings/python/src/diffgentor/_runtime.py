@@ -551,42 +551,11 @@ class BasePipeline(_Closeable):
                     raised.append(e)
                 return False
 
-        # A signal's exception (Ctrl-C's KeyboardInterrupt) can be raised as the trampoline is
-        # entered, before its `try`: ctypes then reports it to sys.unraisablehook, where
-        # _capture_unraisable routes it into `raised`, and the next step cancels the request. On
-        # the main thread the trampoline runs even without `progress`, so Ctrl-C stops a request
-        # after the current step instead of after the whole request.
-        if progress is not None or threading.current_thread() is threading.main_thread():
-            trampoline._diffgentor_raised = raised  # type: ignore[attr-defined]
-            _capture_unraisable()
-            callback = _native.PROGRESS_FN(trampoline)
-        else:
-            callback = _native.PROGRESS_FN()
-        out = ctypes.c_void_p()
-        # Every request gets a token (the caller's, else its own) so that interpreter exit can
-        # stop it without needing the GIL (see _inflight).
-        own_token = _new(lib.dg_cancel_token_new) if cancel is None else None
-        active = _active_trampolines()
-        active.append(trampoline)
-        try:
-            with self._handle.borrow() as pipe, _borrow_optional(cancel) as token:
-                token = token if own_token is None else own_token
-                with _inflight.cancellable(call, functools.partial(lib.dg_cancel_token_cancel, token)):
-                    err = lib.dg_pipeline_generate(pipe, params, callback, None, token, ctypes.byref(out))
-        finally:
-            active.pop()
-            if own_token is not None:
-                lib.dg_cancel_token_free(own_token)
-        images = out.value
-        try:
-            if raised:
-                if err:
-                    lib.dg_error_free(err)
-                first = raised[0]
-                raised.clear()  # no cycle through the traceback
-                raise first
-            _native.check(err)
-            assert images, "the library returned success without images"
+        def invoke(pipe: int, callback: Any, token: Optional[int], out: Any) -> Any:
+            return lib.dg_pipeline_generate(pipe, params, callback, None, token, out)
+
+        with _native_run(lib, call, self._handle, cancel, trampoline, raised, progress is not None,
+                         _native.PROGRESS_FN, invoke, lib.dg_images_free, "images") as images:
             result = []
             count = lib.dg_images_count(images)
             paths = [] if save is None else _save_names(save, count)
@@ -602,8 +571,55 @@ class BasePipeline(_Closeable):
                     _write(lib, img, paths[i], quality)
             return ImageList(result, lib.dg_images_seed(images), parse_metadata(lib.dg_images_metadata(images)),
                              [os.fsdecode(p) for p in paths])
-        finally:
-            lib.dg_images_free(images)
+
+
+@contextmanager
+def _native_run(lib: Any, call: _inflight.Call, handle: _Handle, cancel: Optional[CancelToken],
+                trampoline: Callable[..., bool], raised: List[BaseException], wanted: bool, fn_type: Any,
+                invoke: Callable[[int, Any, Optional[int], Any], Any], free: Callable[[Any], None],
+                what: str) -> Iterator[int]:
+    """Runs one request of a handle (a pipeline's generate, a VLM's) with its callback trampoline:
+    ``invoke(handle, callback, token, out)`` makes the C call. Yields the result, freed with ``free``
+    afterwards; an exception the trampoline kept is raised instead, and a C error as ``Error``."""
+    # A signal's exception (Ctrl-C's KeyboardInterrupt) can be raised as the trampoline is entered,
+    # before its `try`: ctypes then reports it to sys.unraisablehook, where _capture_unraisable
+    # routes it into `raised`, and the next callback cancels the request. On the main thread the
+    # trampoline runs even when the caller gave no callback (`wanted` false), so Ctrl-C stops a
+    # request at its next step instead of after the whole request.
+    if wanted or threading.current_thread() is threading.main_thread():
+        trampoline._diffgentor_raised = raised  # type: ignore[attr-defined]
+        _capture_unraisable()
+        callback = fn_type(trampoline)
+    else:
+        callback = fn_type()
+    out = ctypes.c_void_p()
+    # Every request gets a token (the caller's, else its own) so that interpreter exit can stop it
+    # without needing the GIL (see _inflight).
+    own_token = _new(lib.dg_cancel_token_new) if cancel is None else None
+    active = _active_trampolines()
+    active.append(trampoline)
+    try:
+        with handle.borrow() as ptr, _borrow_optional(cancel) as token:
+            token = token if own_token is None else own_token
+            with _inflight.cancellable(call, functools.partial(lib.dg_cancel_token_cancel, token)):
+                err = invoke(ptr, callback, token, ctypes.byref(out))
+    finally:
+        active.pop()
+        if own_token is not None:
+            lib.dg_cancel_token_free(own_token)
+    result = out.value
+    try:
+        if raised:
+            if err:
+                lib.dg_error_free(err)
+            first = raised[0]
+            raised.clear()  # no cycle through the traceback
+            raise first
+        _native.check(err)
+        assert result, f"the library returned success without {what}"
+        yield result
+    finally:
+        free(result)
 
 
 def _is_jpeg(path: bytes) -> bool:

@@ -5,10 +5,8 @@ the answer."""
 from __future__ import annotations
 
 import ctypes
-import functools
 import json
 import os
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union, cast
 
 from . import _inflight, _native
@@ -17,10 +15,8 @@ from ._runtime import (
     CancelToken,
     PathLike,
     Runtime,
-    _active_trampolines,
-    _borrow_optional,
-    _capture_unraisable,
     _Closeable,
+    _native_run,
     _new,
     _number,
     _param_text,
@@ -320,40 +316,12 @@ class Vlm(_Closeable):
                     raised.append(e)
                 return False
 
-        # As Pipeline's progress trampoline: on the main thread it runs even without on_token, so
-        # Ctrl-C (an exception escaping the trampoline's entry) stops the request at the next token.
-        if on_token is not None or threading.current_thread() is threading.main_thread():
-            trampoline._diffgentor_raised = raised  # type: ignore[attr-defined]
-            _capture_unraisable()
-            callback = _native.VLM_TOKEN_FN(trampoline)
-        else:
-            callback = _native.VLM_TOKEN_FN()
-        out = ctypes.c_void_p()
-        own_token = _new(lib.dg_cancel_token_new) if cancel is None else None
-        active = _active_trampolines()
-        active.append(trampoline)
-        try:
-            with self._handle.borrow() as vlm, _borrow_optional(cancel) as token:
-                token = token if own_token is None else own_token
-                with _inflight.cancellable(call, functools.partial(lib.dg_cancel_token_cancel, token)):
-                    err = lib.dg_vlm_generate(vlm, params, callback, None, token, ctypes.byref(out))
-        finally:
-            active.pop()
-            if own_token is not None:
-                lib.dg_cancel_token_free(own_token)
-        result = out.value
-        try:
-            if raised:
-                if err:
-                    lib.dg_error_free(err)
-                first = raised[0]
-                raised.clear()  # no cycle through the traceback
-                raise first
-            _native.check(err)
-            assert result, "the library returned success without a result"
+        def invoke(vlm: int, callback: Any, token: Optional[int], out: Any) -> Any:
+            return lib.dg_vlm_generate(vlm, params, callback, None, token, out)
+
+        with _native_run(lib, call, self._handle, cancel, trampoline, raised, on_token is not None,
+                         _native.VLM_TOKEN_FN, invoke, lib.dg_vlm_result_free, "a result") as result:
             return _take(lib, result)
-        finally:
-            lib.dg_vlm_result_free(result)
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
