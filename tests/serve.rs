@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,166 +14,18 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::png::lying_png;
+use common::serve::{agent, get, post, post_json, read, Reply, Server};
 use diffgentor::Image;
 use serde_json::{json, Value};
 
 /// The key of the servers started with one.
 const KEY: &str = "sk-serve-test";
 
-/// A `dg serve` child on 127.0.0.1 and the port it printed; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    /// Held open so the server never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    /// Starts `dg serve --model models/<model> --port 0 <args>` and waits for its
-    /// `listening on` line. Logs (warnings and up) go to the test's stderr.
-    fn start(model: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dg"));
-        cmd.arg("serve")
-            .arg("--model")
-            .arg(common::model_dir(model))
-            .args(["--port", "0"])
-            .args(args)
-            .env("DG_LOG", "warn")
-            .env_remove("DG_SERVE_API_KEY")
-            .env_remove("DG_SERVE_NUM_INFERENCE_STEPS")
-            .env_remove("DG_SERVE_GUIDANCE_SCALE")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(lib) = common::ort_library() {
-            cmd.env("DG_ORT_DYLIB_PATH", lib);
-        }
-        let mut child = cmd.spawn().expect("dg serve starts");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let port = line
-            .trim()
-            .strip_prefix("listening on http://127.0.0.1:")
-            .and_then(|port| port.parse().ok());
-        let Some(port) = port else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dg serve did not print its address (see its log above): {line:?}");
-        };
-        Server {
-            child,
-            port,
-            _stdout: stdout,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base())
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill(2) on our own child's pid; it has not been waited for, so the pid is ours.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
-        self.child.wait().expect("dg serve is waited for")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An HTTP answer, read whole.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "a JSON body ({e}): {}",
-                String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
-/// Reads an answer whole; a body cut short (or any transport failure) is an error.
-fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, String> {
-    let mut response = result.map_err(|e| format!("no answer: {e}"))?;
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()
-        .map_err(|e| format!("a {status} answer's body could not be read whole: {e}"))?;
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn get(url: &str) -> Reply {
-    read(agent().get(url).call()).unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
-fn post(url: &str, content_type: &str, body: &[u8]) -> Reply {
-    read(
-        agent()
-            .post(url)
-            .header("content-type", content_type)
-            .send(body),
-    )
-    .unwrap_or_else(|e| panic!("POST {url}: {e}"))
-}
-
-fn post_json(url: &str, body: &Value) -> Reply {
-    post(url, "application/json", body.to_string().as_bytes())
+/// Starts `dg serve --model models/<model> <args>` with `env` set.
+fn start(model: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let dir = common::model_dir(model);
+    let model_args = ["--model", dir.to_str().expect("a UTF-8 path")];
+    Server::start(&[&model_args[..], args].concat(), env)
 }
 
 /// A multipart/form-data body of `(name, bytes)` parts (files when the name is an image part).
@@ -398,7 +250,7 @@ fn the_openai_client_generates_edits_streams_and_gets_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = fixtures(dir.path());
     // One worker and one queue slot, so the script can fill the queue (RateLimitError).
-    let server = Server::start(
+    let server = start(
         "digits",
         &["--api-key", KEY, "--concurrency", "1", "--queue-size", "1"],
         &[],
@@ -428,7 +280,7 @@ fn schemathesis_finds_the_server_true_to_openais_images_spec() {
     };
     // Two steps keep every generation short; sizes past 64 (1024x1024 is the spec's example)
     // are refused rather than run: the digits model makes 16x16.
-    let server = Server::start(
+    let server = start(
         "digits",
         &["--api-key", KEY, "--max-side", "64"],
         &[("DG_SERVE_NUM_INFERENCE_STEPS", "2")],
@@ -446,7 +298,7 @@ fn schemathesis_finds_the_server_true_to_openais_images_spec() {
 #[test]
 fn dgs_openai_backend_through_the_server_matches_a_local_run() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start("digits", &[], &[]);
+    let server = start("digits", &[], &[]);
     let endpoint = server.url("/v1");
     let local = dir.path().join("local.png");
     let remote = dir.path().join("remote.png");
@@ -498,7 +350,7 @@ fn dgs_openai_backend_through_the_server_matches_a_local_run() {
 
 #[test]
 fn replicas_share_the_queue_and_give_the_same_images() {
-    let server = Server::start("digits", &["--replicas", "2", "--concurrency", "2"], &[]);
+    let server = start("digits", &["--replicas", "2", "--concurrency", "2"], &[]);
     let ready = get(&server.url("/readyz"));
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(
@@ -552,7 +404,7 @@ fn settled_metrics(server: &Server) -> String {
 fn two_hundred_requests_at_concurrency_16_all_succeed_and_metrics_add_up() {
     const REQUESTS: usize = 200;
     const CLIENTS: usize = 16;
-    let server = Server::start("digits", &["--queue-size", "64"], &[]);
+    let server = start("digits", &["--queue-size", "64"], &[]);
     let url = server.url("/v1/images/generations");
     let (sent, results) = mpsc::channel();
     thread::scope(|scope| {
@@ -631,7 +483,7 @@ fn two_hundred_requests_at_concurrency_16_all_succeed_and_metrics_add_up() {
 fn sigterm_under_load_answers_every_request_whole_and_exits_0() {
     const CLIENTS: usize = 8;
     const PER_CLIENT: usize = 6;
-    let mut server = Server::start("digits", &["--queue-size", "64"], &[]);
+    let mut server = start("digits", &["--queue-size", "64"], &[]);
     let url = server.url("/v1/images/generations");
     let (sent, results) = mpsc::channel();
     let outcomes = thread::scope(|scope| {
@@ -752,7 +604,7 @@ fn post_oversized(server: &Server, path: &str, content_type: &str, bytes: usize)
 
 #[test]
 fn bad_input_gets_openai_errors_and_the_server_stays_healthy() {
-    let server = Server::start("digits", &[], &[]);
+    let server = start("digits", &[], &[]);
     let generations = server.url("/v1/images/generations");
     let edits = server.url("/v1/images/edits");
     let fast = |extra: Value| {
@@ -931,7 +783,7 @@ fn digit_png() -> Vec<u8> {
 #[test]
 fn the_job_api_queues_streams_cancels_and_forgets() {
     let expected = digit_png();
-    let server = Server::start("digits", &["--concurrency", "1", "--queue-size", "4"], &[]);
+    let server = start("digits", &["--concurrency", "1", "--queue-size", "4"], &[]);
     let jobs = server.url("/v1/jobs");
     let create = |body: Value| {
         let reply = post_json(&jobs, &body);
@@ -1066,7 +918,7 @@ fn the_job_api_queues_streams_cancels_and_forgets() {
 
 #[test]
 fn cancelled_jobs_free_their_place_and_time_limits_hold() {
-    let server = Server::start("digits", &["--concurrency", "1", "--queue-size", "1"], &[]);
+    let server = start("digits", &["--concurrency", "1", "--queue-size", "1"], &[]);
     let jobs = server.url("/v1/jobs");
     let create = |body: Value| post_json(&jobs, &body);
     let slow = create(json!({"prompt": "1", "steps": 999, "n": 10})).json()["id"].clone();
@@ -1093,7 +945,7 @@ fn cancelled_jobs_free_their_place_and_time_limits_hold() {
 
     // A generation past --request-timeout is cancelled with a 504; time queued does not count.
     // Images behind URLs and finished jobs are gone after --job-ttl.
-    let server = Server::start("digits", &["--request-timeout", "1", "--job-ttl", "1"], &[]);
+    let server = start("digits", &["--request-timeout", "1", "--job-ttl", "1"], &[]);
     let slow = post_json(
         &server.url("/v1/images/generations"),
         &json!({"prompt": "1", "steps": 999, "n": 10}),
@@ -1124,7 +976,7 @@ fn cancelled_jobs_free_their_place_and_time_limits_hold() {
 #[test]
 fn a_websocket_submits_follows_and_reports_errors() {
     let expected = digit_png();
-    let server = Server::start("digits", &[], &[]);
+    let server = start("digits", &[], &[]);
     let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))

@@ -7,156 +7,29 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::http::{Reply as Canned, TestServer};
+use common::serve::{get, post_json, Reply, Server};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-chat-test";
 const VLM: &str = "tiny-qwen2.5-vl";
 
-/// A `dg serve --port 0 <args>` child and the port it printed; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dg"));
-        cmd.arg("serve")
-            .args(["--port", "0"])
-            .args(args)
-            .current_dir(common::repo())
-            .env("DG_LOG", "warn")
-            .env_remove("DG_SERVE_API_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(lib) = common::ort_library() {
-            cmd.env("DG_ORT_DYLIB_PATH", lib);
-        }
-        let mut child = cmd.spawn().expect("dg serve starts");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let port = line
-            .trim()
-            .strip_prefix("listening on http://127.0.0.1:")
-            .and_then(|port| port.parse().ok());
-        let Some(port) = port else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dg serve {args:?} did not print its address (see its log above): {line:?}");
-        };
-        Server {
-            child,
-            port,
-            _stdout: stdout,
-        }
-    }
-
-    fn vlm(args: &[&str]) -> Server {
-        Server::start(&[&["--vlm", "models/tiny-qwen2.5-vl"][..], args].concat())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn chat(&self, body: &Value) -> Reply {
-        post(&self.url("/v1/chat/completions"), body)
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill(2) on our own child's pid; it has not been waited for, so the pid is ours.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
-        self.child.wait().expect("dg serve is waited for")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("a JSON body ({e}): {}", self.text()))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut response = result.expect("an answer");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            (n.as_str().to_string(), value)
-        })
-        .collect();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()
-        .expect("the body, whole");
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
-fn get(url: &str) -> Reply {
-    read(agent().get(url).call())
-}
-
-fn post(url: &str, body: &Value) -> Reply {
-    read(
-        agent()
-            .post(url)
-            .header("content-type", "application/json")
-            .send(body.to_string()),
+/// `dg serve --vlm models/tiny-qwen2.5-vl <args>`.
+fn vlm(args: &[&str]) -> Server {
+    Server::start(
+        &[&["--vlm", "models/tiny-qwen2.5-vl"][..], args].concat(),
+        &[],
     )
+}
+
+fn chat(server: &Server, body: &Value) -> Reply {
+    post_json(&server.url("/v1/chat/completions"), body)
 }
 
 /// Asserts an OpenAI error answer and returns its `error` object.
@@ -283,7 +156,7 @@ fn the_openai_client_chats_streams_and_gets_typed_errors() {
     let Some(python) = python() else { return };
     // An image model next to the VLM: they share one worker and one queue place, so the
     // script can fill the queue with image jobs and see a completion refused.
-    let server = Server::vlm(&[
+    let server = vlm(&[
         "--model",
         "models/digits",
         "--api-key",
@@ -309,17 +182,20 @@ fn the_openai_client_chats_streams_and_gets_typed_errors() {
 
 #[test]
 fn answers_equal_dg_caption_and_a_vlm_only_server_makes_no_images() {
-    let server = Server::vlm(&[]);
+    let server = vlm(&[]);
     for name in ["image_96x64", "two_images", "image_300x200_max_pixels"] {
         let case = case(name);
         let expected = caption(&case);
         // dg caption's tokens are transformers' (tests/vlm.rs); the server's must be dg caption's.
         assert_eq!(expected["token_ids"], case["expected_ids"], "{name}");
-        let reply = server.chat(&json!({
-            "model": VLM,
-            "messages": messages(&case),
-            "max_tokens": case["max_new_tokens"],
-        }));
+        let reply = chat(
+            &server,
+            &json!({
+                "model": VLM,
+                "messages": messages(&case),
+                "max_tokens": case["max_new_tokens"],
+            }),
+        );
         assert_eq!(reply.status, 200, "{name}: {}", reply.text());
         let answer = reply.json();
         let choice = &answer["choices"][0];
@@ -351,14 +227,17 @@ fn answers_equal_dg_caption_and_a_vlm_only_server_makes_no_images() {
         ("/v1/images/generations", json!({"prompt": "7"})),
         ("/v1/jobs", json!({"prompt": "7"})),
     ] {
-        let error = assert_error(&post(&server.url(path), &body), 404, None, path);
+        let error = assert_error(&post_json(&server.url(path), &body), 404, None, path);
         assert_eq!(error["code"], "model_not_served", "{path}");
     }
     // The header names an image too large for --max-side before anything is decoded.
     let huge = common::png::lying_png(100_000, 100_000);
-    let reply = server.chat(&json!({
-        "messages": [{"role": "user", "content": [image_url(&data_url(&huge))]}],
-    }));
+    let reply = chat(
+        &server,
+        &json!({
+            "messages": [{"role": "user", "content": [image_url(&data_url(&huge))]}],
+        }),
+    );
     let error = assert_error(
         &reply,
         400,
@@ -371,15 +250,20 @@ fn answers_equal_dg_caption_and_a_vlm_only_server_makes_no_images() {
     );
     // A prompt longer than the model's context.
     let long = "yes ".repeat(5000);
-    let reply = server.chat(&json!({"messages": [{"role": "user", "content": long}]}));
+    let reply = chat(
+        &server,
+        &json!({"messages": [{"role": "user", "content": long}]}),
+    );
     assert_error(&reply, 400, None, "a prompt past the context");
 }
 
 #[test]
 fn a_server_without_vlm_has_no_chat_completions() {
-    let server = Server::start(&["--model", "models/digits"]);
-    let reply =
-        server.chat(&json!({"model": VLM, "messages": [{"role": "user", "content": "hi"}]}));
+    let server = Server::start(&["--model", "models/digits"], &[]);
+    let reply = chat(
+        &server,
+        &json!({"model": VLM, "messages": [{"role": "user", "content": "hi"}]}),
+    );
     let error = assert_error(&reply, 404, None, "chat without --vlm");
     assert_eq!(error["code"], "model_not_served");
     let models = get(&server.url("/v1/models")).json();
@@ -440,7 +324,7 @@ impl RawStream {
 #[test]
 fn a_client_leaving_mid_stream_frees_the_worker() {
     // One worker, no waiting place: a second request while a completion runs is refused.
-    let server = Server::vlm(&["--concurrency", "1", "--queue-size", "0"]);
+    let server = vlm(&["--concurrency", "1", "--queue-size", "0"]);
     // The longest answer the tiny model gives: it runs until its end-of-sequence token.
     let long = json!({
         "messages": messages(&case("image_96x64")),
@@ -474,7 +358,10 @@ fn a_client_leaving_mid_stream_frees_the_worker() {
         "{first}"
     );
     // Still generating: the one worker is busy and there is no waiting place.
-    let busy = server.chat(&json!({"messages": [{"role": "user", "content": "hi"}]}));
+    let busy = chat(
+        &server,
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    );
     let error = assert_error(&busy, 429, None, "a request while the worker is busy");
     assert_eq!(error["code"], "queue_full");
     assert!(busy
@@ -491,10 +378,13 @@ fn a_client_leaving_mid_stream_frees_the_worker() {
         "the cancelled completion made {tokens} of {full} tokens"
     );
     // The worker takes the next request at once.
-    let reply = server.chat(&json!({
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 2,
-    }));
+    let reply = chat(
+        &server,
+        &json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        }),
+    );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["usage"]["completion_tokens"], 2);
 }
@@ -502,12 +392,15 @@ fn a_client_leaving_mid_stream_frees_the_worker() {
 #[test]
 fn completions_past_the_request_timeout_are_504() {
     // No time at all: every completion is cancelled at its first token.
-    let server = Server::vlm(&["--request-timeout", "0"]);
+    let server = vlm(&["--request-timeout", "0"]);
     for stream in [false, true] {
-        let reply = server.chat(&json!({
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": stream,
-        }));
+        let reply = chat(
+            &server,
+            &json!({
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": stream,
+            }),
+        );
         let error = assert_error(&reply, 504, None, "a completion past its time");
         assert_eq!(error["code"], "timeout");
     }
@@ -528,17 +421,20 @@ fn remote_images_are_fetched_only_when_allowed_and_within_limits() {
     });
     let golden = case("image_96x64");
     let ask = |server: &Server, url: &str| {
-        server.chat(&json!({
-            "messages": [{"role": "user", "content": [
-                image_url(url),
-                {"type": "text", "text": golden["prompt"]},
-            ]}],
-            "max_tokens": golden["max_new_tokens"],
-        }))
+        chat(
+            server,
+            &json!({
+                "messages": [{"role": "user", "content": [
+                    image_url(url),
+                    {"type": "text", "text": golden["prompt"]},
+                ]}],
+                "max_tokens": golden["max_new_tokens"],
+            }),
+        )
     };
     let param = Some("messages[0].content[0].image_url");
 
-    let closed = Server::vlm(&[]);
+    let closed = vlm(&[]);
     let error = assert_error(
         &ask(&closed, &images.url("/shapes.png")),
         400,
@@ -548,7 +444,7 @@ fn remote_images_are_fetched_only_when_allowed_and_within_limits() {
     assert_eq!(error["code"], "remote_images_disabled");
     assert!(images.requests().is_empty(), "the server fetched anyway");
 
-    let open = Server::vlm(&["--allow-remote-images", "--max-body-mib", "2"]);
+    let open = vlm(&["--allow-remote-images", "--max-body-mib", "2"]);
     for path in ["/shapes.png", "/moved.png"] {
         let reply = ask(&open, &images.url(path));
         assert_eq!(reply.status, 200, "{path}: {}", reply.text());
@@ -573,7 +469,7 @@ fn remote_images_are_fetched_only_when_allowed_and_within_limits() {
 #[test]
 fn a_completion_queued_at_shutdown_is_answered_503() {
     // An image job holds the one worker; a streamed completion waits behind it.
-    let mut server = Server::vlm(&[
+    let mut server = vlm(&[
         "--model",
         "models/digits",
         "--concurrency",
@@ -581,7 +477,7 @@ fn a_completion_queued_at_shutdown_is_answered_503() {
         "--shutdown-timeout",
         "1",
     ]);
-    let slow = post(
+    let slow = post_json(
         &server.url("/v1/jobs"),
         &json!({"prompt": "1", "steps": 999, "n": 10}),
     );
@@ -592,7 +488,7 @@ fn a_completion_queued_at_shutdown_is_answered_503() {
     }
     let url = server.url("/v1/chat/completions");
     let waiting = thread::spawn(move || {
-        post(
+        post_json(
             &url,
             &json!({"messages": [{"role": "user", "content": "hi"}], "stream": true}),
         )

@@ -5,6 +5,7 @@ pub mod http;
 pub mod peers;
 pub mod png;
 pub mod remote;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
