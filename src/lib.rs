@@ -18,6 +18,7 @@ pub mod capi;
 pub mod error;
 pub mod generators;
 pub mod image;
+pub mod lora;
 pub mod model;
 pub mod npy;
 pub mod pipelines;
@@ -30,7 +31,7 @@ pub mod vlm;
 pub use error::{Error, ErrorCode, RemoteError, RemoteFailure, Result};
 pub use image::Image;
 pub use pipelines::Pipeline;
-pub use request::{CancelToken, Output, Progress, Request};
+pub use request::{CancelToken, LoraUse, Output, Progress, Request};
 pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};
 
 /// Compiles the README's Rust example as a doctest so it cannot drift from the API.

@@ -39,4 +39,8 @@ impl Generator for Pipeline {
     ) -> Result<Output> {
         self.generate_with_progress(request, progress)
     }
+
+    fn as_pipeline(&self) -> Option<&Pipeline> {
+        Some(self)
+    }
 }

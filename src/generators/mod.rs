@@ -42,6 +42,11 @@ pub trait Generator: Send + Sync + fmt::Debug {
         let d = self.describe();
         Ok(format!("{} ({}) is loaded", d.name, d.kind))
     }
+
+    /// The local pipeline behind this generator, for what only local models do (LoRA adapters).
+    fn as_pipeline(&self) -> Option<&crate::pipelines::Pipeline> {
+        None
+    }
 }
 
 /// A generator's name, kind and abilities, for `dg doctor`, servers and callers that route

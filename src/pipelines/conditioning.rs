@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{Family, LoadedModel, TextEncoder};
 use crate::request::Request;
 use crate::request::Timings;
-use crate::runtime::{ElementType, Input};
+use crate::runtime::{ElementType, Input, StackWeights};
 
 /// What the denoiser is conditioned on, one row per item of its batch.
 pub(crate) struct Conditioning {
@@ -32,6 +32,7 @@ pub(crate) fn encode(
     model: &LoadedModel,
     request: &Request,
     guidance: Guidance,
+    adapters: Option<&StackWeights>,
     timings: &mut Timings,
 ) -> Result<Conditioning> {
     let package = &model.package;
@@ -50,6 +51,7 @@ pub(crate) fn encode(
     }
     let mut run = Runner {
         texts: &texts,
+        adapters,
         timings,
     };
     let first = || {
@@ -154,6 +156,8 @@ pub(crate) fn encode(
 /// Tokenizes the request's texts and runs encoders, accounting the time.
 struct Runner<'t, 'm> {
     texts: &'t [&'t str],
+    /// The request's LoRA weights (text-encoder LoRAs among them).
+    adapters: Option<&'t StackWeights>,
     timings: &'m mut Timings,
 }
 
@@ -228,7 +232,14 @@ impl Runner<'_, '_> {
             }
             _ => Input::I64(ids.view()),
         };
-        let (outputs, ort) = encoder.graph.run_outputs(&[("input_ids", input)], names)?;
+        let weights = self
+            .adapters
+            .and_then(|a| a.for_graph(&encoder.graph))
+            .map(|set| &**set);
+        let (outputs, ort) =
+            encoder
+                .graph
+                .run_outputs_with(&[("input_ids", input)], weights, names)?;
         self.timings.ort_run += ort;
         self.timings.text_encode += started.elapsed();
         Ok(outputs)

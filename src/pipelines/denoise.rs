@@ -1,4 +1,5 @@
 //! The denoising loop shared by every task: denoiser batch in, guided prediction, scheduler step.
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{s, ArrayD, Axis};
@@ -10,7 +11,7 @@ use crate::model::{Denoiser, TimestepShape, TransformerKind};
 use crate::request::Request;
 use crate::request::Timings;
 use crate::rng::NoiseSource;
-use crate::runtime::{ElementType, Input};
+use crate::runtime::{ElementType, Input, WeightSet};
 use crate::schedulers::Scheduler;
 
 /// What stays fixed over the steps of one pass.
@@ -24,6 +25,8 @@ pub(crate) struct Step<'a> {
     pub blend: Option<&'a Blend>,
     /// Checked for cancellation before every step.
     pub cancel: &'a Request,
+    /// The request's LoRA weights for the denoiser.
+    pub weights: Option<Arc<WeightSet>>,
 }
 
 /// Runs the steps `start..` of `scheduler` over `latents` (first axis: images) in place;
@@ -67,6 +70,9 @@ pub(crate) fn denoise(
     let mut binding = step.denoiser.graph().binding(output_name, &out_shape)?;
     for (name, tensor) in &step.fixed {
         binding.fix(name, tensor.input())?;
+    }
+    if let Some(weights) = &step.weights {
+        binding.weights(weights.clone());
     }
     let timesteps = scheduler.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate().skip(start) {

@@ -4,6 +4,7 @@ mod denoise;
 pub mod flux;
 mod guidance;
 mod inputs;
+mod loras;
 mod pipeline;
 mod prepare;
 mod resample;

@@ -1,6 +1,6 @@
 //! A loaded package and the request flow: resolve the task, prepare latents, denoise, decode.
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ndarray::ArrayD;
@@ -15,9 +15,9 @@ use super::resample::resize;
 use super::vae;
 use crate::error::{Error, Result};
 use crate::model::{Denoiser, Family, LoadedModel, TransformerKind};
-use crate::request::{check_size, Output, Plan, Progress, Request, Timings};
+use crate::request::{check_size, LoraUse, Output, Plan, Progress, Request, Timings};
 use crate::rng;
-use crate::runtime::{ElementType, Runtime};
+use crate::runtime::{Adapters, ElementType, Runtime, StackWeights};
 use crate::schedulers::{self, Scheduler};
 
 /// A loaded model package on a runtime. Shared sessions; every request has its own scheduler and RNG.
@@ -25,6 +25,9 @@ use crate::schedulers::{self, Scheduler};
 pub struct Pipeline {
     runtime: Arc<Runtime>,
     model: LoadedModel,
+    pub(super) adapters: Adapters,
+    /// The stack of requests that name none (`merge`d adapters).
+    pub(super) default_loras: RwLock<Vec<LoraUse>>,
 }
 
 /// Default values a request resolves to on this package.
@@ -39,7 +42,12 @@ impl Pipeline {
     /// Loads a package directory (optimum/diffusers ONNX layout) onto `runtime`.
     pub fn load(runtime: Arc<Runtime>, dir: &Path) -> Result<Pipeline> {
         let model = LoadedModel::load(&runtime, dir)?;
-        Ok(Pipeline { runtime, model })
+        Ok(Pipeline {
+            runtime,
+            model,
+            adapters: Adapters::default(),
+            default_loras: RwLock::new(Vec::new()),
+        })
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -87,15 +95,26 @@ impl Pipeline {
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Output> {
         let started = Instant::now();
+        let tagged;
+        let request = if request.lora_prompt_tags {
+            tagged = self.with_prompt_tags(request)?;
+            &tagged
+        } else {
+            request
+        };
         request.validate()?;
         let mut timings = Timings::default();
+        let adapters = self.lora_weights(request)?;
+        let adapters = adapters.as_deref();
         let output = match &request.plan {
             None => {
                 let pass = self.resolve(request)?;
                 let mut reporter = Reporter::new(started, pass.steps(), progress);
-                self.run_stage(request, pass, &mut timings, &mut reporter, true)?
+                self.run_stage(request, pass, adapters, &mut timings, &mut reporter, true)?
             }
-            Some(plan) => self.run_plan(request, plan, &mut timings, started, progress)?,
+            Some(plan) => {
+                self.run_plan(request, plan, adapters, &mut timings, started, progress)?
+            }
         };
         timings.total = started.elapsed();
         Ok(Output { timings, ..output })
@@ -107,6 +126,7 @@ impl Pipeline {
         &self,
         request: &Request,
         plan: &Plan,
+        adapters: Option<&StackWeights>,
         timings: &mut Timings,
         started: Instant,
         progress: &mut dyn FnMut(&Progress) -> bool,
@@ -167,7 +187,8 @@ impl Pipeline {
                 let upscaled = resize(latents.view(), h, w, plan.stages[i].upscale);
                 stage.init_latents = Some(upscaled.into_dyn());
             }
-            previous = Some(self.run_stage(&stage, pass, timings, &mut reporter, i == last)?);
+            previous =
+                Some(self.run_stage(&stage, pass, adapters, timings, &mut reporter, i == last)?);
         }
         previous.ok_or_else(|| Error::InvalidArg("a plan needs at least one stage".into()))
     }
@@ -244,10 +265,12 @@ impl Pipeline {
     }
 
     /// One diffusion pass: the whole request without a plan, or one stage of a plan.
+    #[allow(clippy::too_many_arguments)]
     fn run_stage(
         &self,
         request: &Request,
         pass: Resolved,
+        adapters: Option<&StackWeights>,
         timings: &mut Timings,
         reporter: &mut Reporter<'_>,
         decode: bool,
@@ -279,7 +302,7 @@ impl Pipeline {
             },
             _ => Guidance::None,
         };
-        let cond = conditioning::encode(model, request, guidance, timings)?;
+        let cond = conditioning::encode(model, request, guidance, adapters, timings)?;
         let seed = request.seed.unwrap_or_else(clock_seed);
         let mut noise = rng::generator(request.rng, seed);
         let Prepared {
@@ -313,6 +336,9 @@ impl Pipeline {
             extra: extra.as_ref(),
             blend: blend.as_ref(),
             cancel: request,
+            weights: adapters
+                .and_then(|a| a.for_graph(model.denoiser.graph()))
+                .cloned(),
         };
         denoise(
             &step,

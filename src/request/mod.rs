@@ -1,9 +1,11 @@
 //! What a caller asks for and what it gets back, whoever draws the image (a local pipeline or a
 //! remote service): requests with diffusers' defaults and validation, plans, progress,
 //! cancellation and outputs. Knows nothing of ONNX Runtime.
+mod loras;
 mod output;
 mod plan;
 
+pub use loras::{check_stack, format_stack, parse_stack, take_prompt_tags, LoraUse, MAX_STACK};
 pub use output::{Output, Timings};
 pub use plan::{Plan, Resample, Stage, MAX_STAGES};
 
@@ -56,6 +58,8 @@ pub const KEYS: &[&str] = &[
     "best_effort",
     "aesthetic_score",
     "negative_aesthetic_score",
+    "loras",
+    "lora_prompt_tags",
 ];
 
 /// One request for every task: text-to-image, img2img (`init_image`), inpainting (`init_image` +
@@ -109,6 +113,11 @@ pub struct Request {
     /// a scheduler, an exact seed or size), listing what was ignored in [`Output::metadata`],
     /// instead of refusing with `Unsupported`.
     pub best_effort: bool,
+    /// The LoRA stack (adapters loaded on the pipeline, by name, with strengths); `None` = the
+    /// pipeline's default stack, `Some(empty)` = no LoRA.
+    pub loras: Option<Vec<LoraUse>>,
+    /// Take A1111-style `<lora:name:strength>` tags out of the prompt and append them to the stack.
+    pub lora_prompt_tags: bool,
 }
 
 /// A flag another thread can raise to stop a running request (cheap to clone, shared state).
@@ -156,6 +165,8 @@ impl Default for Request {
             best_effort: false,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
+            loras: None,
+            lora_prompt_tags: false,
         }
     }
 }
@@ -184,7 +195,8 @@ impl Request {
     /// Keys: `prompt`, `negative_prompt`, `steps`, `guidance_scale`, `width`, `height`, `seed`,
     /// `num_images`, `scheduler`, `eta`, `rng` (`torch` or `fast`), `strength`,
     /// `image_guidance_scale`, `plan` (plan JSON), `max_sequence_length`, `best_effort` (boolean),
-    /// `aesthetic_score`, `negative_aesthetic_score`, and `scheduler.<key>` for a
+    /// `aesthetic_score`, `negative_aesthetic_score`, `loras` (`name:0.8;other:-0.4`, empty = no
+    /// LoRA), `lora_prompt_tags` (boolean), and `scheduler.<key>` for a
     /// diffusers scheduler_config override (value parsed as JSON, else taken as a string). Only the
     /// value's syntax is checked here; ranges are checked when the request runs.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -207,6 +219,8 @@ impl Request {
             "best_effort" => self.best_effort = crate::runtime::flag(key, value)?,
             "aesthetic_score" => self.aesthetic_score = parse_value(key, value)?,
             "negative_aesthetic_score" => self.negative_aesthetic_score = parse_value(key, value)?,
+            "loras" => self.loras = Some(parse_stack(value)?),
+            "lora_prompt_tags" => self.lora_prompt_tags = crate::runtime::flag(key, value)?,
             _ => match key.strip_prefix("scheduler.") {
                 Some(name) if !name.is_empty() => {
                     let parsed = serde_json::from_str(value)
@@ -249,6 +263,8 @@ impl Request {
             "best_effort" => Some(self.best_effort.into()),
             "aesthetic_score" => number(self.aesthetic_score),
             "negative_aesthetic_score" => number(self.negative_aesthetic_score),
+            "loras" => self.loras.as_deref().map(|s| format_stack(s).into()),
+            "lora_prompt_tags" => Some(self.lora_prompt_tags.into()),
             _ => key
                 .strip_prefix("scheduler.")
                 .and_then(|name| self.scheduler_overrides.get(name).cloned()),
@@ -302,6 +318,10 @@ impl Request {
                 self.negative_aesthetic_score != defaults.negative_aesthetic_score,
             ),
             ("max_sequence_length", self.max_sequence_length.is_some()),
+            (
+                "loras",
+                self.loras.as_ref().is_some_and(|s| !s.is_empty()) || self.lora_prompt_tags,
+            ),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -317,6 +337,9 @@ impl Request {
 
     /// Checks everything that does not need the model; size checks happen in the pipeline.
     pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(stack) = &self.loras {
+            check_stack(stack)?;
+        }
         for (name, text) in [
             ("prompt", Some(&self.prompt)),
             ("negative_prompt", self.negative_prompt.as_ref()),

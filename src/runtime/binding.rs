@@ -4,6 +4,7 @@
 //! copies such inputs once (into device memory when the graph runs on CUDA or TensorRT), binds the
 //! per-step inputs on every run, and has ONNX Runtime write the output into one buffer that every
 //! run reuses instead of allocating a new one.
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::ArrayViewMutD;
@@ -12,6 +13,7 @@ use ort::session::IoBinding;
 use ort::value::{DynTensor, Tensor, TensorElementType};
 
 use super::session::{Graph, Input};
+use super::weights::WeightSet;
 use super::ExecutionProvider;
 use crate::error::{Error, Result};
 
@@ -47,11 +49,13 @@ pub struct Binding<'g> {
     /// deep-copies a *borrowed* tensor through a helper that takes a global lock it already holds
     /// (a deadlock), so only owned tensors are bound; reusing them also saves an allocation per run.
     step_inputs: Vec<(String, DynTensor)>,
+    /// Replacement weights bound with the fixed inputs (shared, not copied).
+    weights: Option<Arc<WeightSet>>,
     output_name: String,
     output: Tensor<f32>,
-    /// ONNX Runtime's binding per session (by pool id), with the fixed inputs and the output bound
-    /// when it was made; a binding belongs to the session that created it.
-    bound: Vec<(usize, IoBinding)>,
+    /// ONNX Runtime's binding per session (by pool generation and id), with the fixed inputs and
+    /// the output bound when it was made; a binding belongs to the session that created it.
+    bound: Vec<((u64, usize), IoBinding)>,
 }
 
 impl std::fmt::Debug for Binding<'_> {
@@ -87,6 +91,7 @@ impl Graph {
             graph: self,
             placement: Placement::of(self.provider()),
             fixed: Vec::new(),
+            weights: None,
             step_inputs: Vec::new(),
             output_name: output.to_string(),
             output: buffer,
@@ -94,8 +99,28 @@ impl Graph {
         })
     }
 
-    fn fail(&self, message: impl std::fmt::Display) -> Error {
+    pub(crate) fn fail(&self, message: impl std::fmt::Display) -> Error {
         Error::backend(self.component(), message)
+    }
+}
+
+/// `host` at `placement`: as is on the host, copied to the device for CUDA and TensorRT. With a
+/// CPU-only ONNX Runtime a device copy is `EP_UNAVAILABLE`.
+pub(crate) fn place(
+    graph: &Graph,
+    placement: Placement,
+    name: &str,
+    host: DynTensor,
+) -> Result<DynTensor> {
+    match placement {
+        Placement::Host => Ok(host),
+        Placement::Cuda { device_id } => {
+            // Copies to CUDA memory go through ONNX Runtime's CUDA provider (TensorRT builds have
+            // it too): name it plainly when this ONNX Runtime lacks it.
+            ExecutionProvider::Cuda { device_id }.check_compiled_in()?;
+            host.to(AllocationDevice::CUDA, device_id)
+                .map_err(|e| graph.fail(format!("input `{name}`: {e}")))
+        }
     }
 }
 
@@ -116,20 +141,18 @@ impl<'g> Binding<'g> {
             Input::I32(a) => Tensor::from_array(a.to_owned()).map_err(fail)?.upcast(),
             Input::I64(a) => Tensor::from_array(a.to_owned()).map_err(fail)?.upcast(),
         };
-        let value = match self.placement {
-            Placement::Host => host,
-            Placement::Cuda { device_id } => {
-                // Copies to CUDA memory go through ONNX Runtime's CUDA provider (TensorRT builds
-                // have it too): name it plainly when this ONNX Runtime lacks it.
-                ExecutionProvider::Cuda { device_id }.check_compiled_in()?;
-                host.to(AllocationDevice::CUDA, device_id).map_err(fail)?
-            }
-        };
+        let value = place(self.graph, self.placement, name, host)?;
         self.fixed.retain(|(n, _)| n != name);
         self.fixed.push((name.to_string(), value));
         // Bindings made before this call lack the new value: make them again on the next run.
         self.bound.clear();
         Ok(())
+    }
+
+    /// Feeds `set` in place of the graph's weights on every later run (bound without a copy).
+    pub fn weights(&mut self, set: Arc<WeightSet>) {
+        self.weights = Some(set);
+        self.bound.clear();
     }
 
     /// Runs the graph with the fixed inputs plus `inputs` and returns the output buffer (valid until
@@ -139,8 +162,13 @@ impl<'g> Binding<'g> {
         inputs: &[(&str, Input<'_>)],
     ) -> Result<(ArrayViewMutD<'_, f32>, Duration)> {
         let graph = self.graph;
-        let mut session = graph.session()?;
-        let slot = match self.bound.iter().position(|(id, _)| *id == session.id()) {
+        let live = graph.live();
+        if let Some(set) = &self.weights {
+            graph.check_promoted(&live, set)?;
+        }
+        let mut session = graph.session(&live)?;
+        let key = (live.generation, session.id());
+        let slot = match self.bound.iter().position(|(k, _)| *k == key) {
             Some(slot) => slot,
             None => {
                 let fail = |e: ort::Error| graph.fail(format!("binding: {e}"));
@@ -148,10 +176,13 @@ impl<'g> Binding<'g> {
                 for (name, value) in &self.fixed {
                     binding.bind_input(name.as_str(), value).map_err(fail)?;
                 }
+                for (name, value) in self.weights.iter().flat_map(|set| set.values()) {
+                    binding.bind_input(name, value).map_err(fail)?;
+                }
                 binding
                     .bind_output(self.output_name.as_str(), &mut self.output)
                     .map_err(fail)?;
-                self.bound.push((session.id(), binding));
+                self.bound.push((key, binding));
                 self.bound.len() - 1
             }
         };

@@ -1,18 +1,23 @@
 //! ONNX Runtime: library loading, execution providers and sessions. Knows nothing of diffusion.
+mod adapters;
 mod binding;
 mod cache;
 mod config;
 mod ep;
 pub mod library;
+pub mod onnx;
 mod pool;
 mod session;
+mod weights;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
 use ort::session::Session;
 
+pub use adapters::{AdapterInfo, Adapters, StackWeights, DEFAULT_CACHED_STACKS};
 pub use binding::Binding;
 pub use cache::CacheStatus;
 pub use config::{flag, RuntimeConfig};
@@ -20,6 +25,7 @@ pub use ep::{ExecutionProvider, TensorRtOptions};
 pub use library::{LibrarySource, OrtLibrary};
 pub use pool::PoolStats;
 pub use session::{ElementType, Graph, Input, TensorInfo};
+pub use weights::WeightSet;
 
 use crate::error::{Error, Result};
 
@@ -352,6 +358,12 @@ pub(crate) enum SessionOrigin {
     Source(PathBuf),
     /// A cache entry, loaded with optimisation off (the source graph if the entry has gone bad since).
     Cached { model: PathBuf, source: PathBuf },
+    /// The package's graph with these initializers declared as inputs too ([`Graph::promote`]),
+    /// edited again for every session rather than kept in memory.
+    Promoted {
+        source: PathBuf,
+        names: Arc<BTreeSet<String>>,
+    },
 }
 
 /// Everything needed to build another session of a graph the way the first was built.
@@ -434,7 +446,33 @@ impl SessionSpec {
             SessionOrigin::Cached { model, source } => self
                 .open(component, model, OptimizationLevel::Disable, None)
                 .or_else(|_| self.open(component, source, self.level, None)),
+            SessionOrigin::Promoted { source, names } => {
+                self.open_promoted(component, source, names)
+            }
         }
+    }
+
+    /// A session of `source` edited so that `names` are inputs. External data is found beside
+    /// `source`, as when ONNX Runtime loads the file itself.
+    fn open_promoted(
+        &self,
+        component: &str,
+        source: &Path,
+        names: &BTreeSet<String>,
+    ) -> Result<Session> {
+        let bytes = std::fs::read(source).map_err(|e| Error::io("reading", source, e))?;
+        let edited = onnx::promote(&bytes, names)
+            .map_err(|e| Error::model(source, format!("cannot edit the {component} graph: {e}")))?;
+        drop(bytes);
+        let folder = source.parent().unwrap_or(Path::new("."));
+        self.builder(self.level)?
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                folder.to_string_lossy(),
+            )
+            .map_err(|e| Error::OrtLibrary(format!("configuring a session: {e}")))?
+            .commit_from_memory(&edited)
+            .map_err(|e| Error::model(source, format!("cannot load the {component} graph: {e}")))
     }
 }
 

@@ -1,14 +1,17 @@
 //! One ONNX graph loaded into an ONNX Runtime session, with the I/O signature read from the graph.
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, ArrayViewD};
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::cache::CacheStatus;
 use super::pool::{Lease, Pool, PoolStats};
+use super::weights::WeightSet;
 use super::{ExecutionProvider, SessionOrigin, SessionSpec};
 use crate::error::{Error, Result};
 
@@ -89,14 +92,29 @@ pub(crate) struct Sessions {
 /// A loaded graph with a pool of up to `sessions_per_graph` sessions. `Session::run` needs exclusive
 /// access, so each run takes a session from the pool (building one when all are busy and the limit
 /// allows, else waiting for one).
+///
+/// Some weights can be promoted to overridable inputs ([`Graph::promote`], for adapters): that swaps
+/// in a new pool built from the edited graph; runs already going keep the pool they started on.
 pub struct Graph {
     component: String,
     path: PathBuf,
-    pool: Pool<Session>,
-    sessions: Sessions,
+    spec: SessionSpec,
+    limit: usize,
+    live: RwLock<Arc<Live>>,
+    /// Serialises promotions (each rebuilds a session).
+    promoting: Mutex<()>,
     cache: CacheStatus,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+}
+
+/// The sessions runs use now, and which initializers they can take as inputs.
+pub(crate) struct Live {
+    /// Changes with every promotion, so per-session state (IO bindings) is never reused across pools.
+    pub generation: u64,
+    origin: SessionOrigin,
+    pool: Pool<Session>,
+    pub promoted: Arc<BTreeSet<String>>,
 }
 
 impl fmt::Debug for Graph {
@@ -106,7 +124,7 @@ impl fmt::Debug for Graph {
             .field("path", &self.path)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
-            .field("sessions", &self.pool.stats())
+            .field("sessions", &self.pool_stats())
             .field("cache", &self.cache)
             .finish()
     }
@@ -154,8 +172,15 @@ impl Graph {
         Graph {
             component: component.to_string(),
             path: path.to_path_buf(),
-            pool: Pool::new(sessions.limit, session),
-            sessions,
+            spec: sessions.spec,
+            limit: sessions.limit,
+            live: RwLock::new(Arc::new(Live {
+                generation: 0,
+                origin: sessions.origin,
+                pool: Pool::new(sessions.limit, session),
+                promoted: Arc::default(),
+            })),
+            promoting: Mutex::new(()),
             cache,
             inputs,
             outputs,
@@ -169,29 +194,75 @@ impl Graph {
 
     /// The graph's session pool right now.
     pub fn pool_stats(&self) -> PoolStats {
-        self.pool.stats()
+        self.live().pool.stats()
     }
 
     /// Builds sessions until `count` exist (capped at `sessions_per_graph`), so that the first
     /// concurrent requests do not pay for building them.
     pub fn reserve_sessions(&self, count: usize) -> Result<()> {
-        self.pool.reserve(count, || self.new_session())
+        let live = self.live();
+        live.pool
+            .reserve(count, || self.spec.reopen(&self.component, &live.origin))
     }
 
     /// The provider this graph's sessions run on.
     pub(crate) fn provider(&self) -> &ExecutionProvider {
-        &self.sessions.spec.provider
+        &self.spec.provider
     }
 
-    /// A session for one run: an idle one, a new one, or the next one returned.
-    pub(crate) fn session(&self) -> Result<Lease<'_, Session>> {
-        self.pool.acquire(|| self.new_session())
+    /// The pool runs take sessions from now; hold it for the whole run.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn new_session(&self) -> Result<Session> {
-        self.sessions
-            .spec
-            .reopen(&self.component, &self.sessions.origin)
+    /// A session of `live` for one run: an idle one, a new one, or the next one returned.
+    pub(crate) fn session<'l>(&self, live: &'l Live) -> Result<Lease<'l, Session>> {
+        live.pool
+            .acquire(|| self.spec.reopen(&self.component, &live.origin))
+    }
+
+    /// Makes the named initializers overridable inputs (keeping those promoted before), so that runs
+    /// can feed other values for them ([`WeightSet`]); a run that feeds none gets the stored weights.
+    /// Rebuilds the graph's session from the edited model (not through the optimized-graph cache);
+    /// a no-op when all are promoted already.
+    pub(crate) fn promote(&self, names: &BTreeSet<String>) -> Result<()> {
+        let _one_at_a_time = self
+            .promoting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let live = self.live();
+        if names.is_subset(&live.promoted) {
+            return Ok(());
+        }
+        let promoted: Arc<BTreeSet<String>> =
+            Arc::new(live.promoted.union(names).cloned().collect());
+        let origin = SessionOrigin::Promoted {
+            source: self.path.clone(),
+            names: promoted.clone(),
+        };
+        let session = self.spec.reopen(&self.component, &origin)?;
+        let next = Arc::new(Live {
+            generation: live.generation + 1,
+            origin,
+            pool: Pool::new(self.limit, session),
+            promoted,
+        });
+        *self.live.write().unwrap_or_else(PoisonError::into_inner) = next;
+        Ok(())
+    }
+
+    /// Fails unless every weight of `set` is an input of `live`'s sessions.
+    pub(crate) fn check_promoted(&self, live: &Live, set: &WeightSet) -> Result<()> {
+        match set.names().find(|n| !live.promoted.contains(*n)) {
+            Some(name) => Err(Error::internal(
+                &self.component,
+                format!("weight `{name}` is fed but was never promoted to an input"),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn component(&self) -> &str {
@@ -251,12 +322,27 @@ impl Graph {
         inputs: &[(&str, Input<'_>)],
         names: &[&str],
     ) -> Result<(Vec<ArrayD<f32>>, Duration)> {
+        self.run_outputs_with(inputs, None, names)
+    }
+
+    /// [`Graph::run_outputs`] with a set of replacement weights fed as well.
+    pub fn run_outputs_with(
+        &self,
+        inputs: &[(&str, Input<'_>)],
+        weights: Option<&WeightSet>,
+        names: &[&str],
+    ) -> Result<(Vec<ArrayD<f32>>, Duration)> {
         let fail = |e: ort::Error| Error::backend(&self.component, e);
-        let mut values = Vec::with_capacity(inputs.len());
+        let live = self.live();
+        let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
-            values.push((*name, input.value().map_err(fail)?));
+            values.push((name, input.value().map_err(fail)?));
         }
-        let mut session = self.session()?;
+        if let Some(set) = weights {
+            self.check_promoted(&live, set)?;
+            values.extend(set.values().map(|(n, v)| (n, SessionInputValue::from(v))));
+        }
+        let mut session = self.session(&live)?;
         let started = Instant::now();
         let outputs = session.run(values).map_err(fail)?;
         let elapsed = started.elapsed();

@@ -65,7 +65,7 @@ pub(crate) struct CacheState {
     values: Vec<DynValue>,
     /// Shared-buffer decoders: the IO binding with the cache bound, and the pool id of the session
     /// it belongs to.
-    bound: Option<(usize, IoBinding)>,
+    bound: Option<((u64, usize), IoBinding)>,
     /// Tokens the cache holds.
     len: usize,
     /// The most tokens it can hold (the shared buffer's length, or the context length).
@@ -256,7 +256,8 @@ impl Decoder {
             for (slot, value) in self.slots.iter().zip(&cache.values) {
                 values.push((Cow::Borrowed(slot.past.as_str()), value.into()));
             }
-            let mut session = self.graph.session()?;
+            let live = self.graph.live();
+            let mut session = self.graph.session(&live)?;
             let started = Instant::now();
             let mut outputs = session.run(values).map_err(|e| self.fail(e))?;
             let elapsed = started.elapsed();
@@ -279,8 +280,9 @@ impl Decoder {
         feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
     ) -> Result<(Vec<f32>, Duration)> {
         let fail = |e: ort::Error| self.fail(format!("binding: {e}"));
-        let mut session = self.graph.session()?;
-        let id = session.id();
+        let live = self.graph.live();
+        let mut session = self.graph.session(&live)?;
+        let id = (live.generation, session.id());
         // The cache buffers are bound once per session a request runs on (a binding belongs to its
         // session); each step rebinds only its own inputs and the logits output.
         if cache
