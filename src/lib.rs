@@ -43,3 +43,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/vlm.md")]
 pub struct VlmDocDoctests;
+
+/// The same for docs/lora.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/lora.md")]
+pub struct LoraDocDoctests;

@@ -57,7 +57,11 @@ fn load_case_loras(pipeline: &Pipeline, case: &Value) {
 
 /// Our latents in the golden's layout (FLUX goldens are packed).
 fn comparable(case: &Value, output: &Output) -> ArrayD<f32> {
-    if case["kind"].as_str().unwrap_or_default().starts_with("flux") {
+    if case["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("flux")
+    {
         let latents = output.latents.clone().into_dimensionality::<Ix4>().unwrap();
         flux::pack(latents.view()).into_dyn()
     } else {
@@ -84,7 +88,10 @@ fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
 fn every_golden_case_matches_diffusers() {
     let manifest = manifest();
     let cases = manifest["cases"].as_array().expect("cases");
-    assert!(cases.len() >= 9, "base and LoRA cases for SD, SDXL and FLUX");
+    assert!(
+        cases.len() >= 9,
+        "base and LoRA cases for SD, SDXL and FLUX"
+    );
     let mut pipelines: HashMap<String, Pipeline> = HashMap::new();
     let mut failures = Vec::new();
     for case in cases {
@@ -105,7 +112,11 @@ fn every_golden_case_matches_diffusers() {
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// kohya, the old attn-processor naming and FLUX's fused BFL form hold the same weights as the
@@ -139,13 +150,23 @@ fn other_namings_of_the_same_weights_give_the_same_images() {
             let output = pipeline.generate(&twin_request).expect("twin");
             let diff = max_diff(&output.latents, &expected.latents);
             let parity = parity(case, &output);
-            println!("{} ({}): vs reference {diff:.2e}; {parity}", info.name, info.format);
+            println!(
+                "{} ({}): vs reference {diff:.2e}; {parity}",
+                info.name, info.format
+            );
             assert!(parity.passes(), "{}: {parity}", file.display());
-            assert!(diff < 1e-4, "{} differs from {reference} by {diff}", file.display());
+            assert!(
+                diff < 1e-4,
+                "{} differs from {reference} by {diff}",
+                file.display()
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 5, "kohya, old, te kohya, SDXL SGM and FLUX BFL twins");
+    assert!(
+        checked >= 5,
+        "kohya, old, te kohya, SDXL SGM and FLUX BFL twins"
+    );
 }
 
 fn base_request() -> Request {
@@ -160,24 +181,43 @@ fn unloading_and_empty_stacks_give_the_base_output_bit_for_bit() {
     let pipeline = common::pipeline("tiny-sd");
     let request = base_request();
     let base = pipeline.generate(&request).expect("base");
-    pipeline.load_lora("a", &lora("sd_a.safetensors")).expect("load");
+    pipeline
+        .load_lora("a", &lora("sd_a.safetensors"))
+        .expect("load");
     let after_load = pipeline.generate(&request).expect("after load");
     assert_eq!(base.images, after_load.images, "no stack feeds nothing");
     assert_eq!(base.latents, after_load.latents);
     let mut with = request.clone();
     with.loras = Some(vec![LoraUse::new("a", 1.0)]);
     let changed = pipeline.generate(&with).expect("with a");
-    assert!(max_diff(&changed.latents, &base.latents) > 1e-2, "the LoRA changes the output");
-    pipeline.set_default_loras(vec![LoraUse::new("a", 1.0)]).expect("default");
+    assert!(
+        max_diff(&changed.latents, &base.latents) > 1e-2,
+        "the LoRA changes the output"
+    );
+    pipeline
+        .set_default_loras(vec![LoraUse::new("a", 1.0)])
+        .expect("default");
     let default = pipeline.generate(&request).expect("default stack");
-    assert_eq!(default.latents, changed.latents, "requests naming no stack get the default");
+    assert_eq!(
+        default.latents, changed.latents,
+        "requests naming no stack get the default"
+    );
     let mut none = request.clone();
     none.loras = Some(Vec::new());
-    assert_eq!(pipeline.generate(&none).expect("none").latents, base.latents);
+    assert_eq!(
+        pipeline.generate(&none).expect("none").latents,
+        base.latents
+    );
     pipeline.unload_lora("a").expect("unload");
-    assert!(pipeline.default_loras().is_empty(), "unloading leaves the default stack");
+    assert!(
+        pipeline.default_loras().is_empty(),
+        "unloading leaves the default stack"
+    );
     assert!(pipeline.loras().is_empty());
-    assert_eq!(pipeline.generate(&request).expect("unloaded").images, base.images);
+    assert_eq!(
+        pipeline.generate(&request).expect("unloaded").images,
+        base.images
+    );
     let err = pipeline.generate(&with).expect_err("unloaded adapter");
     assert_eq!(err.code(), ErrorCode::InvalidArg);
     assert!(err.to_string().contains("no LoRA named `a`"), "{err}");
@@ -186,7 +226,9 @@ fn unloading_and_empty_stacks_give_the_base_output_bit_for_bit() {
 #[test]
 fn prompt_tags_name_the_stack() {
     let pipeline = common::pipeline("tiny-sd");
-    pipeline.load_lora("a", &lora("sd_a.safetensors")).expect("load");
+    pipeline
+        .load_lora("a", &lora("sd_a.safetensors"))
+        .expect("load");
     let mut explicit = base_request();
     explicit.loras = Some(vec![LoraUse::new("a", 0.7)]);
     let mut tagged = base_request();
@@ -197,6 +239,11 @@ fn prompt_tags_name_the_stack() {
         pipeline.generate(&tagged).expect("tagged"),
     );
     assert_eq!(a.latents, b.latents);
+    // A tag naming an adapter of the stack sets its strength instead of naming it twice.
+    let mut overriding = tagged.clone();
+    overriding.loras = Some(vec![LoraUse::new("a", 1.0)]);
+    let c = pipeline.generate(&overriding).expect("tag over stack");
+    assert_eq!(a.latents, c.latents);
     // Without the flag the tag is prompt text.
     tagged.lora_prompt_tags = false;
     let literal = pipeline.generate(&tagged).expect("literal");
@@ -206,9 +253,15 @@ fn prompt_tags_name_the_stack() {
 #[test]
 fn concurrent_requests_with_different_stacks_match_their_sequential_runs() {
     let pipeline = common::pipeline("tiny-sd");
-    pipeline.load_lora("a", &lora("sd_a.safetensors")).expect("a");
-    pipeline.load_lora("b", &lora("sd_b.safetensors")).expect("b");
-    pipeline.load_lora("te", &lora("sd_te.safetensors")).expect("te");
+    pipeline
+        .load_lora("a", &lora("sd_a.safetensors"))
+        .expect("a");
+    pipeline
+        .load_lora("b", &lora("sd_b.safetensors"))
+        .expect("b");
+    pipeline
+        .load_lora("te", &lora("sd_te.safetensors"))
+        .expect("te");
     let stacks: Vec<Vec<LoraUse>> = vec![
         vec![],
         vec![LoraUse::new("a", 1.0)],
@@ -216,7 +269,11 @@ fn concurrent_requests_with_different_stacks_match_their_sequential_runs() {
         vec![LoraUse::new("te", 1.0)],
         vec![LoraUse::new("a", 0.7), LoraUse::new("b", -0.4)],
         vec![LoraUse::new("a", -0.5), LoraUse::new("te", 0.5)],
-        vec![LoraUse::new("b", 0.3), LoraUse::new("te", 1.0), LoraUse::new("a", 0.2)],
+        vec![
+            LoraUse::new("b", 0.3),
+            LoraUse::new("te", 1.0),
+            LoraUse::new("a", 0.2),
+        ],
         vec![LoraUse::new("a", 2.0)],
     ];
     let request_with = |stack: &Vec<LoraUse>| Request {
@@ -225,7 +282,12 @@ fn concurrent_requests_with_different_stacks_match_their_sequential_runs() {
     };
     let sequential: Vec<_> = stacks
         .iter()
-        .map(|s| pipeline.generate(&request_with(s)).expect("sequential").images)
+        .map(|s| {
+            pipeline
+                .generate(&request_with(s))
+                .expect("sequential")
+                .images
+        })
         .collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = stacks
@@ -277,7 +339,12 @@ fn bad_files_are_clear_errors_and_the_pipeline_keeps_working() {
     let good = std::fs::read(lora("sd_a.safetensors")).expect("sd_a");
     let png = std::fs::read(golden_dir().join("sd_a.png")).expect("png");
     let cases: Vec<(&str, PathBuf, ErrorCode, &str)> = vec![
-        ("missing", dir.path().join("nope.safetensors"), ErrorCode::Io, "nope.safetensors"),
+        (
+            "missing",
+            dir.path().join("nope.safetensors"),
+            ErrorCode::Io,
+            "nope.safetensors",
+        ),
         (
             "truncated",
             write(dir.path(), "cut.safetensors", &good[..good.len() / 2]),
@@ -310,19 +377,35 @@ fn bad_files_are_clear_errors_and_the_pipeline_keeps_working() {
     for (what, path, code, needle) in cases {
         let err = pipeline.load_lora("x", &path).expect_err(what);
         assert_eq!(err.code(), code, "{what}: {err}");
-        assert!(err.to_string().contains(needle), "{what}: `{err}` lacks `{needle}`");
+        assert!(
+            err.to_string().contains(needle),
+            "{what}: `{err}` lacks `{needle}`"
+        );
     }
-    assert!(pipeline.loras().is_empty(), "failed loads leave nothing behind");
+    assert!(
+        pipeline.loras().is_empty(),
+        "failed loads leave nothing behind"
+    );
     let err = pipeline
         .load_lora("bad name!", &lora("sd_a.safetensors"))
         .expect_err("name");
     assert_eq!(err.code(), ErrorCode::InvalidArg);
 
-    pipeline.load_lora("a", &lora("sd_a.safetensors")).expect("good file");
+    pipeline
+        .load_lora("a", &lora("sd_a.safetensors"))
+        .expect("good file");
     for (stack, needle) in [
         (vec![LoraUse::new("a", f32::NAN)], "finite"),
-        (vec![LoraUse::new("a", 1.0), LoraUse::new("a", 0.5)], "twice"),
-        ((0..11).map(|i| LoraUse::new(format!("l{i}"), 1.0)).collect(), "at most 10"),
+        (
+            vec![LoraUse::new("a", 1.0), LoraUse::new("a", 0.5)],
+            "twice",
+        ),
+        (
+            (0..11)
+                .map(|i| LoraUse::new(format!("l{i}"), 1.0))
+                .collect(),
+            "at most 10",
+        ),
         (vec![LoraUse::new("ghost", 1.0)], "loaded: a"),
     ] {
         let err = pipeline
@@ -334,5 +417,8 @@ fn bad_files_are_clear_errors_and_the_pipeline_keeps_working() {
         assert_eq!(err.code(), ErrorCode::InvalidArg, "{err}");
         assert!(err.to_string().contains(needle), "`{err}` lacks `{needle}`");
     }
-    assert_eq!(pipeline.generate(&request).expect("still works").images, base.images);
+    assert_eq!(
+        pipeline.generate(&request).expect("still works").images,
+        base.images
+    );
 }

@@ -1,4 +1,6 @@
 //! End-to-end checks of `parse`/`load` on small files built in memory.
+use std::path::Path;
+
 use super::safetensors::tests::build;
 use super::*;
 use crate::ErrorCode;
@@ -444,7 +446,7 @@ fn lokr_is_a_kronecker_product() {
     assert_eq!(adapter.layers[0].algorithm(), Algorithm::LoKr);
     assert_eq!(adapter.layers[0].delta(), want);
 
-    // w2 as a rank-1 product [[1], [3]] @ [[1, 2]] = [[1, 2], [3, 4]], alpha 2 over rank 1.
+    // w2 as a rank-1 product [[1], [3]] @ [[1, 2]] = [[1, 2], [3, 6]], alpha 2 over rank 1.
     let low = vec![
         full[0].clone(),
         t("lora_unet_conv_in.lokr_w2_a", &[2, 1], &[1., 3.]),
@@ -452,7 +454,7 @@ fn lokr_is_a_kronecker_product() {
         t("lora_unet_conv_in.alpha", &[], &[2.]),
     ];
     let delta = parse_ok(&low, &[], &targets).layers[0].delta();
-    assert_eq!(delta, want.iter().map(|v| v * 2.0).collect::<Vec<_>>());
+    assert_eq!(delta, vec![2., 4., 6., 12., 4., 8., 12., 24.]);
 }
 
 #[test]
@@ -1065,7 +1067,11 @@ fn load_names_the_path() {
             b"not a safetensors file at all".to_vec(),
             ErrorCode::InvalidArg,
         ),
-        ("empty.safetensors", build(&[], &[]), ErrorCode::Unsupported),
+        (
+            "empty.safetensors",
+            build::<&str>(&[], &[]),
+            ErrorCode::Unsupported,
+        ),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
@@ -1087,4 +1093,98 @@ fn load_names_the_path() {
     let adapter = load(&path, &targets, LoadOptions::default()).unwrap();
     assert_eq!(modules(&adapter), vec![pair("unet", Q)]);
     assert!(!targets.is_empty() && Targets::default().is_empty());
+}
+
+/// The model's targets as a diffusers-format file implies them: each `lora_A`/`lora_B` pair's
+/// module with the shape `[rows of B] + A's input dims`.
+fn targets_of(bytes: &[u8]) -> Targets {
+    let file = safetensors::File::parse(bytes).unwrap();
+    let mut targets = Targets::default();
+    for (key, entry) in &file.entries {
+        let Some(name) = key.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let (component, module) = name.split_once('.').unwrap();
+        let rows = file.entries[&format!("{name}.lora_B.weight")].shape[0];
+        targets.insert(component, module, [&[rows], &entry.shape[1..]].concat());
+    }
+    targets
+}
+
+/// models/lora's twins (models/make_lora.py: the same LoRA in two formats) give the same deltas.
+#[test]
+fn generated_twin_files_agree() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lora");
+    if !dir.join("sd_a.safetensors").exists() {
+        return;
+    }
+    let twins = [
+        ("sd_a.safetensors", "sd_a_kohya.safetensors", Format::Kohya),
+        (
+            "sd_a.safetensors",
+            "sd_a_old.safetensors",
+            Format::DiffusersLegacy,
+        ),
+        (
+            "sd_te.safetensors",
+            "sd_te_kohya.safetensors",
+            Format::Kohya,
+        ),
+        (
+            "sdxl_a.safetensors",
+            "sdxl_a_kohya.safetensors",
+            Format::Kohya,
+        ),
+        (
+            "flux_diffusers.safetensors",
+            "flux_bfl.safetensors",
+            Format::Kohya,
+        ),
+    ];
+    for (reference, twin, format) in twins {
+        let bytes = std::fs::read(dir.join(reference)).unwrap();
+        let targets = targets_of(&bytes);
+        let a = parse(&bytes, &targets, LoadOptions::default()).unwrap();
+        let b = load(&dir.join(twin), &targets, LoadOptions::default()).unwrap();
+        assert_eq!((a.format, b.format), (Format::Diffusers, format), "{twin}");
+        assert_eq!(modules(&a), modules(&b), "{twin}");
+        for la in &a.layers {
+            let (da, db) = (la.delta(), layer(&b, &la.module).delta());
+            let scale = da.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = da
+                .iter()
+                .zip(&db)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "{twin} {}: {worst} of {scale}",
+                la.module
+            );
+        }
+    }
+    // sd_b is kohya LoCon; alpha 2 over rank 4 halves up @ down.
+    let b = std::fs::read(dir.join("sd_b.safetensors")).unwrap();
+    let file = safetensors::File::parse(&b).unwrap();
+    let mut targets = Targets::default();
+    let name = "lora_unet_down_blocks_0_resnets_0_conv1";
+    let down = file.tensor(&format!("{name}.lora_down.weight")).unwrap();
+    let up = file.tensor(&format!("{name}.lora_up.weight")).unwrap();
+    targets.insert(
+        "unet",
+        "down_blocks.0.resnets.0.conv1",
+        [&up.shape[..1], &down.shape[1..]].concat(),
+    );
+    let adapter = parse(
+        &b,
+        &targets,
+        LoadOptions {
+            allow_partial: true,
+        },
+    )
+    .unwrap();
+    let want: Vec<f32> = math::matmul(&up.data, up.shape[0], 4, &down.data, down.data.len() / 4)
+        .iter()
+        .map(|v| v * 0.5)
+        .collect();
+    assert_eq!(adapter.layers[0].delta(), want);
 }

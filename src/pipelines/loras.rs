@@ -86,14 +86,27 @@ impl Pipeline {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `request` with its prompt's `<lora:name:strength>` tags removed and appended to its stack.
+    /// Computes and caches the replacement weights of `stack` now, as the first request with it
+    /// would, and returns the memory they take (0 for an empty stack).
+    pub fn prepare_loras(&self, stack: &[LoraUse]) -> Result<usize> {
+        let weights = self.adapters.weights(&self.lora_graphs(), stack)?;
+        Ok(weights.map_or(0, |w| w.bytes()))
+    }
+
+    /// `request` with its prompt's `<lora:name:strength>` tags removed and added to its stack: a
+    /// tag naming an adapter already in the stack sets its strength, others are appended.
     pub(super) fn with_prompt_tags(&self, request: &Request) -> Result<Request> {
         let (prompt, tagged) = take_prompt_tags(&request.prompt)?;
         let mut stack = request
             .loras
             .clone()
             .unwrap_or_else(|| self.default_loras());
-        stack.extend(tagged);
+        for tag in tagged {
+            match stack.iter_mut().find(|used| used.name == tag.name) {
+                Some(used) => used.strength = tag.strength,
+                None => stack.push(tag),
+            }
+        }
         Ok(Request {
             prompt,
             loras: Some(stack),

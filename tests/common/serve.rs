@@ -161,3 +161,31 @@ pub fn post(url: &str, content_type: &str, body: &[u8]) -> Reply {
 pub fn post_json(url: &str, body: &Value) -> Reply {
     post(url, "application/json", body.to_string().as_bytes())
 }
+
+/// A multipart/form-data body of `(name, bytes)` parts (a file part, `NAME.png`, when the name is
+/// `image`, `image[]` or `mask`), and its content type.
+pub fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "dg-serve-test-boundary-3c9a";
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let disposition = if matches!(*name, "image" | "image[]" | "mask") {
+            format!(
+                "Content-Disposition: form-data; name=\"{name}\"; filename=\"{name}.png\"\r\n\
+                 Content-Type: image/png\r\n\r\n"
+            )
+        } else {
+            format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+        };
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+pub fn post_multipart(url: &str, parts: &[(&str, &[u8])]) -> Reply {
+    let (content_type, body) = multipart(parts);
+    post(url, &content_type, &body)
+}

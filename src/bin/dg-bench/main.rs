@@ -1,4 +1,5 @@
 //! `dg-bench`: closed-loop load on one shared pipeline; where every millisecond goes.
+mod lora;
 mod report;
 mod unet;
 mod vlm;
@@ -38,6 +39,9 @@ enum Command {
     /// A vision-language model: time to first token, decode tokens/s and peak memory of greedy
     /// generations (docs/performance.md, "VLM").
     Vlm(vlm::VlmArgs),
+    /// LoRA adapters: load and stack-switch times, memory per cached stack, and seconds per image
+    /// with a stack against without (docs/performance.md, "LoRA").
+    Lora(lora::LoraArgs),
 }
 
 /// ONNX Runtime settings, the same for every command.
@@ -358,6 +362,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Vlm(args)) => vlm::main(args),
+        Some(Command::Lora(args)) => lora::main(args),
         None => {
             let args = cli.args;
             let json = args.json.clone();

@@ -55,6 +55,7 @@ pub fn run(args: EditArgs, out: &mut Out) -> diffgentor::Result<()> {
     let mode: Resample = args.upscale.parse()?;
     let enhancement = args.request.enhance(&mut request)?;
     let backend = args.request.backend.load()?;
+    args.request.load_loras(&backend)?;
     if let Some(path) = &args.init_latents {
         let pipeline = backend
             .local

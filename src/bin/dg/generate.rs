@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use diffgentor::generators::Task;
-use diffgentor::request::Plan;
+use diffgentor::request::{format_stack, Plan};
 use diffgentor::rng::RngMode;
 use diffgentor::vlm::enhance::EnhanceStyle;
 use diffgentor::{npy, Error, Output, Request};
@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::backend::{Backend, BackendArgs};
 use crate::batch::{self, BatchArgs};
 use crate::enhance::{enhance_request, style_parser, Enhancement};
+use crate::loras::{self, LoraArgs};
 use crate::output::Out;
 use crate::progress::{Mode, ProgressDisplay};
 
@@ -89,6 +90,8 @@ pub struct RequestArgs {
     /// img2img over the upscaled latents of the one before.
     #[arg(long, value_name = "FILE.json")]
     plan: Option<PathBuf>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Rewrite the prompt with a vision-language model before generating: a VLM package directory
     /// or `openai:MODEL` (as `dg enhance --model`); `dg edit` shows it the image. The PNG records
     /// both prompts.
@@ -124,6 +127,7 @@ pub fn run(args: GenerateArgs, out: &mut Out) -> diffgentor::Result<()> {
     }
     let enhancement = args.enhance(&mut request)?;
     let backend = args.backend.load()?;
+    args.load_loras(&backend)?;
     args.run(&backend, &request, enhancement.as_ref(), out)
 }
 
@@ -135,7 +139,21 @@ impl RequestArgs {
         task: batch::Task,
         out: &mut Out,
     ) -> diffgentor::Result<()> {
-        batch::run(&self.batch, &self.backend, self.quiet, base, task, out)
+        batch::run(
+            &self.batch,
+            &self.backend,
+            &self.lora,
+            self.quiet,
+            base,
+            task,
+            out,
+        )
+    }
+
+    /// Loads the `--lora` files into the backend (the request names them already; with
+    /// `--lora-prompt-tags` the pipeline lets a tag set the strength of a `--lora` adapter).
+    pub fn load_loras(&self, backend: &Backend) -> diffgentor::Result<()> {
+        self.lora.load(backend, self.quiet).map(drop)
     }
 
     /// With --enhance-prompt: rewrites the request's prompt (before any generator loads, so the
@@ -253,6 +271,12 @@ impl RequestArgs {
         if let Some(path) = &args.plan {
             request.plan = Some(Plan::load(path)?);
         }
+        // The files are checked here; they load once the backend is (`LoraArgs::load`).
+        let files = args.lora.resolve()?;
+        if !files.is_empty() {
+            request.loras = Some(loras::stack(&files));
+        }
+        request.lora_prompt_tags = args.lora.lora_prompt_tags;
         Ok(request)
     }
 }
@@ -355,6 +379,9 @@ pub fn parameters_text_with(
         }
         if let Some(plan) = &request.plan {
             text.push_str(&format!(", Plan stages: {}", plan.stages.len()));
+        }
+        if let Some(stack) = request.loras.as_deref().filter(|s| !s.is_empty()) {
+            text.push_str(&format!(", LoRA: {}", a1111_value(&format_stack(stack))));
         }
     }
     if let Some(e) = enhancement {

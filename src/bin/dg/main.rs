@@ -12,6 +12,7 @@ mod doctor;
 mod edit;
 mod enhance;
 mod generate;
+mod loras;
 mod montage;
 mod progress;
 mod serve;

@@ -19,6 +19,7 @@ use diffgentor::{Error, Output, Request};
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, BackendArgs};
+use crate::loras::{LoraArgs, RowLoras};
 use crate::output::Out;
 use crate::progress::Mode;
 use display::RowsDisplay;
@@ -95,6 +96,7 @@ impl BatchArgs {
 pub fn run(
     batch: &BatchArgs,
     backend: &BackendArgs,
+    lora: &LoraArgs,
     quiet: bool,
     base: Request,
     task: Task,
@@ -118,7 +120,7 @@ pub fn run(
     let root = dir
         .canonicalize()
         .map_err(|e| Error::io("cannot resolve", dir, e))?;
-    let plan = plan(&table.rows, &reader, &base, shard, (dir, &root), &done);
+    let mut plan = plan(&table.rows, &reader, &base, shard, (dir, &root), &done);
     let log = Log::open(batch.log_dir.as_deref(), dir, shard.index)?;
     let manifest_path = dir.join(shard.manifest_name());
     let owned = plan.jobs.len() + plan.refused.len() + plan.skipped;
@@ -137,6 +139,11 @@ pub fn run(
     } else {
         Some(with_local_rank_device(backend).load()?)
     };
+    if let Some(backend) = &backend {
+        let flags = lora.load(backend, quiet)?;
+        let mut loras = RowLoras::new(backend, &flags, lora.options(), quiet);
+        resolve_loras(&mut plan, &mut loras, reader.base_dir());
+    }
     // Only the first process of a node draws progress, as torchrun-style launches start several.
     // Started after loading, so images/s is the rate of generating and writing.
     let first_on_node = std::env::var("LOCAL_RANK").map_or(true, |r| r.trim() == "0");
@@ -277,6 +284,7 @@ fn plan(
                 request,
                 sources: reader.sources(row)?,
                 outputs,
+                lora_files: Vec::new(),
             })
         });
         match job {
@@ -286,6 +294,25 @@ fn plan(
         }
     }
     plan
+}
+
+/// Loads the LoRA files the rows to run name (each once) and names their adapters in the rows'
+/// stacks; a row whose LoRA cannot be used is refused with the reason, the others go on.
+fn resolve_loras(plan: &mut Plan, loras: &mut RowLoras, base_dir: &Path) {
+    let jobs = std::mem::take(&mut plan.jobs);
+    for mut job in jobs {
+        let Some(stack) = job.request.loras.as_mut() else {
+            plan.jobs.push(job);
+            continue;
+        };
+        match loras.resolve(stack, base_dir) {
+            Ok(files) => {
+                job.lora_files = files;
+                plan.jobs.push(job);
+            }
+            Err(error) => plan.refused.push((job.index, error)),
+        }
+    }
 }
 
 /// `--ep cuda` (or tensorrt) without a device id runs on device `LOCAL_RANK` when a launcher set
@@ -364,6 +391,27 @@ fn parameters(job: &Job, output: Option<&Output>) -> Value {
         p["mask"] = json!(job.sources.mask);
         p["strength"] = json!(r.strength);
         p["image_guidance_scale"] = json!(r.image_guidance_scale);
+    }
+    if let Some(stack) = r.loras.as_deref().filter(|s| !s.is_empty()) {
+        let file = |name: &str| {
+            job.lora_files
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, path)| path.display().to_string())
+        };
+        p["loras"] = stack
+            .iter()
+            .map(|u| {
+                json!({
+                    "name": u.name,
+                    "strength": crate::loras::strength_json(u.strength),
+                    "file": file(&u.name),
+                })
+            })
+            .collect();
+    }
+    if r.lora_prompt_tags {
+        p["lora_prompt_tags"] = json!(true);
     }
     if let Some(ignored) = output.and_then(|o| o.metadata.get("ignored")) {
         p["ignored"] = ignored.clone();

@@ -125,6 +125,11 @@ impl Reader {
         Ok(request)
     }
 
+    /// The folder relative paths in the table (images, LoRA files) are read from.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
     /// The value of the output-name column, when there is one.
     pub fn output_name(&self, row: &Row) -> Option<Result<String, String>> {
         let column = self.columns.output_name.as_ref()?;

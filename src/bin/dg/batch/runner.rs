@@ -30,6 +30,8 @@ pub struct Job {
     pub sources: Sources,
     /// Where its images go, relative to the output dir.
     pub outputs: Vec<PathBuf>,
+    /// The file of each LoRA adapter its stack names, for the manifest.
+    pub lora_files: Vec<(String, PathBuf)>,
 }
 
 /// What a finished row reports.
@@ -211,6 +213,7 @@ mod tests {
             request: Request::new(format!("row {index}")),
             sources: Sources::default(),
             outputs: vec![PathBuf::from(output)],
+            lora_files: Vec::new(),
         }
     }
 

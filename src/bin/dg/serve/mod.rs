@@ -5,6 +5,7 @@ mod chat;
 mod error;
 mod images;
 mod jobs;
+mod loras;
 mod metrics;
 mod middleware;
 mod openai;
@@ -31,6 +32,7 @@ use diffgentor::Error;
 
 use self::error::ApiError;
 use self::images::FileStore;
+use self::loras::{LoraFlags, Loras};
 use self::metrics::Metrics;
 use self::params::Policy;
 use self::queue::{Limits, Queue};
@@ -95,11 +97,31 @@ pub struct ServeArgs {
     /// Seconds in-flight work may take to finish after SIGTERM/SIGINT before it is cancelled.
     #[arg(long, default_value_t = 30, value_name = "S")]
     shutdown_timeout: u64,
+    /// The directory LoRA files are loaded from at runtime: `POST /v1/set_lora` takes paths
+    /// inside it only. Without it the LoRA endpoints are refused.
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Option<PathBuf>,
+    /// Load a LoRA file at start as adapter NAME, applied to every request that names no stack
+    /// (repeatable: the adapters stack in order; strength 1 by default).
+    #[arg(long = "lora", value_name = "NAME=FILE[:STRENGTH]")]
+    loras: Vec<String>,
+    /// Load LoRA files with keys that match no weight of the model (skipping those keys) instead
+    /// of refusing them: for --lora, and set_lora's default.
+    #[arg(long)]
+    lora_allow_partial: bool,
 }
 
 pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
     init_logging();
     let replicas = Arc::new(load_replicas(&args)?);
+    let loras = Loras::start(
+        LoraFlags {
+            dir: args.lora_dir.as_deref(),
+            preload: &args.loras,
+            allow_partial: args.lora_allow_partial,
+        },
+        &replicas,
+    )?;
     let vlm = match &args.vlm {
         Some(dir) => Some(load_vlm(&args, dir)?),
         None => None,
@@ -145,6 +167,7 @@ pub fn run(args: ServeArgs, out: &mut Out) -> diffgentor::Result<()> {
             ttl,
             allow_remote_images: args.allow_remote_images,
         },
+        loras,
         shutting_down: Default::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -232,6 +255,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/ws", get(jobs::websocket))
+        .route("/v1/set_lora", post(loras::set_lora))
+        .route("/v1/merge_lora_weights", post(loras::merge))
+        .route("/v1/unmerge_lora_weights", post(loras::unmerge))
+        .route("/v1/list_loras", get(loras::list))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

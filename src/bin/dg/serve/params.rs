@@ -166,6 +166,11 @@ pub fn parse(
         if !Request::is_key(key) || RESERVED_KEYS.contains(&key) {
             continue;
         }
+        // A list of `{name, strength}` objects, which no scalar holds.
+        if key == "loras" {
+            request.loras = super::loras::parse_field(value)?;
+            continue;
+        }
         let Some(value) = scalar(value) else {
             continue;
         };
@@ -351,6 +356,22 @@ mod tests {
         assert_eq!(r.scheduler_overrides["timestep_spacing"], "trailing");
         assert_eq!(call.response_format, ResponseFormat::Url);
         assert_eq!(call.output_format, OutputFormat::Jpeg(80));
+    }
+
+    #[test]
+    fn a_loras_field_is_the_requests_own_stack() {
+        use diffgentor::LoraUse;
+        let call =
+            parse_json(json!({"prompt": "x", "loras": [{"name": "a", "strength": 0.5}]})).unwrap();
+        assert_eq!(call.request.loras, Some(vec![LoraUse::new("a", 0.5)]));
+        let call =
+            parse_json(json!({"prompt": "x", "loras": "", "lora_prompt_tags": "true"})).unwrap();
+        assert_eq!(call.request.loras, Some(vec![]));
+        assert!(call.request.lora_prompt_tags);
+        let call = parse_json(json!({"prompt": "x", "loras": null})).unwrap();
+        assert_eq!(call.request.loras, None, "null: the active stack");
+        let e = parse_json(json!({"prompt": "x", "loras": {"a": 1}})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("loras"), "{}", e.message);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use diffgentor::Request;
 
 use super::error::{ApiError, ApiResult};
 use super::images::{random_id, FileStore};
+use super::loras::Loras;
 use super::metrics::Metrics;
 use super::params::Policy;
 use super::queue::{lock, Job, Queue, Refusal, Work};
@@ -58,6 +59,8 @@ pub struct AppState {
     pub files: FileStore,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// LoRA adapters: `--lora-dir`, the active stack.
+    pub loras: Loras,
     pub shutting_down: AtomicBool,
 }
 
@@ -86,8 +89,10 @@ impl AppState {
         })
     }
 
-    /// Queues an image request as a new job (see [`AppState::submit_work`]).
-    pub fn submit(&self, request: Request) -> ApiResult<Arc<Job>> {
+    /// Queues an image request as a new job (see [`AppState::submit_work`]), with the LoRA stack
+    /// it runs with: its own, else the active one.
+    pub fn submit(&self, mut request: Request) -> ApiResult<Arc<Job>> {
+        self.loras.prepare(&self.replicas, &mut request)?;
         self.submit_work(Work::Image(Box::new(request)))
     }
 
