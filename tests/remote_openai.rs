@@ -729,6 +729,7 @@ fn fields_openai_cannot_use_are_refused_or_listed() {
         seed: Some(7),
         steps: 20,
         scheduler: Some("euler".into()),
+        loras: Some(vec![diffgentor::LoraUse::new("style", 0.8)]),
         ..sized("a fox", 512, 512)
     };
     let err = run(&*generator, &request).unwrap_err();
@@ -739,6 +740,7 @@ fn fields_openai_cannot_use_are_refused_or_listed() {
         "`seed`",
         "`steps`",
         "`scheduler`",
+        "`loras`",
         "`size` 512x512",
     ] {
         assert!(text.contains(field), "{field}: {text}");
@@ -751,7 +753,14 @@ fn fields_openai_cannot_use_are_refused_or_listed() {
     let output = run(&*generator, &request).unwrap();
     assert_eq!(
         output.metadata["ignored"],
-        json!(["negative_prompt", "seed", "scheduler", "steps", "size"])
+        json!([
+            "negative_prompt",
+            "seed",
+            "scheduler",
+            "steps",
+            "loras",
+            "size"
+        ])
     );
     let sent = server.requests()[0].json();
     assert_eq!(
@@ -817,6 +826,10 @@ fn compatible_servers_can_be_sent_the_diffusion_fields() {
         steps: 3,
         guidance_scale: 0.1,
         scheduler: Some("euler".into()),
+        loras: Some(vec![
+            diffgentor::LoraUse::new("style", 0.8),
+            diffgentor::LoraUse::new("hero", -0.5),
+        ]),
         ..Request::new("a fox")
     };
     request
@@ -831,6 +844,8 @@ fn compatible_servers_can_be_sent_the_diffusion_fields() {
     assert_eq!(sent["negative_prompt"], json!("blurry"));
     assert_eq!(sent["scheduler"], json!("euler"));
     assert_eq!(sent["scheduler.timestep_spacing"], json!("trailing"));
+    // A LoRA stack travels in the form `dg serve` reads back.
+    assert_eq!(sent["loras"], json!("style:0.8;hero:-0.5"));
 
     // Edits send them as text parts.
     request.init_image = Some(image(2, 2));
