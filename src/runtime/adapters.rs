@@ -290,17 +290,37 @@ impl Adapters {
             ) else {
                 continue;
             };
-            let mut values = Vec::with_capacity(modules.len());
-            for (module, layers) in modules {
+            let modules: Vec<_> = modules.into_iter().collect();
+            let merge = |(module, layers): &(&str, Vec<(&lora::Layer, f32)>)| {
                 let weight = index.get(module).ok_or_else(|| {
                     Error::internal("lora", format!("{component} `{module}` is not indexed"))
                 })?;
                 let mut stored = index.read(weight)?;
                 for (layer, strength) in layers {
-                    weight.add_delta(&mut stored, &layer.delta(), strength);
+                    weight.add_delta(&mut stored, &layer.delta(), *strength);
                 }
-                values.push((weight.initializer.clone(), weight.stored_shape(), stored));
-            }
+                Ok((weight.initializer.clone(), weight.stored_shape(), stored))
+            };
+            // Reading the base weights and forming up @ down is the cost of a new stack, and the
+            // request waiting for it has ONNX Runtime's threads idle: use the cores.
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let chunk = modules.len().div_ceil(threads).max(1);
+            let values = std::thread::scope(|scope| {
+                let workers: Vec<_> = modules
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || part.iter().map(merge).collect::<Result<Vec<_>>>())
+                    })
+                    .collect();
+                let mut values = Vec::with_capacity(modules.len());
+                for worker in workers {
+                    let part = worker.join().map_err(|_| {
+                        Error::internal("lora", "a thread merging LoRA weights panicked")
+                    })??;
+                    values.extend(part);
+                }
+                Ok::<_, Error>(values)
+            })?;
             sets.insert(component.to_string(), Arc::new(graph.weight_set(values)?));
         }
         Ok(StackWeights { sets })
