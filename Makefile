@@ -46,6 +46,10 @@ C_TEST_INPAINT_MODEL := models/tiny-sd-inpaint
 C_TEST_EDIT_MASK := tests/golden/edit/mask_64x64.png
 C_TEST_ARGS_doc_example = models/digits $(1)/doc_example.png
 C_TEST_ARGS_remote = models/digits
+# tests/c/lora.c: generate.c's request with the LoRA stack a:0.8 (out/native/lora/lora.rgb, which the
+# bindings compare with) and without a stack after loading it (base.rgb, compared with dg generate's).
+C_TEST_LORA_FILE := models/lora/sd_a.safetensors
+C_TEST_ARGS_lora = $(C_TEST_MODEL) $(C_TEST_LORA_FILE) $(1)/lora.rgb $(1)/base.rgb
 # Valgrind runs the same arguments except where an entry here makes the workload smaller.
 C_TEST_VALGRIND_ARGS_threads = $(C_TEST_MODEL) 16
 C_TEST_VALGRIND_ARGS_remote = -
@@ -205,6 +209,8 @@ c-test: ort c-build
 	@cmp $(C_TEST_DIR)/out/native/generate/generate.rgb $(C_TEST_DIR)/out/generate-png.rgb || { \
 		echo "c-test: dg_image_write_png's file does not decode to the image's pixels"; exit 1; }
 	@echo "c-test: C API pixels == Rust API pixels (dg generate), byte for byte"
+	@cmp $(C_TEST_DIR)/out/native/lora/base.rgb $(C_TEST_DIR)/out/rust.rgb || { \
+		echo "c-test: a loaded but unused LoRA changed the C API's pixels (tests/c/lora.c)"; exit 1; }
 	$(call c_test_edit_parity,edit,$(C_TEST_MODEL),,img2img,dg edit)
 	$(call c_test_edit_parity,inpaint,$(C_TEST_INPAINT_MODEL),--mask $(C_TEST_EDIT_MASK),inpainting,dg edit --mask)
 	@# Valgrind: two programs at a time (2 cores); each log is kept in $(C_TEST_DIR)/valgrind.

@@ -25,6 +25,13 @@
 #define DG_VERSION_PATCH 0
 
 /**
+ * `dg_pipeline_lora_load` flag: skip tensors of the file that match no weight of the model (or
+ * are of an unknown kind) instead of refusing the file; `dg_pipeline_lora_list` reports how many
+ * were skipped as "unmatched".
+ */
+#define DG_LORA_ALLOW_PARTIAL 1
+
+/**
  * Most stages one plan may have.
  */
 #define MAX_STAGES 8
@@ -495,7 +502,10 @@ dg_error_t *dg_params_set_scheduler(dg_params_t *p, const char *name);
  *
  * Keys: "prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
  * "num_images", "scheduler", "eta", "rng" ("torch" or "fast"), "strength",
- * "image_guidance_scale", "plan" (plan JSON), and "scheduler.<diffusers_key>"
+ * "image_guidance_scale", "plan" (plan JSON), "max_sequence_length", "best_effort",
+ * "aesthetic_score", "negative_aesthetic_score", "loras" (the request's whole LoRA stack,
+ * "name:0.8;other:-0.4"; "" = no LoRA), "lora_prompt_tags" ("true": take A1111
+ * `<lora:name:strength>` tags out of the prompt onto the stack), and "scheduler.<diffusers_key>"
  * (value parsed as JSON, else taken as a string) to override the package's scheduler_config.
  * An unknown key is `DG_ERROR_INVALID_ARG` naming the key; an unparsable value is
  * `DG_ERROR_INVALID_ARG` naming key and value. Checks that need the model happen at generate time.
@@ -561,6 +571,29 @@ dg_error_t *dg_params_set_image_guidance_scale(dg_params_t *p, float scale);
  * `p` is NULL or live params; `json` is NULL or a NUL-terminated string.
  */
 dg_error_t *dg_params_set_plan(dg_params_t *p, const char *json);
+
+/**
+ * Appends adapter `name` at `strength` to the request's LoRA stack (1.0 = as trained; negative
+ * subtracts it; 0 feeds the base weights). The first call replaces the pipeline's default stack
+ * for this request. A non-finite strength, an empty name, an adapter already in the stack and an
+ * 11th adapter are `DG_ERROR_INVALID_ARG` here (the stack is then unchanged); a name no adapter of
+ * the pipeline has is `DG_ERROR_INVALID_ARG` at generate time, listing the loaded ones.
+ * The "loras" key of `dg_params_set` replaces the whole stack.
+ *
+ * # Safety
+ * `p` is NULL or live params; `name` is NULL or a NUL-terminated string.
+ */
+dg_error_t *dg_params_add_lora(dg_params_t *p, const char *name, float strength);
+
+/**
+ * Empties the request's LoRA stack: the request runs without any adapter, whatever the
+ * pipeline's default stack (the base model's output, bit for bit). `dg_params_add_lora` then
+ * starts a new stack.
+ *
+ * # Safety
+ * `p` is NULL or live params.
+ */
+dg_error_t *dg_params_clear_loras(dg_params_t *p);
 
 /**
  * Creates an unraised token in `*out`.
@@ -1048,6 +1081,77 @@ const char *dg_vlm_result_enhanced_prompt(const dg_vlm_result_t *result);
  * `result` is NULL or came from `dg_vlm_generate` and is freed at most once.
  */
 void dg_vlm_result_free(dg_vlm_result_t *result);
+
+/**
+ * Loads the LoRA file at `path` (UTF-8; safetensors in diffusers/PEFT, kohya or LyCORIS naming,
+ * docs/lora.md) into the local pipeline `p` as adapter `name` (1 to 128 letters, digits, `_`, `-`
+ * or `.`), replacing an adapter of that name. `flags` is 0 or `DG_LORA_ALLOW_PARTIAL`; an unknown
+ * bit is `DG_ERROR_INVALID_ARG`. The first adapter touching a weight rebuilds that graph's session
+ * once; requests then choose their stack (`dg_params_add_lora`, the "loras" key, or the default
+ * stack) without reloading anything, and the output of a request without a stack stays the base
+ * model's, bit for bit. A missing file is `DG_ERROR_IO`; a bad name, a file that is not
+ * safetensors, or one made for another model (tensors matching no weight, without
+ * `DG_LORA_ALLOW_PARTIAL`) is `DG_ERROR_INVALID_ARG`; a layer naming the library does not know,
+ * and a remote pipeline, are `DG_ERROR_UNSUPPORTED`. A failed load changes nothing.
+ * Thread-safe: may be called while other threads generate on `p`.
+ *
+ * # Safety
+ * `p` is NULL or a live pipeline; `name` and `path` are NULL or NUL-terminated strings.
+ */
+dg_error_t *dg_pipeline_lora_load(const dg_pipeline_t *p,
+                                  const char *name,
+                                  const char *path,
+                                  uint32_t flags);
+
+/**
+ * Unloads adapter `name` from `p` and takes it out of the default stack. A name that is not
+ * loaded is `DG_ERROR_INVALID_ARG` listing the loaded ones; a remote pipeline is
+ * `DG_ERROR_UNSUPPORTED`. Thread-safe: may be called while other threads generate on `p`.
+ *
+ * # Safety
+ * `p` is NULL or a live pipeline; `name` is NULL or a NUL-terminated string.
+ */
+dg_error_t *dg_pipeline_lora_unload(const dg_pipeline_t *p, const char *name);
+
+/**
+ * The adapters loaded into `p` and its default stack, as a JSON object (UTF-8, NUL-terminated)
+ * in `*out`, owned by the caller: free it with `dg_string_free`. It is a snapshot: later loads
+ * do not change it. Keys (more may be added):
+ *
+ * - "adapters": by name, each `{"name", "path", "format" ("diffusers", "kohya", ...), "layers"
+ *   (weights changed, per component: {"unet": 12, "text_encoder": 4}), "unmatched" (tensors
+ *   skipped under `DG_LORA_ALLOW_PARTIAL`), "default_strength" (its strength in the default
+ *   stack, or null when it is not in it)}`;
+ * - "default_stack": the default stack in order, `[{"name", "strength"}]`.
+ *
+ * A remote pipeline is `DG_ERROR_UNSUPPORTED`.
+ *
+ * # Safety
+ * `p` is NULL or a live pipeline; `out` is NULL or valid for writing a pointer.
+ */
+dg_error_t *dg_pipeline_lora_list(const dg_pipeline_t *p, char **out);
+
+/**
+ * Sets the stack of `p`'s requests that name none (their params neither added an adapter nor
+ * cleared the stack, and have no "loras" key): `stack` is `name:strength` items separated by `;`
+ * (or `,`), e.g. "style:0.8;hero:-0.4" (a bare `name` is strength 1); "" means no default stack.
+ * Every adapter must be loaded; at most 10, each once, with finite strengths. A bad stack is
+ * `DG_ERROR_INVALID_ARG` and leaves the default stack as it was; a remote pipeline is
+ * `DG_ERROR_UNSUPPORTED`. Thread-safe; a request takes the default stack when it starts.
+ *
+ * # Safety
+ * `p` is NULL or a live pipeline; `stack` is NULL or a NUL-terminated string.
+ */
+dg_error_t *dg_pipeline_lora_set_default(const dg_pipeline_t *p, const char *stack);
+
+/**
+ * Frees a string the library handed over (`dg_pipeline_lora_list`'s). NULL is a no-op.
+ *
+ * # Safety
+ * `s` is NULL or a string from a function documented to be freed with `dg_string_free`, freed at
+ * most once.
+ */
+void dg_string_free(char *s);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -3,10 +3,11 @@
 //! (models/vlm-goldens.json) and the Rust API's for the same request.
 mod common;
 
-use std::ffi::{c_void, CStr, CString};
-use std::ptr::{self, NonNull};
+use std::ffi::{c_void, CStr};
+use std::ptr;
 use std::sync::OnceLock;
 
+use common::capi::*;
 use diffgentor::capi::*;
 use diffgentor::vlm::enhance::{clean_reply, EnhanceStyle};
 use diffgentor::vlm::{Vlm, VlmRequest};
@@ -14,81 +15,6 @@ use diffgentor::{Image, Runtime, RuntimeOptions};
 use serde_json::Value;
 
 const MODEL: &str = "tiny-qwen2.5-vl";
-
-/// A value no call may write: out-params must stay untouched on error.
-fn sentinel<T>() -> *mut T {
-    NonNull::dangling().as_ptr()
-}
-
-/// Takes ownership of an error: its code and message.
-unsafe fn take(err: *mut dg_error_t) -> (dg_error_code_t, String) {
-    assert!(!err.is_null(), "expected an error");
-    let code = dg_error_code(err);
-    let message = CStr::from_ptr(dg_error_message(err))
-        .to_str()
-        .expect("messages are UTF-8")
-        .to_string();
-    dg_error_free(err);
-    (code, message)
-}
-
-/// Panics with the message if the call failed.
-unsafe fn ok(err: *mut dg_error_t) {
-    if !err.is_null() {
-        let (code, message) = take(err);
-        panic!("{code:?}: {message}");
-    }
-}
-
-/// Asserts an error with `code` whose message mentions every one of `words`.
-#[track_caller]
-unsafe fn expect_err(err: *mut dg_error_t, code: dg_error_code_t, words: &[&str]) {
-    let (got, message) = take(err);
-    assert_eq!(got, code, "{message}");
-    for word in words {
-        assert!(message.contains(word), "`{message}` should mention {word}");
-    }
-}
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-/// Handles are raw pointers; these tests share them across threads the way C would.
-struct Shared<T>(*mut T);
-impl<T> Clone for Shared<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for Shared<T> {}
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-impl<T> Shared<T> {
-    /// Taking `self` makes a closure capture the whole (Send) wrapper, not its pointer field.
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
-unsafe fn new_runtime() -> *mut dg_runtime_t {
-    let mut opts = ptr::null_mut();
-    ok(dg_runtime_options_new(&mut opts));
-    if let Some(lib) = common::ort_library() {
-        let lib = cstr(lib.to_str().unwrap());
-        ok(dg_runtime_options_set_ort_library(opts, lib.as_ptr()));
-    }
-    ok(dg_runtime_options_set_intra_threads(opts, 1));
-    let mut rt = sentinel();
-    ok(dg_runtime_new(opts, &mut rt));
-    dg_runtime_options_free(opts);
-    rt
-}
-
-fn runtime() -> *mut dg_runtime_t {
-    static RUNTIME: OnceLock<Shared<dg_runtime_t>> = OnceLock::new();
-    RUNTIME.get_or_init(|| Shared(unsafe { new_runtime() })).0
-}
 
 unsafe fn load(name: &str) -> *mut dg_vlm_t {
     let dir = cstr(common::model_dir(name).to_str().unwrap());

@@ -7,7 +7,8 @@
 # euler) generated through the binding, and OUT_DIR/cpp-edit.rgb: raw RGB8 of the img2img request
 # of tests/c/edit.c (init target/c-test/out/edit-init.rgb, "a red fox", seed 5, 6 steps, euler_a,
 # strength 0.5) when `make c-test` has made that init image, and OUT_DIR/cpp-inpaint.rgb: the same
-# request plus the mask target/c-test/out/edit-mask.rgb on models/tiny-sd-inpaint.
+# request plus the mask target/c-test/out/edit-mask.rgb on models/tiny-sd-inpaint, and
+# OUT_DIR/cpp-lora.rgb: the fox request with the LoRA stack a:0.8 (models/lora/sd_a.safetensors).
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -62,9 +63,9 @@ cmake --build "$BUILD" -j "$JOBS" >"$OUT/cpp-build.log" || { cat "$OUT/cpp-build
 # 2. The ctest suite (c_api_coverage included); generate_test writes the fox's pixels,
 #    edit_test the img2img and inpainting pixels.
 step "ctest"
-rm -f "$OUT/cpp.rgb" "$OUT/cpp-edit.rgb" "$OUT/cpp-inpaint.rgb"
+rm -f "$OUT/cpp.rgb" "$OUT/cpp-edit.rgb" "$OUT/cpp-inpaint.rgb" "$OUT/cpp-lora.rgb"
 (cd "$BUILD" && DG_FOX_RGB="$OUT/cpp.rgb" DG_EDIT_RGB="$OUT/cpp-edit.rgb" DG_INPAINT_RGB="$OUT/cpp-inpaint.rgb" \
-    ctest --output-on-failure --timeout 120)
+    DG_LORA_RGB="$OUT/cpp-lora.rgb" ctest --output-on-failure --timeout 120)
 size=$(stat -c %s "$OUT/cpp.rgb")
 [ "$size" -eq $((64 * 64 * 3)) ] || { echo "cpp: $OUT/cpp.rgb has $size bytes" >&2; exit 1; }
 if [ -f target/c-test/out/rust.rgb ]; then
@@ -93,6 +94,16 @@ check_edit() {
 }
 check_edit edit edit-init.rgb
 check_edit inpaint edit-mask.rgb
+# LoRA: lora_test's fox request with the stack a:0.8 equals tests/c/lora.c's pixels.
+size=$(stat -c %s "$OUT/cpp-lora.rgb")
+[ "$size" -eq $((64 * 64 * 3)) ] || { echo "cpp: $OUT/cpp-lora.rgb has $size bytes" >&2; exit 1; }
+if [ -f target/c-test/out/native/lora/lora.rgb ]; then
+    cmp "$OUT/cpp-lora.rgb" target/c-test/out/native/lora/lora.rgb || {
+        echo "cpp: $OUT/cpp-lora.rgb differs from target/c-test/out/native/lora/lora.rgb (the C API's)" >&2
+        exit 1
+    }
+    step "cpp-lora.rgb equals target/c-test/out/native/lora/lora.rgb"
+fi
 
 # 3. The example.
 step "example digits"

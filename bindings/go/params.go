@@ -60,8 +60,9 @@ type Params struct {
 	// Extra sets any parameter by its string key, applied after the fields above (so it wins),
 	// e.g. {"rng": "fast", "scheduler.timestep_spacing": "trailing"}. Keys: prompt,
 	// negative_prompt, steps, guidance_scale, width, height, seed, num_images, scheduler, eta,
-	// rng, best_effort, strength, image_guidance_scale, plan and scheduler.<diffusers_key>. An
-	// unknown key is ErrInvalidArg naming the key.
+	// rng, best_effort, strength, image_guidance_scale, plan, loras ("a:0.8;b:-0.4", replacing
+	// Loras), lora_prompt_tags ("true": <lora:name:strength> tags in the prompt join the stack) and
+	// scheduler.<diffusers_key>. An unknown key is ErrInvalidArg naming the key.
 	Extra map[string]string
 	// InitImage is the source image of img2img, inpainting and instruction editing (nil: none,
 	// text-to-image). It must have the output size; Width and Height left at 0 are taken from
@@ -87,6 +88,15 @@ type Params struct {
 	// Result.Metadata.Ignored, instead of failing with ErrUnsupported. Local pipelines honour
 	// every field anyway. (The "best_effort" key of Extra.)
 	BestEffort bool
+	// Loras is the request's LoRA stack, in order: adapters loaded with Pipeline.LoadLora and
+	// their strengths. Empty means the pipeline's default stack (Pipeline.SetDefaultLoras) unless
+	// NoLoras is set. A non-finite strength, an empty name, a name twice or more than 10 adapters
+	// is ErrInvalidArg; a name that is not loaded is ErrInvalidArg from Generate, listing the
+	// loaded ones.
+	Loras []Lora
+	// NoLoras runs the request without the pipeline's default stack (only Loras apply, if any):
+	// with Loras empty, the base model's pixels.
+	NoLoras bool
 	// Progress, when set, is called after every denoising step.
 	Progress ProgressFunc
 	// OnProgress is Progress with the whole report (plan stage included); set one or the
@@ -234,6 +244,9 @@ func (p *Params) apply(cp *C.dg_params_t) error {
 		}
 	}
 	if err := p.applyEdit(cp); err != nil {
+		return err
+	}
+	if err := p.applyLoras(cp); err != nil {
 		return err
 	}
 	keys := make([]string, 0, len(p.Extra))

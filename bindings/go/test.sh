@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds and tests the Go binding: go vet, gofmt, `go test -race` (which writes the fox request's
-# raw RGB to OUT_DIR/go.rgb, tests/c/edit.c's img2img request's to OUT_DIR/go-edit.rgb and its
-# inpainting request's to OUT_DIR/go-inpaint.rgb, each compared with the Rust CLI's pixels from
-# `make c-test` when present), the digits example, a build against an install-style prefix
+# raw RGB to OUT_DIR/go.rgb, tests/c/edit.c's img2img request's to OUT_DIR/go-edit.rgb, its
+# inpainting request's to OUT_DIR/go-inpaint.rgb and the fox request's with the LoRA stack a:0.8 to
+# OUT_DIR/go-lora.rgb, each compared with the Rust CLI's (or, for LoRA, tests/c/lora.c's) pixels
+# from `make c-test` when present), the digits example, a build against an install-style prefix
 # through `-tags diffgentor_pkgconfig`, and README.md's "own module" example: a throwaway module with
 # the go.mod and main.go copied out of the README, built offline both ways and run, then vendored
 # (go mod vendor, -mod=vendor) and built both ways again; and the same program getting the module by
@@ -66,8 +67,9 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
-rm -f "$OUT_DIR/go.rgb" "$OUT_DIR/go-edit.rgb" "$OUT_DIR/go-inpaint.rgb"
-DG_FOX_RGB="$OUT_DIR/go.rgb" DG_EDIT_RGB="$OUT_DIR/go-edit.rgb" DG_INPAINT_RGB="$OUT_DIR/go-inpaint.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
+rm -f "$OUT_DIR/go.rgb" "$OUT_DIR/go-edit.rgb" "$OUT_DIR/go-inpaint.rgb" "$OUT_DIR/go-lora.rgb"
+DG_FOX_RGB="$OUT_DIR/go.rgb" DG_EDIT_RGB="$OUT_DIR/go-edit.rgb" DG_INPAINT_RGB="$OUT_DIR/go-inpaint.rgb" \
+    DG_LORA_RGB="$OUT_DIR/go-lora.rgb" go test -race -count=1 -v ./... 2>&1 | tee "$OUT_DIR/go-test.log" \
     | grep -E '^(--- |PASS|FAIL|ok |panic|WARNING: DATA RACE)' || true
 if ! grep -q '^ok ' "$OUT_DIR/go-test.log" || grep -qE '^(FAIL|--- FAIL|WARNING: DATA RACE)' "$OUT_DIR/go-test.log"; then
     echo "go-test: go test failed (log: $OUT_DIR/go-test.log)" >&2
@@ -90,6 +92,8 @@ check_rgb() {
 check_rgb "$OUT_DIR/go.rgb" rust.rgb text-to-image
 check_rgb "$OUT_DIR/go-edit.rgb" rust-edit.rgb img2img
 check_rgb "$OUT_DIR/go-inpaint.rgb" rust-inpaint.rgb inpainting
+# The fox request with the LoRA stack a:0.8 (models/lora/sd_a.safetensors): tests/c/lora.c's pixels.
+check_rgb "$OUT_DIR/go-lora.rgb" native/lora/lora.rgb LoRA
 
 mkdir -p "$OUT_DIR/go-bin"
 go build -o "$OUT_DIR/go-bin/digits" ./examples/digits

@@ -3,7 +3,8 @@
 # the way users do, `pip install ./bindings/python`), pytest, numpy and Pillow; the test suite; the
 # example; OUT_DIR/python.rgb, the raw RGB8 pixels of the shared "fox" request; and
 # OUT_DIR/python-edit.rgb and OUT_DIR/python-inpaint.rgb, those of tests/c/edit.c's img2img and
-# inpainting requests (the same as `dg edit`'s and `dg edit --mask`'s);
+# inpainting requests (the same as `dg edit`'s and `dg edit --mask`'s); OUT_DIR/python-lora.rgb, the fox
+# request's with the LoRA stack a:0.8 (the same as tests/c/lora.c's);
 # then the platform wheel (build-wheel.sh, `make wheel`) built from DG_LIB_DIR's library, installed
 # with its onnxruntime dependency in OUT_DIR/wheel-venv and run with no DG_* variable.
 # usage (from the repository root): bindings/python/test.sh OUT_DIR
@@ -62,15 +63,17 @@ fi
 # The binding itself, every run: a wheel built from the current tree (hatchling, build isolation).
 "${PIP[@]}" install --force-reinstall --no-deps "$HERE"
 
-rm -f "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-inpaint.rgb" "$OUT_DIR/python-digits.png"
+rm -f "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-inpaint.rgb" "$OUT_DIR/python-lora.rgb" \
+	"$OUT_DIR/python-digits.png"
 echo "python: pytest (library: $LIB_DIR)"
 (cd "$HERE" && DG_LIBRARY_PATH=$LIB_DIR DG_FOX_RGB=$OUT_DIR/python.rgb DG_EDIT_RGB=$OUT_DIR/python-edit.rgb \
-	DG_INPAINT_RGB=$OUT_DIR/python-inpaint.rgb \
+	DG_INPAINT_RGB=$OUT_DIR/python-inpaint.rgb DG_LORA_RGB=$OUT_DIR/python-lora.rgb \
 	"$PY" -m pytest -q tests)
 
 echo "python: example"
 DG_LIBRARY_PATH=$LIB_DIR "$PY" "$HERE/examples/digits.py" --output "$OUT_DIR/python-digits.png" 2>/dev/null
-"$PY" - "$OUT_DIR/python-digits.png" "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-inpaint.rgb" <<'PYEOF'
+"$PY" - "$OUT_DIR/python-digits.png" "$OUT_DIR/python.rgb" "$OUT_DIR/python-edit.rgb" "$OUT_DIR/python-inpaint.rgb" \
+	"$OUT_DIR/python-lora.rgb" <<'PYEOF'
 import sys
 from PIL import Image
 with Image.open(sys.argv[1]) as im:
@@ -171,4 +174,14 @@ check_reference() {
 }
 check_reference edit img2img "dg edit"
 check_reference inpaint inpainting "dg edit --mask"
-echo "python: all checks passed in $((SECONDS - start))s; wrote $OUT_DIR/python.rgb, $OUT_DIR/python-edit.rgb and $OUT_DIR/python-inpaint.rgb"
+# The fox request with the LoRA stack a:0.8 (models/lora/sd_a.safetensors): tests/c/lora.c's pixels.
+LORA_REFERENCE=$ROOT/target/c-test/out/native/lora/lora.rgb
+if [ -e "$LORA_REFERENCE" ]; then
+	cmp "$OUT_DIR/python-lora.rgb" "$LORA_REFERENCE" || {
+		echo "python: python-lora.rgb differs from $LORA_REFERENCE (the same LoRA request through the C API)" >&2
+		exit 1
+	}
+	echo "python: python-lora.rgb == target/c-test/out/native/lora/lora.rgb, byte for byte"
+fi
+echo "python: all checks passed in $((SECONDS - start))s; wrote $OUT_DIR/python.rgb, $OUT_DIR/python-edit.rgb," \
+	"$OUT_DIR/python-inpaint.rgb and $OUT_DIR/python-lora.rgb"

@@ -29,9 +29,12 @@ pub mod images;
 
 pub mod vlm;
 
+pub mod lora;
+
 pub use cancel::*;
 pub use error::*;
 pub use images::*;
+pub use lora::*;
 pub use params::*;
 pub use pipeline::*;
 pub use runtime::*;

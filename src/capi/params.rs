@@ -2,8 +2,8 @@
 use std::ffi::c_char;
 
 use super::{arg_mut, arg_str, boundary, dg_error_t, opt_str, out_param, write_out, FfiResult};
-use crate::request::Plan;
-use crate::{Error, Image, Request};
+use crate::request::{check_stack, Plan};
+use crate::{Error, Image, LoraUse, Request};
 
 /// Parameters of one request: a builder. Not thread-safe: use one from one thread at a time (or
 /// guard it). `dg_pipeline_generate` copies it, so it may be changed or freed once that call returns,
@@ -167,7 +167,10 @@ pub unsafe extern "C" fn dg_params_set_scheduler(
 ///
 /// Keys: "prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
 /// "num_images", "scheduler", "eta", "rng" ("torch" or "fast"), "strength",
-/// "image_guidance_scale", "plan" (plan JSON), and "scheduler.<diffusers_key>"
+/// "image_guidance_scale", "plan" (plan JSON), "max_sequence_length", "best_effort",
+/// "aesthetic_score", "negative_aesthetic_score", "loras" (the request's whole LoRA stack,
+/// "name:0.8;other:-0.4"; "" = no LoRA), "lora_prompt_tags" ("true": take A1111
+/// `<lora:name:strength>` tags out of the prompt onto the stack), and "scheduler.<diffusers_key>"
 /// (value parsed as JSON, else taken as a string) to override the package's scheduler_config.
 /// An unknown key is `DG_ERROR_INVALID_ARG` naming the key; an unparsable value is
 /// `DG_ERROR_INVALID_ARG` naming key and value. Checks that need the model happen at generate time.
@@ -299,6 +302,48 @@ pub unsafe extern "C" fn dg_params_set_plan(
 ) -> *mut dg_error_t {
     with_params(p, |r| {
         r.plan = opt_str(json, "json")?.map(Plan::from_json).transpose()?;
+        Ok(())
+    })
+}
+
+/// Appends adapter `name` at `strength` to the request's LoRA stack (1.0 = as trained; negative
+/// subtracts it; 0 feeds the base weights). The first call replaces the pipeline's default stack
+/// for this request. A non-finite strength, an empty name, an adapter already in the stack and an
+/// 11th adapter are `DG_ERROR_INVALID_ARG` here (the stack is then unchanged); a name no adapter of
+/// the pipeline has is `DG_ERROR_INVALID_ARG` at generate time, listing the loaded ones.
+/// The "loras" key of `dg_params_set` replaces the whole stack.
+///
+/// # Safety
+/// `p` is NULL or live params; `name` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_add_lora(
+    p: *mut dg_params_t,
+    name: *const c_char,
+    strength: f32,
+) -> *mut dg_error_t {
+    with_params(p, |r| {
+        let name = arg_str(name, "name")?;
+        if name.is_empty() {
+            return Err(Error::InvalidArg("the LoRA name must not be empty".into()).into());
+        }
+        let mut stack = r.loras.clone().unwrap_or_default();
+        stack.push(LoraUse::new(name, strength));
+        check_stack(&stack)?;
+        r.loras = Some(stack);
+        Ok(())
+    })
+}
+
+/// Empties the request's LoRA stack: the request runs without any adapter, whatever the
+/// pipeline's default stack (the base model's output, bit for bit). `dg_params_add_lora` then
+/// starts a new stack.
+///
+/// # Safety
+/// `p` is NULL or live params.
+#[no_mangle]
+pub unsafe extern "C" fn dg_params_clear_loras(p: *mut dg_params_t) -> *mut dg_error_t {
+    with_params(p, |r| {
+        r.loras = Some(Vec::new());
         Ok(())
     })
 }

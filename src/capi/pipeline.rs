@@ -18,7 +18,7 @@ use crate::{Pipeline, Progress};
 /// on it is running.
 pub struct dg_pipeline_t {
     // A local `Pipeline` owns an `Arc` of its runtime, which is what lets the runtime be freed first.
-    inner: Arc<dyn Generator>,
+    pub(crate) inner: Arc<dyn Generator>,
 }
 
 /// Settings of a remote pipeline, by string key (`dg_generator_options_set`). A builder: use one

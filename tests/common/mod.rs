@@ -1,6 +1,7 @@
 //! Shared test setup: the runtime (ONNX Runtime from `make ort`) and paths into the repository.
 #![allow(dead_code)]
 
+pub mod capi;
 pub mod http;
 pub mod peers;
 pub mod png;

@@ -13,6 +13,9 @@
 // Pipelines are local (a model package loaded on a Runtime) or remote (Pipeline::remote: an
 // OpenAI-compatible or Gemini image service, configured by RemoteOptions); both generate alike.
 //
+// LoRA adapters: Pipeline::load_lora / unload_lora / set_default_loras / loras_json, and per
+// request Params::lora and clear_loras.
+//
 // Vision-language models (dg::Vlm, loaded with Runtime::load_vlm) caption images, answer questions
 // about them and rewrite prompts for a generator (VlmParams::enhance); VlmResult holds the answer.
 //
@@ -145,6 +148,9 @@ struct VlmDeleter {
 struct VlmParamsDeleter {
     void operator()(dg_vlm_params_t *p) const noexcept { dg_vlm_params_free(p); }
 };
+struct StringDeleter {
+    void operator()(char *s) const noexcept { dg_string_free(s); }
+};
 
 /// Takes ownership of `raw` (NULL = success) and throws it as dg::Error.
 inline void check(dg_error_t *raw) {
@@ -182,6 +188,14 @@ inline std::size_t checked_layout(const std::vector<std::uint8_t> &pixels, std::
                             " with stride " + std::to_string(stride));
     }
     return stride;
+}
+
+/// A float as text that parses back to the same float (whatever the global locale).
+inline std::string float_text(float value) {
+    std::ostringstream out;
+    out.imbue(std::locale::classic());
+    out << std::setprecision(std::numeric_limits<float>::max_digits10) << value;
+    return out.str();
 }
 
 [[noreturn]] inline void moved_from(const char *type) {
@@ -471,6 +485,22 @@ public:
         return *this;
     }
 
+    /// Appends adapter `name` (loaded with Pipeline::load_lora) at `strength` to the request's
+    /// LoRA stack (1 = as trained, negative subtracts it); the first call replaces the pipeline's
+    /// default stack for this request. A non-finite strength, an empty name, a name already in the
+    /// stack and an 11th adapter throw InvalidArg here; a name that is not loaded throws
+    /// InvalidArg from Pipeline::generate, listing the loaded ones.
+    Params &lora(const std::string &name, float strength = 1.0f) {
+        detail::check(dg_params_add_lora(get(), detail::c_str(name, "LoRA name"), strength));
+        return *this;
+    }
+    /// Runs the request without any LoRA, whatever the pipeline's default stack (lora() then
+    /// starts a new stack).
+    Params &clear_loras() {
+        detail::check(dg_params_clear_loras(get()));
+        return *this;
+    }
+
     /// Remote pipelines: leave out the fields the service cannot honour (negative prompt, seed,
     /// scheduler, ...) and list them in Images::metadata()'s "ignored", instead of throwing
     /// Unsupported. Local pipelines honour every field anyway.
@@ -682,6 +712,12 @@ inline bool progress_trampoline(const dg_progress_t *progress, void *user_data) 
 
 }  // namespace detail
 
+/// One adapter of a LoRA stack (Pipeline::set_default_loras) and its strength.
+struct Lora {
+    std::string name;
+    float strength = 1.0f;
+};
+
 /// What draws the images: a model package loaded on a runtime, or a remote image service
 /// (Pipeline::remote). Thread-safe: generate may run on many threads at once. Keeps its runtime
 /// alive. Do not destroy it while a generate on it is running.
@@ -736,6 +772,51 @@ public:
                     const ProgressCallback &progress = nullptr) const {
         return generate(params, progress, &cancel);
     }
+
+    /// Loads the LoRA file at `path` (safetensors: diffusers/PEFT, kohya or LyCORIS naming) as
+    /// adapter `name` (1 to 128 letters, digits, '_', '-' or '.'), replacing one of that name.
+    /// `allow_partial` skips tensors that match no weight of the model instead of failing.
+    /// Requests pick adapters with Params::lora or the default stack; a request without a stack
+    /// still gives the base model's pixels. A missing file throws Io; a bad name, a file that is
+    /// not safetensors or one made for another model InvalidArg; a remote pipeline Unsupported.
+    /// Thread-safe (may run while other threads generate).
+    void load_lora(const std::string &name, const std::string &path,
+                   bool allow_partial = false) const {
+        detail::check(dg_pipeline_lora_load(get(), detail::c_str(name, "LoRA name"),
+                                            detail::c_str(path, "LoRA path"),
+                                            allow_partial ? DG_LORA_ALLOW_PARTIAL : 0u));
+    }
+    /// Unloads adapter `name` and takes it out of the default stack; InvalidArg when no adapter
+    /// of that name is loaded.
+    void unload_lora(const std::string &name) const {
+        detail::check(dg_pipeline_lora_unload(get(), detail::c_str(name, "LoRA name")));
+    }
+    /// The loaded adapters and the default stack, as JSON object text: "adapters" (by name, each
+    /// with "name", "path", "format", "layers" per component, "unmatched" and "default_strength",
+    /// null when not in the default stack) and "default_stack" ([{"name", "strength"}], in order).
+    std::string loras_json() const {
+        char *raw = nullptr;
+        detail::check(dg_pipeline_lora_list(get(), &raw));
+        std::unique_ptr<char, detail::StringDeleter> text(raw);
+        return std::string(text.get());
+    }
+    /// Sets the stack of requests that name none (no Params::lora, no clear_loras); every adapter
+    /// must be loaded, at most 10, each once, with finite strengths (else InvalidArg, and the
+    /// default stack is unchanged). An empty vector clears it.
+    void set_default_loras(const std::vector<Lora> &stack) const {
+        std::string text;
+        for (const Lora &lora : stack) {
+            if (lora.name.empty() || lora.name.find_first_of(":;,") != std::string::npos)
+                throw Error(ErrorCode::InvalidArg, "LoRA name \"" + lora.name +
+                                                       "\" must be 1 to 128 letters, digits, "
+                                                       "'_', '-' or '.'");
+            if (!text.empty()) text += ';';
+            text += lora.name + ':' + detail::float_text(lora.strength);
+        }
+        detail::check(dg_pipeline_lora_set_default(get(), detail::c_str(text, "LoRA stack")));
+    }
+    /// No default stack: requests that name none run without LoRA.
+    void clear_default_loras() const { detail::check(dg_pipeline_lora_set_default(get(), "")); }
 
     const dg_pipeline_t *get() const {
         if (!handle_) detail::moved_from("Pipeline");
@@ -857,12 +938,7 @@ private:
     explicit VlmParams(dg_vlm_params_t *raw) noexcept : handle_(raw) {}
 
     /// A float as text that parses back to the same float.
-    static std::string number(float value) {
-        std::ostringstream out;
-        out.imbue(std::locale::classic());
-        out << std::setprecision(std::numeric_limits<float>::max_digits10) << value;
-        return out.str();
-    }
+    static std::string number(float value) { return detail::float_text(value); }
 
     std::unique_ptr<dg_vlm_params_t, detail::VlmParamsDeleter> handle_;
 };

@@ -40,6 +40,7 @@ from ._errors import (
     UnsupportedError,
 )
 from ._images import ImageInput, ImageList, OutputKind, RawImage
+from ._lora import LoraSpec, LoraStack
 from ._remote import Remote
 from ._runtime import (
     BasePipeline,
@@ -69,6 +70,8 @@ __all__ = [
     "InvalidArgError",
     "IoError",
     "LibraryNotFoundError",
+    "LoraSpec",
+    "LoraStack",
     "Message",
     "ModelError",
     "NullArgError",

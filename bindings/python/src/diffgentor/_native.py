@@ -127,6 +127,8 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "dg_params_set_strength": (_H, [_H, c_double]),
     "dg_params_set_image_guidance_scale": (_H, [_H, c_float]),
     "dg_params_set_plan": (_H, [_H, c_char_p]),
+    "dg_params_add_lora": (_H, [_H, c_char_p, c_float]),
+    "dg_params_clear_loras": (_H, [_H]),
     "dg_cancel_token_new": (_H, [_OUT]),
     "dg_cancel_token_cancel": (None, [_H]),
     "dg_cancel_token_free": (None, [_H]),
@@ -175,7 +177,16 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "dg_vlm_result_timings": (c_char_p, [_H]),
     "dg_vlm_result_enhanced_prompt": (c_char_p, [_H]),
     "dg_vlm_result_free": (None, [_H]),
+    "dg_pipeline_lora_load": (_H, [_H, c_char_p, c_char_p, c_uint32]),
+    "dg_pipeline_lora_unload": (_H, [_H, c_char_p]),
+    # The JSON string is the caller's: read as a pointer (ctypes.string_at), freed with dg_string_free.
+    "dg_pipeline_lora_list": (_H, [_H, _OUT]),
+    "dg_pipeline_lora_set_default": (_H, [_H, c_char_p]),
+    "dg_string_free": (None, [_H]),
 }
+
+#: ``DG_LORA_ALLOW_PARTIAL``: the flag of ``dg_pipeline_lora_load``.
+LORA_ALLOW_PARTIAL = 1
 
 
 def candidates(env_value: Optional[str], bundled_dir: str) -> List[Tuple[str, List[str]]]:

@@ -15,18 +15,21 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Dict,
     Iterator,
     List,
     Mapping,
     Optional,
+    Tuple,
     Type,
     TypeVar,
     Union,
     overload,
 )
 
-from . import _inflight, _native
+from . import _inflight, _lora, _native
 from ._errors import ErrorCode, InvalidArgError, NullArgError
+from ._lora import LoraStack
 from ._images import (
     ENCODED_KINDS,
     ImageInput,
@@ -344,7 +347,8 @@ class BasePipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
                  strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
-                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 plan: Optional[Plan] = ..., loras: Optional[LoraStack] = ...,
+                 extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
                  best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
                  output: "Literal['raw']") -> ImageList[RawImage]: ...
@@ -355,7 +359,8 @@ class BasePipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
                  strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
-                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 plan: Optional[Plan] = ..., loras: Optional[LoraStack] = ...,
+                 extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
                  best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
                  output: "Literal['numpy']") -> "ImageList[numpy.ndarray]": ...
@@ -366,7 +371,8 @@ class BasePipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
                  strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
-                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 plan: Optional[Plan] = ..., loras: Optional[LoraStack] = ...,
+                 extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
                  best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
                  output: "Literal['pil']") -> "ImageList[PIL.Image.Image]": ...
@@ -377,7 +383,8 @@ class BasePipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
                  strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
-                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 plan: Optional[Plan] = ..., loras: Optional[LoraStack] = ...,
+                 extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
                  best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
                  output: "Literal['png', 'jpeg']") -> ImageList[bytes]: ...
@@ -388,7 +395,8 @@ class BasePipeline(_Closeable):
                  seed: Optional[int] = ..., num_images: Optional[int] = ..., scheduler: Optional[str] = ...,
                  eta: Optional[float] = ..., image: Optional[ImageInput] = ..., mask: Optional[ImageInput] = ...,
                  strength: Optional[float] = ..., image_guidance_scale: Optional[float] = ...,
-                 plan: Optional[Plan] = ..., extra: Optional[Mapping[str, Any]] = ...,
+                 plan: Optional[Plan] = ..., loras: Optional[LoraStack] = ...,
+                 extra: Optional[Mapping[str, Any]] = ...,
                  progress: Optional[ProgressCallback] = ..., cancel: Optional[CancelToken] = ...,
                  best_effort: bool = ..., save: Optional[PathLike] = ..., jpeg_quality: int = ...,
                  output: None = ...) -> ImageList[Any]: ...
@@ -411,6 +419,7 @@ class BasePipeline(_Closeable):
         strength: Optional[float] = None,
         image_guidance_scale: Optional[float] = None,
         plan: Optional[Plan] = None,
+        loras: Optional[LoraStack] = None,
         extra: Optional[Mapping[str, Any]] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
@@ -436,7 +445,14 @@ class BasePipeline(_Closeable):
         makes the request img2img, ``mask`` too (same size; white = repaint) inpainting, both
         copied. ``strength`` (0, 1] is how much of the image is re-noised (default 0.8 for img2img,
         1.0 for inpainting); ``image_guidance_scale`` is InstructPix2Pix's (default 1.5). ``plan``
-        is a progressive plan (docs/editing.md), its JSON text or a dict. ``save``: the library
+        is a progressive plan (docs/editing.md), its JSON text or a dict.
+
+        LoRA: ``loras`` is the request's whole stack of adapters loaded with
+        :meth:`Pipeline.load_lora`, in order: names (strength 1.0) or ``(name, strength)`` pairs,
+        e.g. ``[("style", 0.8), ("hero", -0.4)]``; ``[]`` runs without LoRA; None (the default)
+        uses the pipeline's default stack (:meth:`Pipeline.set_default_loras`). A non-finite
+        strength, a name twice or more than 10 adapters is :class:`InvalidArgError`, and so is a
+        name that is not loaded (listing the loaded ones). ``save``: the library
         also writes each image there, atomically (parent directories created): JPEG at
         ``jpeg_quality`` when the name ends in .jpg/.jpeg, else PNG; several images as
         NAME_00.EXT, NAME_01.EXT, ... like ``dg generate``; ``ImageList.paths`` lists the files.
@@ -463,6 +479,8 @@ class BasePipeline(_Closeable):
             plan_text = _native.encode(plan if isinstance(plan, str) else json.dumps(dict(plan)), "plan")
         init = None if image is None else pixel_buffer(image, "image")
         mask_buf = None if mask is None else pixel_buffer(mask, "mask")
+        if loras is not None:
+            _lora.normalize(loras, "loras")  # type errors before any library call
         lib = _native.lib()
         with _inflight.running() as call:
             params = _new(lib.dg_params_new)
@@ -483,6 +501,8 @@ class BasePipeline(_Closeable):
                         params, _number(image_guidance_scale, "image_guidance_scale")))
                 if plan_text is not None:
                     check(lib.dg_params_set_plan(params, plan_text))
+                if loras is not None:
+                    _lora.apply(lib, params, loras)
                 return self._run(lib, params, progress, cancel, kind, call, save_path, quality)
             finally:
                 lib.dg_params_free(params)
@@ -675,6 +695,50 @@ class Pipeline(BasePipeline):
         self._own_pipeline(ptr, "Pipeline")
         self.runtime: Runtime = runtime
         self.model_dir: str = os.fsdecode(path)
+
+    def load_lora(self, name: str, path: PathLike, *, allow_partial: bool = False) -> None:
+        """Loads the LoRA file at ``path`` (safetensors: diffusers/PEFT, kohya or LyCORIS naming)
+        as adapter ``name`` (1 to 128 letters, digits, ``_``, ``-`` or ``.``), replacing one of that
+        name. ``allow_partial`` skips tensors that match no weight of the model instead of failing.
+        Requests then pick it with ``generate(loras=...)`` or the default stack; a request without
+        a stack still gives the base model's pixels. A missing file is :class:`IoError`; a bad
+        name, a file that is not safetensors or one made for another model
+        :class:`InvalidArgError`. Thread-safe (may run while other threads generate)."""
+        lib = _native.lib()
+        with _inflight.running(), self._handle.borrow() as ptr:
+            _lora.load(lib, ptr, name, path, allow_partial)
+
+    def unload_lora(self, name: str) -> None:
+        """Unloads adapter ``name`` and takes it out of the default stack
+        (:class:`InvalidArgError` when no adapter of that name is loaded)."""
+        lib = _native.lib()
+        with _inflight.running(), self._handle.borrow() as ptr:
+            _lora.unload(lib, ptr, name)
+
+    def loras(self) -> List[Dict[str, Any]]:
+        """The loaded adapters, by name: dicts with "name", "path", "format" ("diffusers",
+        "kohya", ...), "layers" (weights changed per component, e.g. ``{"unet": 40}``),
+        "unmatched" (tensors skipped under ``allow_partial``) and "default_strength" (its strength
+        in the default stack, None when it is not in it)."""
+        lib = _native.lib()
+        with _inflight.running(), self._handle.borrow() as ptr:
+            adapters = _lora.listing(lib, ptr).get("adapters", [])
+        return [dict(a) for a in adapters]
+
+    def default_loras(self) -> List[Tuple[str, float]]:
+        """The default stack (:meth:`set_default_loras`), in order, as (name, strength) pairs."""
+        lib = _native.lib()
+        with _inflight.running(), self._handle.borrow() as ptr:
+            stack = _lora.listing(lib, ptr).get("default_stack", [])
+        return [(str(u["name"]), float(u["strength"])) for u in stack]
+
+    def set_default_loras(self, stack: LoraStack) -> None:
+        """Sets the stack of requests that name none (``generate`` without ``loras``); ``[]``
+        clears it. Every adapter must be loaded, at most 10, each once, with finite strengths (else
+        :class:`InvalidArgError`, and the default stack is unchanged)."""
+        lib = _native.lib()
+        with _inflight.running(), self._handle.borrow() as ptr:
+            _lora.set_default(lib, ptr, stack)
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
