@@ -52,19 +52,6 @@ fn edit(flags: &str, output: &Path) -> Output {
     run("edit", &tiny_sd(), flags, output)
 }
 
-fn png_text(path: &Path) -> Vec<(String, String)> {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .unwrap();
-    reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .map(|c| (c.keyword.clone(), c.text.clone()))
-        .collect()
-}
-
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -100,7 +87,7 @@ fn generate_writes_png_with_a1111_parameters_into_a_new_directory() {
     assert!(stdout.contains("wrote"), "{stdout}");
     let image = Image::load_png(&out).unwrap();
     assert_eq!((image.width, image.height), (64, 64));
-    let text = png_text(&out);
+    let text = common::png::text_chunks(&out);
     let (key, params) = &text[0];
     assert_eq!(key, "parameters");
     let expected =
@@ -282,7 +269,7 @@ fn edit_writes_img2img_and_inpainting_results_with_their_parameters() {
         &out,
     );
     ok(&o);
-    let text = png_text(&out);
+    let text = common::png::text_chunks(&out);
     assert!(text[0].1.contains("Denoising strength: 0.5"), "{text:?}");
     assert_eq!((Image::load_png(&out).unwrap().width), 64);
 
@@ -334,7 +321,9 @@ fn plan_file_equals_the_stages_run_by_hand() {
         &format!("--prompt fox --seed 9 --plan {}", plan.display()),
         &planned,
     ));
-    assert!(png_text(&planned)[0].1.contains("Plan stages: 2"));
+    assert!(common::png::text_chunks(&planned)[0]
+        .1
+        .contains("Plan stages: 2"));
 
     let stage1 = tmp.path().join("s1.npy");
     ok(&generate(

@@ -99,16 +99,10 @@ fn max_diff(a: &Image, b: &Image) -> u8 {
 }
 
 fn parameters(path: &Path) -> String {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .unwrap();
-    reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == "parameters")
-        .map(|c| c.text.clone())
+    common::png::text_chunks(path)
+        .into_iter()
+        .find(|(keyword, _)| keyword == "parameters")
+        .map(|(_, text)| text)
         .unwrap_or_default()
 }
 

@@ -1,4 +1,5 @@
-//! PNG files crafted byte by byte: headers that lie about their size, for the decoders' guards.
+//! PNG files crafted byte by byte (headers that lie about their size, for the decoders' guards), and
+//! reading the text chunks of written ones.
 
 /// CRC-32 (IEEE) as PNG chunks use it; small enough to keep the crafted files self-contained.
 pub fn crc32(bytes: &[u8]) -> u32 {
@@ -42,4 +43,18 @@ pub fn lying_png(width: u32, height: u32) -> Vec<u8> {
     );
     chunk(&mut png, b"IEND", &[]);
     png
+}
+
+/// The text chunks (keyword, text) of a PNG file.
+pub fn text_chunks(path: &std::path::Path) -> Vec<(String, String)> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.text.clone()))
+        .collect()
 }

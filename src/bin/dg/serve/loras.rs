@@ -478,18 +478,7 @@ fn body_fields(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Val
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    match serde_json::from_slice(&body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(
-            ApiError::new(StatusCode::BAD_REQUEST, "the body must be a JSON object")
-                .code("invalid_json"),
-        ),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not valid JSON: {e}"),
-        )
-        .code("invalid_json")),
-    }
+    super::openai::json_object(&body)
 }
 
 /// A `strength` field: a finite number (or a string holding one).

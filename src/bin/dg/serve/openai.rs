@@ -350,7 +350,12 @@ pub fn json_fields(
         )
         .code("invalid_content_type"));
     }
-    match serde_json::from_slice(&body) {
+    json_object(&body)
+}
+
+/// `body` parsed as a JSON object; anything else is a 400 `invalid_json`.
+pub(super) fn json_object(body: &[u8]) -> ApiResult<Map<String, Value>> {
+    match serde_json::from_slice(body) {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(_) => Err(
             ApiError::new(StatusCode::BAD_REQUEST, "the body must be a JSON object")
