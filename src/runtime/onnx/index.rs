@@ -288,7 +288,7 @@ mod tests {
     fn indexes_unet_linears_and_convs_with_their_layouts() {
         let index = index_of("tiny-sd", "unet");
         let q = index
-            .get("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+            .get("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")
             .expect("to_q");
         assert_eq!((q.op.as_str(), q.layout), ("MatMul", Layout::Transposed));
         assert!(

@@ -6,3 +6,6 @@ mod wire;
 
 pub use index::{Layout, WeightIndex, WeightRef};
 pub(crate) use model::promote;
+
+#[cfg(test)]
+mod tests;
